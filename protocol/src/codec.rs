@@ -1,0 +1,245 @@
+//! Bytes ↔ frames, and the connection handshake.
+//!
+//! ```text
+//! frame      := len:u32 (big endian, body length) ‖ body:[u8; len]   body = MessagePack, named
+//! handshake  := magic "PMSH" ‖ major:u16 BE ‖ minor:u16 BE ‖ frame(Hello)
+//! ```
+//!
+//! A connection (a QUIC control stream, a Unix socket) starts with one handshake in each
+//! direction, then carries frames. Decoding never allocates before the length has been checked
+//! against the configured maximum, and "need more bytes" is its own error
+//! ([`CodecError::Incomplete`]), never confused with a corrupt frame.
+//!
+//! # Invariants
+//! - **WIRE-1** `decode(encode(m)) == m`, and re-encoding a decoded frame gives the same bytes.
+//! - **WIRE-2** A length above the maximum is refused from the 4-byte header alone, before any
+//!   allocation for the body.
+//! - **WIRE-3** A prefix of a valid frame or handshake is `Incomplete { needed }`, where `needed`
+//!   is the number of bytes still missing for the next step; never `Corrupt`.
+//! - **WIRE-4** A handshake whose major version differs from ours is refused with an error naming
+//!   both versions; a different minor version is accepted (fields added with `#[serde(default)]`).
+//! - **WIRE-5** No input makes the decoder panic.
+
+use std::fmt;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::ids::HostAddr;
+
+/// The first bytes of every procmesh connection.
+pub const MAGIC: [u8; 4] = *b"PMSH";
+/// Bytes of a frame's length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Bytes of the handshake's fixed part: magic and version.
+pub const HANDSHAKE_PREFIX: usize = 8;
+/// The default maximum frame body: 16 MiB (blobs travel on their own streams, not in frames).
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// A protocol version. Peers must agree on `major`; `minor` only adds optional fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Incompatible changes bump this.
+    pub major: u16,
+    /// Compatible additions bump this.
+    pub minor: u16,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The version this build speaks.
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 0 };
+
+/// What a peer says about itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The address the peer answers at (its frontend, or its own address for a client).
+    pub addr: HostAddr,
+    /// A label: the proc name, `client`, `orchestrator`, …
+    pub name: String,
+}
+
+/// Why bytes are not (yet) a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// More bytes are needed (WIRE-3); not an error of the peer.
+    #[error("incomplete frame: {needed} more bytes needed")]
+    Incomplete {
+        /// How many more bytes the next step needs.
+        needed: usize,
+    },
+    /// The length prefix exceeds the maximum (WIRE-2).
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The body is not a valid MessagePack value of the expected type.
+    #[error("corrupt frame: {0}")]
+    Corrupt(String),
+    /// The connection does not start with [`MAGIC`].
+    #[error("not a procmesh peer: bad magic {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// The peer speaks another major version (WIRE-4).
+    #[error("incompatible protocol version: we speak {ours}, the peer speaks {theirs}")]
+    IncompatibleVersion {
+        /// This build's version.
+        ours: Version,
+        /// The peer's version.
+        theirs: Version,
+    },
+    /// A value could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+/// Encodes and decodes frames with a maximum body size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameCodec {
+    max_frame: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME)
+    }
+}
+
+impl FrameCodec {
+    /// A codec refusing bodies above `max_frame` bytes (capped at `u32::MAX`).
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec {
+            max_frame: max_frame.min(u32::MAX as usize),
+        }
+    }
+
+    /// The maximum body size.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Appends one frame holding `msg` to `out`. On error `out` is left as it was.
+    pub fn encode<T: Serialize + ?Sized>(
+        &self,
+        msg: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let start = out.len();
+        out.extend_from_slice(&[0; LEN_PREFIX]);
+        if let Err(e) = rmp_serde::encode::write_named(out, msg) {
+            out.truncate(start);
+            return Err(CodecError::Encode(e.to_string()));
+        }
+        let len = out.len() - start - LEN_PREFIX;
+        if len > self.max_frame {
+            out.truncate(start);
+            return Err(CodecError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// The body length announced by the frame at the start of `buf` (WIRE-2, WIRE-3).
+    pub fn peek_len(&self, buf: &[u8]) -> Result<usize, CodecError> {
+        let Some(prefix) = buf.get(..LEN_PREFIX) else {
+            return Err(CodecError::Incomplete {
+                needed: LEN_PREFIX - buf.len(),
+            });
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len > self.max_frame {
+            return Err(CodecError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        Ok(len)
+    }
+
+    /// The body of the frame at the start of `buf`, and the bytes the whole frame takes.
+    pub fn split_frame<'a>(&self, buf: &'a [u8]) -> Result<(&'a [u8], usize), CodecError> {
+        let len = self.peek_len(buf)?;
+        let total = LEN_PREFIX + len;
+        match buf.get(LEN_PREFIX..total) {
+            Some(body) => Ok((body, total)),
+            None => Err(CodecError::Incomplete {
+                needed: total - buf.len(),
+            }),
+        }
+    }
+
+    /// Decodes the frame at the start of `buf`: the message and the bytes it took.
+    pub fn decode<T: DeserializeOwned>(&self, buf: &[u8]) -> Result<(T, usize), CodecError> {
+        let (body, used) = self.split_frame(buf)?;
+        Ok((decode_body(body)?, used))
+    }
+
+    /// Appends our handshake to `out`.
+    pub fn encode_handshake(&self, hello: &Hello, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&PROTOCOL_VERSION.major.to_be_bytes());
+        out.extend_from_slice(&PROTOCOL_VERSION.minor.to_be_bytes());
+        self.encode(hello, out).inspect_err(|_| out.truncate(start))
+    }
+
+    /// Decodes a peer's handshake at the start of `buf`: its hello, its version, and the bytes
+    /// the handshake took. Magic and version are checked before the hello is parsed (WIRE-4).
+    pub fn decode_handshake(&self, buf: &[u8]) -> Result<(Hello, Version, usize), CodecError> {
+        let Some(prefix) = buf.get(..HANDSHAKE_PREFIX) else {
+            // Refuse a wrong magic as soon as its first bytes are seen.
+            let seen = buf.len().min(MAGIC.len());
+            if buf[..seen] != MAGIC[..seen] {
+                let mut magic = [0; 4];
+                magic[..seen].copy_from_slice(&buf[..seen]);
+                return Err(CodecError::BadMagic(magic));
+            }
+            return Err(CodecError::Incomplete {
+                needed: HANDSHAKE_PREFIX - buf.len(),
+            });
+        };
+        let magic: [u8; 4] = prefix[..4].try_into().expect("4 bytes");
+        if magic != MAGIC {
+            return Err(CodecError::BadMagic(magic));
+        }
+        let theirs = Version {
+            major: u16::from_be_bytes([prefix[4], prefix[5]]),
+            minor: u16::from_be_bytes([prefix[6], prefix[7]]),
+        };
+        if theirs.major != PROTOCOL_VERSION.major {
+            return Err(CodecError::IncompatibleVersion {
+                ours: PROTOCOL_VERSION,
+                theirs,
+            });
+        }
+        let (hello, used) = self.decode(&buf[HANDSHAKE_PREFIX..])?;
+        Ok((hello, theirs, HANDSHAKE_PREFIX + used))
+    }
+}
+
+/// Encodes a message body (no length prefix): named MessagePack.
+pub fn encode_body<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError> {
+    rmp_serde::to_vec_named(msg).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a message body (no length prefix). Trailing bytes are corrupt.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let mut rest = body;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let value = T::deserialize(&mut de).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    let rest = rest.len();
+    if rest != 0 {
+        return Err(CodecError::Corrupt(format!(
+            "{rest} trailing bytes after the message"
+        )));
+    }
+    Ok(value)
+}

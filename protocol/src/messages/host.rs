@@ -1,0 +1,346 @@
+//! Messages of the host agent: [`HostRequest`] (spawn, terminate, kill, list, status), the
+//! bootstrap callback [`ProcReady`], and what a host says about itself ([`HostInfo`]).
+//!
+//! Bootstrap of an OS proc, through the environment variables named here:
+//!
+//! ```text
+//! host                                         child (proc-agent binary)
+//!  │ spawn with PROCMESH_PROC_ID=quic!10.0.0.5:7700,worker-3
+//!  │            PROCMESH_BACKEND_ADDR=unix!/run/procmesh/host.sock
+//!  │            PROCMESH_CALLBACK=unix!/run/procmesh/host.sock,service.bootstrap
+//!  │ ───────────────────────────────────────────▶ │ binds its own address, starts its agent
+//!  │ ◀── ask ProcReady { proc_id, addr, agent, pid } ──│
+//!  │ ── Ok(()) ─────────────────────────────────▶ │
+//!  ▼ the spawn resolves with ProcInfo (status Ready)
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::RemoteMessage;
+use crate::action::{ExitStatus, Timestamp};
+use crate::ids::{ActorId, HostAddr, ProcId};
+
+/// Environment variable holding the child's own [`ProcId`] (text form).
+pub const ENV_PROC_ID: &str = "PROCMESH_PROC_ID";
+/// Environment variable holding the host backend address the child sends everything through.
+pub const ENV_BACKEND_ADDR: &str = "PROCMESH_BACKEND_ADDR";
+/// Environment variable holding the [`ActorId`] the child sends [`ProcReady`] to.
+pub const ENV_CALLBACK: &str = "PROCMESH_CALLBACK";
+
+/// A request to the host agent (the `service` proc's `host` actor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostRequest {
+    /// Start a proc and wait until it is ready. Answered by [`HostReply::Spawned`].
+    Spawn(SpawnSpec),
+    /// Stop a proc politely: SIGTERM (or a stop message), then SIGKILL at the deadline.
+    /// Answered by [`HostReply::Terminated`] once it has exited.
+    Terminate {
+        /// The proc's name on this host.
+        name: String,
+        /// How long it may take to stop before it is killed, in milliseconds.
+        grace_ms: u64,
+        /// Why, for its logs and ours.
+        reason: String,
+    },
+    /// Kill a proc at once. Answered by [`HostReply::Terminated`].
+    Kill {
+        /// The proc's name on this host.
+        name: String,
+    },
+    /// Terminate every proc, a bounded number at a time. Answered by
+    /// [`HostReply::TerminatedAll`].
+    TerminateAll {
+        /// Grace period of each proc, in milliseconds.
+        grace_ms: u64,
+        /// Why.
+        reason: String,
+        /// How many procs to stop concurrently; 0 for the host's default.
+        #[serde(default)]
+        max_concurrent: u32,
+    },
+    /// List the procs. Answered by [`HostReply::Procs`].
+    ListProcs,
+    /// The host's status. Answered by [`HostReply::Status`].
+    Status,
+}
+
+/// Which proc to start, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnSpec {
+    /// The proc's name: unique on the host, not `service` or `local`, e.g. `worker-3`.
+    pub name: String,
+    /// How to start it.
+    #[serde(default)]
+    pub config: ProcConfig,
+}
+
+/// How to start a proc. Every field is optional; the host's configuration fills the gaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcConfig {
+    /// Most actions its runner runs at once, e.g. `Some(8)`; `None` for the logical CPUs.
+    #[serde(default)]
+    pub max_actions: Option<u32>,
+    /// Extra environment of the child, e.g. `{"RUST_LOG": "debug"}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Extra arguments of the proc-agent binary.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// How long to wait for [`ProcReady`], in milliseconds: `None` for the host's default,
+    /// `Some(0)` to wait without limit.
+    #[serde(default)]
+    pub ready_timeout_ms: Option<u64>,
+    /// Labels of this proc, reported with it, e.g. `{"pool": "batch"}`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the host agent answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostReply {
+    /// The proc is ready.
+    Spawned(ProcInfo),
+    /// The proc has exited, with this status (the first terminal outcome: every concurrent
+    /// caller sees the same).
+    Terminated {
+        /// The proc's name.
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// What a bulk termination did.
+    TerminatedAll(BulkOutcome),
+    /// Every proc on the host.
+    Procs(Vec<ProcInfo>),
+    /// The host's status.
+    Status(HostStatus),
+}
+
+impl RemoteMessage for HostRequest {
+    type Reply = Result<HostReply, HostError>;
+}
+
+/// The outcome of a bulk termination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkOutcome {
+    /// How many procs it tried to stop.
+    pub attempted: u32,
+    /// How many stopped.
+    pub ok: u32,
+    /// The ones that did not, and why.
+    #[serde(default)]
+    pub failed: Vec<BulkFailure>,
+}
+
+/// One proc a bulk termination could not stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkFailure {
+    /// The proc's name.
+    pub name: String,
+    /// What went wrong.
+    pub error: HostError,
+}
+
+/// Where a proc is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcStatus {
+    /// Spawned, not yet ready.
+    Starting,
+    /// Its address and agent are known; it accepts work.
+    Ready,
+    /// Being stopped.
+    Terminating,
+    /// It has exited.
+    Exited(ExitStatus),
+}
+
+impl ProcStatus {
+    /// Whether the proc has exited.
+    pub const fn is_exited(self) -> bool {
+        matches!(self, ProcStatus::Exited(_))
+    }
+}
+
+/// A proc as the host knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    /// Its id.
+    pub proc_id: ProcId,
+    /// Where it is in its life.
+    pub status: ProcStatus,
+    /// Its agent, once ready.
+    #[serde(default)]
+    pub agent: Option<ActorId>,
+    /// Its OS process id (none for in-process procs).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// When it was spawned, by the host's clock.
+    pub started_at: Timestamp,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The bootstrap callback: a new proc tells its host where it answers. Sent as an ask to the
+/// actor in [`ENV_CALLBACK`]; the host answers `Ok(())`, or refuses a proc it is not spawning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcReady {
+    /// The proc id it was given in [`ENV_PROC_ID`].
+    pub proc_id: ProcId,
+    /// The backend address the proc answers at, e.g. `unix!/run/procmesh/worker-3.sock`.
+    pub addr: HostAddr,
+    /// Its agent actor.
+    pub agent: ActorId,
+    /// Its OS process id, which the host checks against the child it spawned.
+    pub pid: u32,
+}
+
+impl RemoteMessage for ProcReady {
+    type Reply = Result<(), HostError>;
+}
+
+/// What a host tells the orchestrator when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// Its frontend address, e.g. `quic!10.0.0.5:7700`.
+    pub addr: HostAddr,
+    /// How many actions it runs at once, over all its procs.
+    pub capacity: u32,
+    /// Operator labels, e.g. `{"zone": "eu-1", "gpu": "a100"}`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The machine.
+    pub system: SystemInfo,
+    /// The host agent's version, e.g. `0.1.0`.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The machine a host runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    /// Logical CPUs.
+    pub cores: u32,
+    /// Physical memory in bytes.
+    pub memory_bytes: u64,
+    /// Operating system, e.g. `linux 6.8.0`.
+    pub os: String,
+    /// Host name.
+    pub hostname: String,
+    /// CPU architecture, e.g. `x86_64`.
+    #[serde(default)]
+    pub arch: String,
+}
+
+/// A host's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// What it registers with.
+    pub info: HostInfo,
+    /// Procs in its table, whatever their status.
+    pub procs: u32,
+    /// Procs that are ready.
+    pub ready: u32,
+    /// When the host agent started, by its clock.
+    pub started_at: Timestamp,
+    /// Whether it is shutting down (refusing spawns).
+    #[serde(default)]
+    pub shutting_down: bool,
+}
+
+/// Why the host refused or failed a request. Crosses the wire; each variant has a stable
+/// [`code`](Self::code) (MSG-2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum HostError {
+    /// The proc name is not a valid name.
+    #[error("bad proc name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The proc name is reserved (`service`, `local`).
+    #[error("proc name {0:?} is reserved")]
+    ReservedName(String),
+    /// A proc of that name exists.
+    #[error("proc name {0:?} is already in use")]
+    NameInUse(String),
+    /// No proc of that name exists.
+    #[error("no proc named {0:?}")]
+    UnknownProc(String),
+    /// The proc-agent binary is outside the allow-listed directory.
+    #[error("executable {path:?} is not allowed: {reason}")]
+    NotAllowed {
+        /// The canonical path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The OS could not start the child.
+    #[error("cannot launch proc {name:?}: {reason}")]
+    Launch {
+        /// The proc's name.
+        name: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The proc did not report ready in time.
+    #[error("proc {name:?} was not ready after {timeout_ms} ms")]
+    ReadyTimeout {
+        /// The proc's name.
+        name: String,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The proc exited before it was ready.
+    #[error("proc {name:?} exited before it was ready ({status})")]
+    ExitedEarly {
+        /// The proc's name.
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The channel to the proc was lost before it was ready.
+    #[error("lost the channel to proc {0:?} before it was ready")]
+    ChannelLost(String),
+    /// The proc reported ready without an address.
+    #[error("proc {0:?} reported ready without an address")]
+    MissingAddress(String),
+    /// The proc reported ready without an agent.
+    #[error("proc {0:?} reported ready without an agent")]
+    MissingAgent(String),
+    /// A [`ProcReady`] for a proc the host is not spawning (or from another pid).
+    #[error("unexpected ready callback from {0}")]
+    UnexpectedProc(String),
+    /// The host is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+    /// Anything else; the text says what.
+    #[error("host error: {0}")]
+    Internal(String),
+}
+
+impl HostError {
+    /// A stable, matchable code.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            HostError::BadName { .. } => "bad_name",
+            HostError::ReservedName(_) => "reserved_name",
+            HostError::NameInUse(_) => "name_in_use",
+            HostError::UnknownProc(_) => "unknown_proc",
+            HostError::NotAllowed { .. } => "not_allowed",
+            HostError::Launch { .. } => "launch",
+            HostError::ReadyTimeout { .. } => "ready_timeout",
+            HostError::ExitedEarly { .. } => "exited_early",
+            HostError::ChannelLost(_) => "channel_lost",
+            HostError::MissingAddress(_) => "missing_address",
+            HostError::MissingAgent(_) => "missing_agent",
+            HostError::UnexpectedProc(_) => "unexpected_proc",
+            HostError::ShuttingDown => "shutting_down",
+            HostError::Internal(_) => "internal",
+        }
+    }
+}

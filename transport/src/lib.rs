@@ -1,0 +1,45 @@
+//! # procmesh-transport
+//!
+//! How procmesh processes talk: one channel abstraction ([`Link`]: an ordered queue of
+//! envelopes to one peer) over three transports — **QUIC** with mutual TLS between machines,
+//! **Unix** sockets between a host and its procs, **in-process** queues for tests and `demo` —
+//! plus blob streams and the remote-actor layer that makes a kameo actor reachable from anywhere
+//! in the mesh under an [`ActorId`](procmesh_protocol::ActorId).
+//!
+//! It is not the protocol (that is `procmesh-protocol`: ids, envelopes, codec) and it knows no
+//! host, proc or orchestrator logic; those crates build on [`Node`] and [`RemoteRef`].
+//!
+//! ```text
+//!   RemoteRef<M>::tell/ask ─▶ Node::route ─▶ Link ─▶ transport task ══ wire ══▶ peer's read loop
+//!                                                                               │
+//!   kameo actor ◀── Handler<M> ◀── ErasedHandler (decode M) ◀── Node::route ◀────┘
+//! ```
+//!
+//! # Layout
+//! - [`tls`] — mesh CA, node and client certificates, rustls configs (`TLS-n`).
+//! - [`link`] — the channel abstraction (`LNK-n`).
+//! - [`node`] — the mailbox router: routes, delivery, pending asks (`NODE-n`).
+//! - [`remote`] — exposing kameo actors, typed [`RemoteRef`].
+//! - [`blob`] — the blob store and chunked, verified blob streams (`BLOB-n`).
+//! - `stream` — handshake, read loop and batching write loop shared by stream transports (`STR-n`).
+//! - `quic`, `unix`, `local` — the three transports (`QUIC-n`).
+#![deny(missing_docs)]
+
+pub mod blob;
+pub mod link;
+mod local;
+pub mod node;
+mod quic;
+pub mod remote;
+mod stream;
+pub mod tls;
+mod unix;
+
+pub use blob::{BlobError, BlobStore};
+pub use link::{Link, TransportKind};
+pub use local::LocalHub;
+pub use node::{Node, NodeBuilder, NodeConfig, NodeError, PeerInfo};
+pub use quic::QuicOptions;
+pub use remote::{Handler, RemoteRef, Request, SendFailure};
+pub use stream::HandshakeError;
+pub use tls::{install_crypto_provider, MeshCa, Role, TlsIdentity};

@@ -1,0 +1,131 @@
+//! [`Link`]: the one channel abstraction. An ordered, unbounded queue of envelopes to one peer,
+//! drained by a transport task (a QUIC stream, a Unix socket, or an in-process forwarder).
+//!
+//! A link is created *before* its connection exists: sends queue up while the transport task
+//! dials and shakes hands, so routing never waits on the network and ordering is kept from the
+//! first message (LNK-1). When the transport fails, the task bounces everything queued (STR-2).
+//!
+//! # Invariants
+//! - **LNK-1** Envelopes sent on one link leave in the order they were sent.
+//! - **LNK-2** After [`Link::close`], [`Link::send`] refuses (handing the envelope back) and the
+//!   node removes the link from its route table, so the next message dials afresh.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use procmesh_protocol::Envelope;
+use tokio::sync::{mpsc, Notify};
+
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// Which transport carries a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// QUIC with mutual TLS.
+    Quic,
+    /// A Unix domain socket.
+    Unix,
+    /// An in-process queue.
+    Local,
+}
+
+/// An ordered channel of envelopes to one peer. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    id: u64,
+    peer: String,
+    kind: TransportKind,
+    tx: mpsc::UnboundedSender<Envelope>,
+    closed: AtomicBool,
+    on_close: Notify,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("kind", &self.shared.kind)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Link {
+    /// A new open link to `peer` and the receiving end its transport task drains.
+    pub(crate) fn new(
+        peer: String,
+        kind: TransportKind,
+    ) -> (Link, mpsc::UnboundedReceiver<Envelope>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
+            peer,
+            kind,
+            tx,
+            closed: AtomicBool::new(false),
+            on_close: Notify::new(),
+        });
+        (Link { shared }, rx)
+    }
+
+    /// Queues an envelope (LNK-1); a closed link hands it back (LNK-2).
+    #[allow(clippy::result_large_err)]
+    pub fn send(&self, env: Envelope) -> Result<(), Envelope> {
+        if self.is_closed() {
+            return Err(env);
+        }
+        self.shared.tx.send(env).map_err(|e| e.0)
+    }
+
+    /// Closes the link: the transport task stops after bouncing what is queued (LNK-2).
+    pub fn close(&self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            self.shared.on_close.notify_waiters();
+            self.shared.on_close.notify_one();
+        }
+    }
+
+    /// Whether the link was closed or its transport task has gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.shared.tx.is_closed()
+    }
+
+    /// Resolves once the link is closed.
+    pub async fn closed(&self) {
+        while !self.is_closed() {
+            let notified = self.shared.on_close.notified();
+            if self.is_closed() {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.shared.tx.closed() => {}
+            }
+        }
+    }
+
+    /// A process-unique id of this link.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Who the link leads to, for messages and logs.
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// The transport carrying it.
+    pub fn kind(&self) -> TransportKind {
+        self.shared.kind
+    }
+
+    /// Whether two handles are the same link.
+    pub fn same(&self, other: &Link) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}

@@ -1,0 +1,275 @@
+//! A byte stream ↔ frames: the handshake, the reader loop and the batching writer loop that
+//! every stream transport (a QUIC bi-stream, a Unix socket, an in-memory duplex) shares.
+//!
+//! ```text
+//!  Link::send ─▶ unbounded queue ─▶ write_loop: encode a batch (≤ 64 KiB) ─▶ one write_all
+//!  read_loop: read_buf ─▶ split frames ─▶ decode Envelope ─▶ Node::route (in arrival order)
+//! ```
+//!
+//! # Invariants
+//! - **STR-1** Frames are written in the order they were queued and read in the order they were
+//!   written: per sender→receiver ordering holds over one stream.
+//! - **STR-2** An envelope that could not be written (encode failure, broken stream, stream closed
+//!   with messages still queued) is bounced to its sender, never dropped silently.
+//! - **STR-3** A corrupt frame body is logged and skipped (frames are length-delimited, so the
+//!   stream stays in sync); an oversized frame closes the stream before anything is allocated.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use procmesh_protocol::codec::{decode_body, CodecError, FrameCodec, Hello, Version};
+use procmesh_protocol::Envelope;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::link::Link;
+use crate::node::{NodeInner, PeerInfo};
+
+/// Bytes encoded before a batch is written out.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Initial read buffer.
+const READ_BUF: usize = 64 * 1024;
+
+/// Why a stream's handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer's handshake was refused (bad magic, incompatible version, corrupt hello).
+    #[error("handshake refused: {0}")]
+    Codec(#[from] CodecError),
+    /// The stream failed or closed during the handshake.
+    #[error("handshake i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The handshake did not complete in time.
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// What a completed handshake yields: the peer's hello and version, and bytes read past it.
+pub(crate) struct Handshaken {
+    pub hello: Hello,
+    pub version: Version,
+    pub leftover: BytesMut,
+}
+
+/// Sends our hello, then reads the peer's (both sides write first, so neither waits on the
+/// other). WIRE-4 is checked by the codec before the peer's hello is parsed.
+pub(crate) async fn handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    codec: FrameCodec,
+    ours: &Hello,
+) -> Result<Handshaken, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    codec.encode_handshake(ours, &mut out)?;
+    writer.write_all(&out).await?;
+    writer.flush().await?;
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    loop {
+        match codec.decode_handshake(&buf) {
+            Ok((hello, version, used)) => {
+                buf.advance(used);
+                return Ok(Handshaken {
+                    hello,
+                    version,
+                    leftover: buf,
+                });
+            }
+            Err(CodecError::Incomplete { needed }) => {
+                buf.reserve(needed);
+                if reader.read_buf(&mut buf).await? == 0 {
+                    return Err(HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads envelopes until the stream ends, routing each through the node in arrival order
+/// (STR-1). Returns why it stopped.
+pub(crate) async fn read_loop<R>(
+    mut reader: R,
+    mut buf: BytesMut,
+    codec: FrameCodec,
+    node: Arc<NodeInner>,
+    peer: Arc<PeerInfo>,
+) -> Result<(), CodecError>
+where
+    R: AsyncRead + Unpin,
+{
+    loop {
+        loop {
+            let decoded = match codec.split_frame(&buf) {
+                Ok((body, used)) => (decode_body::<Envelope>(body), used),
+                Err(CodecError::Incomplete { needed }) => {
+                    buf.reserve(needed);
+                    break;
+                }
+                // STR-3: oversized (or otherwise unframeable) input ends the stream.
+                Err(e) => return Err(e),
+            };
+            match decoded {
+                (Ok(env), used) => {
+                    buf.advance(used);
+                    node.route(env, Some(&peer)).await;
+                }
+                (Err(error), used) => {
+                    buf.advance(used);
+                    // STR-3: the sender is unknown, so nobody can be told; log and go on.
+                    tracing::warn!(%error, peer = %peer.hello.addr, "dropped a corrupt frame");
+                }
+            }
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, peer = %peer.hello.addr, "stream read ended");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Writes queued envelopes in order (STR-1), encoding up to [`BATCH_BYTES`] per write. When the
+/// stream breaks, the link closes or the queue ends, whatever was not written is bounced (STR-2).
+pub(crate) async fn write_loop<W>(
+    mut writer: W,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    codec: FrameCodec,
+    node: Arc<NodeInner>,
+    link: Link,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let peer = link.peer().to_owned();
+    let mut buf = Vec::with_capacity(BATCH_BYTES);
+    let mut batch: Vec<Envelope> = Vec::new();
+    let failure = loop {
+        let first = tokio::select! {
+            biased;
+            env = rx.recv() => env,
+            _ = link.closed() => None,
+        };
+        let Some(first) = first else {
+            break None;
+        };
+        let mut next = Some(first);
+        while let Some(env) = next.take() {
+            match codec.encode(&env, &mut buf) {
+                Ok(()) => batch.push(env),
+                Err(e) => {
+                    node.bounce(env, format!("cannot send to {peer}: {e}"))
+                        .await
+                }
+            }
+            if buf.len() < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let written = match writer.write_all(&buf).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            break Some(format!(
+                "link to {peer} broke, message may not have arrived: {e}"
+            ));
+        }
+        buf.clear();
+        batch.clear();
+    };
+    let reason = failure.unwrap_or_else(|| format!("link to {peer} closed"));
+    link.close();
+    node.forget(&link);
+    rx.close();
+    // STR-2: the batch in flight and everything still queued go back to their senders.
+    for env in batch.drain(..) {
+        node.bounce(env, reason.clone()).await;
+    }
+    while let Ok(env) = rx.try_recv() {
+        node.bounce(env, reason.clone()).await;
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Fails a link that never came up: everything queued is bounced with `reason` (STR-2).
+pub(crate) async fn fail_link(
+    node: Arc<NodeInner>,
+    link: Link,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    reason: String,
+) {
+    tracing::debug!(peer = link.peer(), %reason, "link failed");
+    link.close();
+    node.forget(&link);
+    rx.close();
+    while let Ok(env) = rx.try_recv() {
+        node.bounce(env, reason.clone()).await;
+    }
+}
+
+/// Runs an established link: a task reading inbound envelopes, and this task writing outbound
+/// ones, until either side ends; then the link is closed and forgotten (LNK-2).
+pub(crate) async fn run_link<R, W>(
+    node: Arc<NodeInner>,
+    link: Link,
+    rx: mpsc::UnboundedReceiver<Envelope>,
+    reader: R,
+    writer: W,
+    leftover: BytesMut,
+    peer: Arc<PeerInfo>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let codec = node.codec;
+    let read_node = node.clone();
+    let read_link = link.clone();
+    tokio::spawn(async move {
+        let peer_addr = peer.hello.addr.clone();
+        if let Err(error) = read_loop(reader, leftover, codec, read_node.clone(), peer).await {
+            tracing::warn!(%error, peer = %peer_addr, "closing link after a bad frame");
+        }
+        read_link.close();
+        read_node.forget(&read_link);
+    });
+    write_loop(writer, rx, codec, node, link).await;
+}
+
+/// Our side of a handshake.
+pub(crate) fn our_hello(node: &NodeInner) -> Hello {
+    Hello {
+        addr: node.proc_id.addr().clone(),
+        name: node.proc_id.name().to_owned(),
+    }
+}
+
+/// Shakes hands within the node's handshake timeout.
+pub(crate) async fn handshake_timed<R, W>(
+    node: &NodeInner,
+    reader: &mut R,
+    writer: &mut W,
+) -> Result<Handshaken, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let hello = our_hello(node);
+    match tokio::time::timeout(
+        node.config.handshake_timeout,
+        handshake(reader, writer, node.codec, &hello),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(HandshakeError::Timeout),
+    }
+}

@@ -1,0 +1,405 @@
+//! Certificates and TLS configuration: one mesh CA, node and client certificates, mutual TLS.
+//!
+//! Identity follows the role model of Nomad and Consul: every certificate is signed by the
+//! fleet's mesh CA and carries a role name as a subject alternative name — `node.procmesh` for
+//! hosts and orchestrators, `client.procmesh` for clients. A dialer verifies that the peer is a
+//! *node of this mesh* (chain to the mesh CA, SAN `node.procmesh`), not that it sits at one IP:
+//! addresses in a fleet move, the CA does not. Which node a peer is comes from the handshake
+//! that follows, over the authenticated channel.
+//!
+//! # Invariants
+//! - **TLS-1** Every listener requires a client certificate chaining to the mesh CA; a peer with
+//!   no certificate or one from another CA never completes a handshake. Nothing is plaintext.
+//! - **TLS-2** One process-wide crypto provider (ring) is installed before any config is built
+//!   ([`install_crypto_provider`]), and every config names it explicitly as well.
+
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::RootCertStore;
+
+/// The SAN every node certificate carries, and the server name every dialer verifies.
+pub const NODE_SERVER_NAME: &str = "node.procmesh";
+/// The SAN every client certificate carries.
+pub const CLIENT_NAME: &str = "client.procmesh";
+/// ALPN protocol id of procmesh over QUIC.
+pub const ALPN: &[u8] = b"procmesh/1";
+
+/// File names used by [`TlsIdentity::save`] and [`TlsIdentity::load`].
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// The certificate file of an identity.
+pub const CERT_FILE: &str = "cert.pem";
+/// The private key file of an identity.
+pub const KEY_FILE: &str = "key.pem";
+
+/// Errors building or loading certificates and TLS configs.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("tls config: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client certificate verifier could not be built.
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A PEM file holds no usable item.
+    #[error("{what} in {path}: {reason}")]
+    Pem {
+        /// What was expected.
+        what: &'static str,
+        /// Where.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// quinn refused the rustls config (e.g. no TLS 1.3 suite).
+    #[error("quic crypto: {0}")]
+    Quic(String),
+}
+
+static PROVIDER: Once = Once::new();
+
+/// Installs ring as the process-wide rustls crypto provider (TLS-2). Idempotent; call it before
+/// building any TLS config. A provider installed by someone else first is left in place.
+pub fn install_crypto_provider() {
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    install_crypto_provider();
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Which kind of certificate to issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A host or orchestrator: listens and dials.
+    Node,
+    /// A client: dials only.
+    Client,
+}
+
+/// A mesh certificate authority: signs node and client certificates.
+pub struct MeshCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for MeshCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshCa").finish_non_exhaustive()
+    }
+}
+
+impl MeshCa {
+    /// A new CA named `mesh`, valid for `valid_for` from one hour ago (clock skew).
+    pub fn generate(mesh: &str, valid_for: Duration) -> Result<MeshCa, TlsError> {
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("procmesh mesh CA {mesh}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "procmesh");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params, valid_for);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(MeshCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA from its certificate and private key (PEM).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<MeshCa, TlsError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(MeshCa {
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
+    /// The CA certificate (PEM): every node and client trusts it.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA private key (PEM). Keep it off the fleet's nodes.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Issues a certificate for `role`, named `name`, with extra SANs (DNS names or IPs) beside
+    /// the role name. Both server and client auth are allowed: nodes dial each other.
+    pub fn issue(
+        &self,
+        role: Role,
+        name: &str,
+        extra_sans: &[String],
+        valid_for: Duration,
+    ) -> Result<TlsIdentity, TlsError> {
+        let role_san = match role {
+            Role::Node => NODE_SERVER_NAME,
+            Role::Client => CLIENT_NAME,
+        };
+        let mut sans = vec![role_san.to_owned()];
+        sans.extend(extra_sans.iter().cloned());
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "procmesh");
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        set_validity(&mut params, valid_for);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(TlsIdentity {
+            ca_cert_pem: self.cert_pem.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after =
+        now + time::Duration::seconds(valid_for.as_secs().min(i64::MAX as u64) as i64);
+}
+
+/// What one node or client needs for mutual TLS: the mesh CA certificate, its own certificate
+/// and its private key, all PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The mesh CA certificate.
+    pub ca_cert_pem: String,
+    /// This node's certificate.
+    pub cert_pem: String,
+    /// This node's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// Writes `ca.pem`, `cert.pem` and `key.pem` (mode 0600) into `dir`, creating it.
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| TlsError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        for (file, text) in [
+            (CA_CERT_FILE, &self.ca_cert_pem),
+            (CERT_FILE, &self.cert_pem),
+            (KEY_FILE, &self.key_pem),
+        ] {
+            let path = dir.join(file);
+            write_private(&path, text).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Reads an identity saved by [`save`](Self::save), checking that each file parses.
+    pub fn load(dir: &Path) -> Result<TlsIdentity, TlsError> {
+        let read = |file: &str| {
+            let path = dir.join(file);
+            fs::read_to_string(&path).map_err(|source| TlsError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let identity = TlsIdentity {
+            ca_cert_pem: read(CA_CERT_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            key_pem: read(KEY_FILE)?,
+        };
+        identity.parts(&dir.display().to_string())?;
+        Ok(identity)
+    }
+
+    fn parts(&self, origin: &str) -> Result<Parts, TlsError> {
+        let pem_err = |what: &'static str, reason: String| TlsError::Pem {
+            what,
+            path: origin.to_owned(),
+            reason,
+        };
+        let ca = parse_certs(&self.ca_cert_pem).map_err(|r| pem_err("CA certificate", r))?;
+        let chain = parse_certs(&self.cert_pem).map_err(|r| pem_err("certificate", r))?;
+        let key = parse_key(&self.key_pem).map_err(|r| pem_err("private key", r))?;
+        let mut roots = RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert)?;
+        }
+        Ok(Parts {
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
+    }
+
+    /// The rustls server config: TLS 1.3, client certificates required from the mesh CA (TLS-1).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let provider = provider();
+        let parts = self.parts("identity")?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            parts.roots,
+            provider.clone(),
+        )
+        .build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(parts.chain, parts.key)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// The rustls client config: TLS 1.3, trusting only the mesh CA, presenting our certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let parts = self.parts("identity")?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(parts.roots)
+            .with_client_auth_cert(parts.chain, parts.key)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+struct Parts {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn parse_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    Ok(certs)
+}
+
+fn parse_key(text: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+/// quinn crypto configs from an identity.
+pub(crate) fn quic_configs(
+    identity: &TlsIdentity,
+) -> Result<
+    (
+        quinn::crypto::rustls::QuicServerConfig,
+        quinn::crypto::rustls::QuicClientConfig,
+    ),
+    TlsError,
+> {
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    Ok((server, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_through_files() {
+        let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
+        let id = ca
+            .issue(
+                Role::Node,
+                "host-a",
+                &["127.0.0.1".into()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        id.save(dir.path()).unwrap();
+        let loaded = TlsIdentity::load(dir.path()).unwrap();
+        assert_eq!(loaded.cert_pem, id.cert_pem);
+        loaded.server_config().unwrap();
+        loaded.client_config().unwrap();
+        let again = MeshCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+        again
+            .issue(Role::Client, "c", &[], Duration::from_secs(60))
+            .unwrap()
+            .client_config()
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_pem_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = TlsIdentity::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+        let id = TlsIdentity {
+            ca_cert_pem: "garbage".into(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        };
+        assert!(id
+            .server_config()
+            .unwrap_err()
+            .to_string()
+            .contains("CA certificate"));
+    }
+}

@@ -267,6 +267,7 @@ fn oversized_messages_are_not_encoded() {
     assert_eq!(out, vec![9, 9]);
 }
 
+// Attests WIRE-5: malformed bodies are errors of their own kind, never a panic or a value.
 #[test]
 fn garbage_bodies_are_corrupt() {
     let codec = FrameCodec::default();
@@ -303,6 +304,7 @@ fn garbage_bodies_are_corrupt() {
     ));
 }
 
+// Attests WIRE-1, WIRE-5: a frame holds exactly one message.
 #[test]
 fn trailing_bytes_are_corrupt() {
     let mut body = encode_body(&sample_envelope()).unwrap();

@@ -599,3 +599,21 @@ impl NodeInner {
         (id, rx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pinned() {
+        let c = NodeConfig::default();
+        assert_eq!(c.max_frame, 16 * 1024 * 1024);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.quic.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.quic.keep_alive, Duration::from_secs(5));
+        assert_eq!(c.quic.max_bidi_streams, 64);
+        assert_eq!(c.quic.connect_timeout, Duration::from_secs(5));
+        // QUIC-2: keep-alives must come well within the idle timeout.
+        assert!(c.quic.keep_alive * 3 <= c.quic.idle_timeout);
+    }
+}

@@ -39,6 +39,8 @@ pub struct QuicOptions {
     pub keep_alive: Duration,
     /// Concurrent bidirectional streams a peer may open (control + blob transfers).
     pub max_bidi_streams: u32,
+    /// How long a dial may take before its queued messages are bounced.
+    pub connect_timeout: Duration,
 }
 
 impl Default for QuicOptions {
@@ -47,6 +49,7 @@ impl Default for QuicOptions {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_bidi_streams: 64,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -70,6 +73,7 @@ pub(crate) struct Quic {
     local: SocketAddr,
     conns: DashMap<SocketAddr, quinn::Connection>,
     dialing: DashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>,
+    connect_timeout: Duration,
 }
 
 impl Quic {
@@ -99,6 +103,7 @@ impl Quic {
             local,
             conns: DashMap::new(),
             dialing: DashMap::new(),
+            connect_timeout: opts.connect_timeout,
         })
     }
 
@@ -145,11 +150,18 @@ impl Quic {
         if let Some(conn) = self.conns.get(&addr).filter(|c| live(c)) {
             return Ok(conn.clone());
         }
-        let conn = self
+        let connecting = self
             .endpoint
             .connect(addr, NODE_SERVER_NAME)
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
+            .map_err(|_| {
+                format!(
+                    "cannot connect to {addr}: no answer within {:?}",
+                    self.connect_timeout
+                )
+            })?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         self.conns.insert(addr, conn.clone());
         // The peer may open streams on this connection too (its replies reuse it, QUIC-1).

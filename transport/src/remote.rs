@@ -38,6 +38,12 @@ use crate::node::{Entry, Node, PeerInfo};
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A reply still to come.
+pub type PendingReply<R> = BoxFuture<'static, Result<R, RemoteError>>;
+
+/// An enqueued ask: first the enqueueing (which may fail), then the reply.
+pub type Enqueued<'a, R> = BoxFuture<'a, Result<PendingReply<R>, RemoteError>>;
+
 /// What an exposed actor receives: the message, and who sent it from where.
 #[derive(Debug, Clone)]
 pub struct Request<M> {
@@ -70,10 +76,7 @@ pub trait Handler<M: RemoteMessage>: Send + Sync + 'static {
     /// Delivers a one-way message, waiting for mailbox space.
     fn tell(&self, req: Request<M>) -> BoxFuture<'_, Result<(), RemoteError>>;
     /// Enqueues a request; the inner future resolves to the reply.
-    fn ask(
-        &self,
-        req: Request<M>,
-    ) -> BoxFuture<'_, Result<BoxFuture<'static, Result<M::Reply, RemoteError>>, RemoteError>>;
+    fn ask(&self, req: Request<M>) -> Enqueued<'_, M::Reply>;
 }
 
 fn send_error<T, E: std::fmt::Debug>(e: SendError<T, E>) -> RemoteError {
@@ -100,16 +103,13 @@ where
         Box::pin(async move { ActorRef::tell(self, req).send().await.map_err(send_error) })
     }
 
-    fn ask(
-        &self,
-        req: Request<M>,
-    ) -> BoxFuture<'_, Result<BoxFuture<'static, Result<M::Reply, RemoteError>>, RemoteError>> {
+    fn ask(&self, req: Request<M>) -> Enqueued<'_, M::Reply> {
         Box::pin(async move {
             let pending = ActorRef::ask(self, req)
                 .enqueue()
                 .await
                 .map_err(send_error)?;
-            let reply: BoxFuture<'static, Result<M::Reply, RemoteError>> =
+            let reply: PendingReply<M::Reply> =
                 Box::pin(async move { pending.await.map_err(send_error) });
             Ok(reply)
         })
@@ -123,11 +123,7 @@ pub(crate) trait ErasedHandler: Send + Sync {
         message: &'a [u8],
         ctx: CallContext,
     ) -> BoxFuture<'a, Result<(), RemoteError>>;
-    fn ask<'a>(
-        &'a self,
-        message: &'a [u8],
-        ctx: CallContext,
-    ) -> BoxFuture<'a, Result<BoxFuture<'static, Result<Payload, RemoteError>>, RemoteError>>;
+    fn ask<'a>(&'a self, message: &'a [u8], ctx: CallContext) -> Enqueued<'a, Payload>;
 }
 
 struct Erased<M: RemoteMessage>(Arc<dyn Handler<M>>);
@@ -153,14 +149,10 @@ impl<M: RemoteMessage> ErasedHandler for Erased<M> {
         Box::pin(async move { self.0.tell(decode(message, ctx)?).await })
     }
 
-    fn ask<'a>(
-        &'a self,
-        message: &'a [u8],
-        ctx: CallContext,
-    ) -> BoxFuture<'a, Result<BoxFuture<'static, Result<Payload, RemoteError>>, RemoteError>> {
+    fn ask<'a>(&'a self, message: &'a [u8], ctx: CallContext) -> Enqueued<'a, Payload> {
         Box::pin(async move {
             let reply = self.0.ask(decode(message, ctx)?).await?;
-            let encoded: BoxFuture<'static, Result<Payload, RemoteError>> = Box::pin(async move {
+            let encoded: PendingReply<Payload> = Box::pin(async move {
                 let reply = reply.await?;
                 encode_body(&reply)
                     .map(Payload)

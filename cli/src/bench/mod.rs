@@ -49,8 +49,8 @@ pub struct Row {
 pub fn print_table(title: &str, rows: &[Row]) {
     println!("{title}");
     println!(
-        "{:<34} {:>14} {:>14} {:<9} {:>7}  {}",
-        "measurement", "procmesh", "raw", "unit", "ratio", "goal"
+        "{:<34} {:>14} {:>14} {:<9} {:>7}  goal",
+        "measurement", "procmesh", "raw", "unit", "ratio"
     );
     for r in rows {
         println!(

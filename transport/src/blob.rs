@@ -135,6 +135,20 @@ impl BlobStore {
         }))
     }
 
+    /// Opens (creating) a store another process also uses — a host's store, shared on disk
+    /// with its procs. Unlike [`open`](Self::open) it leaves `tmp/` alone: files there may be
+    /// arrivals in progress in the owning process.
+    pub fn open_shared(root: impl Into<PathBuf>) -> Result<Arc<BlobStore>, BlobError> {
+        let root = root.into();
+        for dir in [root.join("objects"), root.join("tmp")] {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(Arc::new(BlobStore {
+            root,
+            next_tmp: AtomicU64::new(0),
+        }))
+    }
+
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RemoteMessage;
 use crate::action::{ExitStatus, Timestamp};
+use crate::cas::BlobHash;
 use crate::ids::{ActorId, HostAddr, ProcId};
 
 /// Environment variable holding the child's own [`ProcId`] (text form).
@@ -62,6 +63,15 @@ pub enum HostRequest {
     },
     /// List the procs. Answered by [`HostReply::Procs`].
     ListProcs,
+    /// Make sure these blobs are in the host's blob store (which its procs share on disk),
+    /// fetching what is missing from the node at `from`, verified. Answered by
+    /// [`HostReply::BlobsReady`] once every one is there.
+    FetchBlobs {
+        /// The blobs needed.
+        hashes: Vec<BlobHash>,
+        /// Where to fetch missing ones (the orchestrator, or any node keeping a blob store).
+        from: HostAddr,
+    },
     /// The host's status. Answered by [`HostReply::Status`].
     Status,
 }
@@ -114,6 +124,11 @@ pub enum HostReply {
     TerminatedAll(BulkOutcome),
     /// Every proc on the host.
     Procs(Vec<ProcInfo>),
+    /// Every blob asked for is in the host's store.
+    BlobsReady {
+        /// How many had to be fetched.
+        fetched: u32,
+    },
     /// The host's status.
     Status(HostStatus),
 }
@@ -315,6 +330,14 @@ pub enum HostError {
     /// A [`ProcReady`] for a proc the host is not spawning (or from another pid).
     #[error("unexpected ready callback from {0}")]
     UnexpectedProc(String),
+    /// A blob could not be fetched or was refused (wrong hash or size).
+    #[error("blob {hash}: {reason}")]
+    Blob {
+        /// The blob.
+        hash: BlobHash,
+        /// What went wrong.
+        reason: String,
+    },
     /// The host is shutting down.
     #[error("the host is shutting down")]
     ShuttingDown,
@@ -339,6 +362,7 @@ impl HostError {
             HostError::MissingAddress(_) => "missing_address",
             HostError::MissingAgent(_) => "missing_agent",
             HostError::UnexpectedProc(_) => "unexpected_proc",
+            HostError::Blob { .. } => "blob",
             HostError::ShuttingDown => "shutting_down",
             HostError::Internal(_) => "internal",
         }

@@ -1,9 +1,11 @@
 //! `procmesh` — the one binary operators run.
 //!
-//! Subcommands today: `bench transport`. The host agent, orchestrator, client commands and
-//! `demo` arrive with their issues; nothing here pretends to do what it does not.
+//! Subcommands: `host` (the per-machine agent), `proc-agent` (what a host runs for each proc;
+//! not for people), `bench <suite>`. The orchestrator, client commands and `demo` arrive with
+//! their issue; nothing here pretends to do what it does not.
 
 mod bench;
+mod cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +19,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the host agent of this machine.
+    Host(cmd::host::HostArgs),
+    /// Run as a proc agent. The host starts this with the bootstrap environment; it is not a
+    /// command for people.
+    #[command(hide = true)]
+    ProcAgent,
     /// Measure this machine: figures beside raw baselines from the same run.
     Bench {
         #[command(subcommand)]
@@ -44,5 +52,17 @@ fn main() -> anyhow::Result<()> {
     procmesh_transport::install_crypto_provider();
     match cli.command {
         Command::Bench { suite } => bench::run(suite),
+        Command::ProcAgent => proc_agent(),
+        Command::Host(args) => cmd::host::run(args),
     }
+}
+
+fn proc_agent() -> anyhow::Result<()> {
+    let boot = procmesh_proc_agent::Bootstrap::from_env()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("proc-agent")
+        .build()?;
+    runtime.block_on(procmesh_proc_agent::run(boot))?;
+    Ok(())
 }

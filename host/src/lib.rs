@@ -1,1 +1,92 @@
-//! placeholder
+//! # procmesh-host
+//!
+//! The host agent: one per machine. It listens on **one** QUIC frontend address, starts proc
+//! agents (child OS processes, or tasks in-process for tests), routes every message for
+//! `ProcId(frontend, name)` to that proc's backend link, and drives each proc's whole life —
+//! bootstrap, readiness, terminate, kill, exit, reaping — while registering and heartbeating
+//! with the orchestrator.
+//!
+//! It is not the proc agent (that is `procmesh-proc-agent`, which this crate never depends on:
+//! the composer injects an in-process proc through a factory, and an OS proc is a separate
+//! binary reading the [`env`] variables), not the orchestrator, and not the transport.
+//!
+//! ```text
+//!                        ┌──────────────────────── host ─────────────────────────┐
+//!  peers ══QUIC══▶ frontend quic!A   service.host   service.bootstrap   blobs/    │
+//!                        │  route by proc name                                   │
+//!                        ├──▶ backend (unix!<state>/host.sock) ◀──▶ proc agent A,w1
+//!                        └──▶ backend (unix!<state>/host.sock) ◀──▶ proc agent A,w2
+//!                        └───────────────────────────────────────────────────────┘
+//! ```
+//!
+//! # Layout
+//! - [`config`] — [`HostConfig`] and the state directory's [`StatePaths`].
+//! - [`host`] — [`Host`]: start, spawn, terminate, kill, bulk terminate, blobs, the `local`
+//!   proc, shutdown (`HST-2`, `HST-3`, `HST-6`, `HST-13`).
+//! - [`handle`] — [`ProcHandle`]: a proc's state machine, the stop sequence (`HST-4`, `HST-5`).
+//! - [`manager`] — the [`ProcManager`] trait; [`OsProcManager`] (`HST-8`, `HST-9`) and
+//!   [`InProcessManager`].
+//! - `table` — the proc table and name rules (`HST-1`).
+//! - `service` — the `service` proc's actors: `host`, `bootstrap` (`HST-12`).
+//! - `blobs` — `FetchBlobs` with shared transfers (`HST-10`).
+//! - `registration` — registration, heartbeats, lost procs (`HST-7`, `HST-11`).
+//! - [`system`] — what the host says about its machine.
+//! - [`env`] — the environment variables of a proc's bootstrap.
+//!
+//! # Invariants
+//! Each is stated where it is kept: HST-1 (`table`), HST-2, HST-3, HST-6, HST-13 ([`host`]),
+//! HST-4, HST-5 ([`handle`]), HST-7, HST-11 (`registration`), HST-8, HST-9 ([`manager`]'s OS
+//! manager), HST-10 (`blobs`), HST-12 (`service`).
+#![deny(missing_docs)]
+
+mod blobs;
+pub mod config;
+pub mod handle;
+pub mod host;
+pub mod manager;
+mod registration;
+mod service;
+pub mod system;
+mod table;
+
+pub use config::{HostConfig, StatePaths};
+pub use handle::{ProcHandle, ProcState, ReadyInfo};
+pub use host::{Host, StartError};
+pub use manager::{
+    ChildRecord, InProcessLaunch, InProcessManager, Launch, OsProcManager, OsProcManagerError,
+    ProcControl, ProcFactory, ProcManager, StopSignal,
+};
+pub use service::{BOOTSTRAP_ACTOR, HOST_ACTOR};
+pub use table::check_spawn_name;
+
+/// Environment variables of a proc's bootstrap, beside the protocol's `PROCMESH_PROC_ID`,
+/// `PROCMESH_BACKEND_ADDR` and `PROCMESH_CALLBACK`
+/// ([`procmesh_protocol::messages::host`]). The proc agent reads the same names;
+/// [`Launch::env`] lists them all in the order the host sets them.
+///
+/// | variable | value |
+/// |---|---|
+/// | `PROCMESH_PROC_ID` | the proc's id, `<frontend>,<name>`, e.g. `quic!10.0.0.5:7700,w-1` |
+/// | `PROCMESH_BACKEND_ADDR` | the host backend, e.g. `unix!/var/lib/procmesh/host.sock` |
+/// | `PROCMESH_CALLBACK` | the bootstrap actor, `<frontend>,service.bootstrap` |
+/// | [`WORK_DIR`](env::WORK_DIR) | the proc's own empty directory, `<state>/procs/<name>` |
+/// | [`WORKERS_DIR`](env::WORKERS_DIR) | the shared worker cache, `<state>/workers` |
+/// | [`BLOBS_DIR`](env::BLOBS_DIR) | the shared blob store, `<state>/blobs` |
+/// | [`MAX_ACTIONS`](env::MAX_ACTIONS) | most actions at once; unset: logical CPUs |
+///
+/// A proc's node is built so that the host routes to it with no further setup: it names the
+/// host's frontend as its address and sends everything through the backend,
+/// `NodeBuilder::new(name).addr(frontend).default_route(backend)` (+ `.local(hub, name)` for
+/// an in-process proc); its first message over the backend — its `ProcReady` to
+/// `PROCMESH_CALLBACK` — installs the host's route to it. `ProcReady.addr` is that node's
+/// address (the frontend), `pid` its OS pid.
+pub mod env {
+    /// The proc's own work directory (empty at start; deleted after it exits).
+    pub const WORK_DIR: &str = "PROCMESH_WORK_DIR";
+    /// The host's worker cache, shared by its procs (wiped when the host starts).
+    pub const WORKERS_DIR: &str = "PROCMESH_WORKERS_DIR";
+    /// The host's blob store, shared by its procs (`objects/<hash>`).
+    pub const BLOBS_DIR: &str = "PROCMESH_BLOBS_DIR";
+    /// Most actions the proc's runner runs at once, e.g. `8`; unset for the logical CPUs.
+    pub const MAX_ACTIONS: &str = "PROCMESH_MAX_ACTIONS";
+}

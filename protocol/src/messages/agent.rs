@@ -43,12 +43,24 @@ pub enum AgentRequest {
     Capacity,
     /// What it is running. Answered by [`AgentReply::Status`].
     Status,
+    /// Check a route from this proc: ask the target and report the round trip. An operator's
+    /// connectivity probe ("can proc A reach B?"). Answered by [`AgentReply::Probed`].
+    Probe(Probe),
     /// Stop accepting work, cancel what runs, clean up and exit. Answered by
     /// [`AgentReply::Stopping`].
     Stop {
         /// Why.
         reason: String,
     },
+}
+
+/// What a [`AgentRequest::Probe`] asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// Ask this proc agent for its capacity.
+    Agent(ActorId),
+    /// Ask this host agent for its status.
+    Host(ActorId),
 }
 
 /// One attempt of an action, as the orchestrator hands it to a proc agent.
@@ -95,6 +107,13 @@ pub enum AgentReply {
     Capacity(Capacity),
     /// What it is running.
     Status(AgentStatus),
+    /// The probed actor answered.
+    Probed {
+        /// Who answered: the proc it lives in.
+        answered_by: ProcId,
+        /// Round trip, in microseconds.
+        rtt_us: u64,
+    },
     /// It is stopping.
     Stopping {
         /// How many actions it is cancelling.
@@ -163,6 +182,14 @@ pub enum AgentError {
     /// The agent is stopping.
     #[error("the proc agent is stopping")]
     Stopping,
+    /// A probe found no answer.
+    #[error("probe of {target} failed: {reason}")]
+    Unreachable {
+        /// What was probed.
+        target: ActorId,
+        /// Why it failed.
+        reason: String,
+    },
     /// Anything else; the text says what.
     #[error("proc agent error: {0}")]
     Internal(String),
@@ -177,6 +204,7 @@ impl AgentError {
             AgentError::InvalidAction(_) => "invalid_action",
             AgentError::UnknownWorker(_) => "unknown_worker",
             AgentError::Stopping => "stopping",
+            AgentError::Unreachable { .. } => "unreachable",
             AgentError::Internal(_) => "internal",
         }
     }

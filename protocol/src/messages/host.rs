@@ -29,6 +29,14 @@ pub const ENV_PROC_ID: &str = "PROCMESH_PROC_ID";
 pub const ENV_BACKEND_ADDR: &str = "PROCMESH_BACKEND_ADDR";
 /// Environment variable holding the [`ActorId`] the child sends [`ProcReady`] to.
 pub const ENV_CALLBACK: &str = "PROCMESH_CALLBACK";
+/// Environment variable holding the proc's own work directory (its sandboxes live there).
+pub const ENV_WORK_DIR: &str = "PROCMESH_WORK_DIR";
+/// Environment variable holding the host-wide worker cache directory (`workers/`).
+pub const ENV_WORKERS_DIR: &str = "PROCMESH_WORKERS_DIR";
+/// Environment variable holding the host's blob store directory, shared on disk with procs.
+pub const ENV_BLOBS_DIR: &str = "PROCMESH_BLOBS_DIR";
+/// Environment variable holding the most actions the proc runs at once (`0` = logical CPUs).
+pub const ENV_MAX_ACTIONS: &str = "PROCMESH_MAX_ACTIONS";
 
 /// A request to the host agent (the `service` proc's `host` actor).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

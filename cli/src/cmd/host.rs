@@ -1,0 +1,160 @@
+//! `procmesh host`: the per-machine agent. Configuration comes from a TOML file, then the
+//! environment, then flags (each overriding the one before). Once the frontend listens and the
+//! requested procs are ready it prints one line, `ready <frontend address>` (or a JSON object
+//! with `--json`), and serves until SIGTERM or SIGINT, when it stops its procs and exits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use procmesh_host::{Host, HostConfig, OsProcManager};
+use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
+use procmesh_protocol::{ActorId, HostAddr};
+
+/// Flags of `procmesh host`; each also reads an environment variable.
+#[derive(Debug, clap::Args)]
+pub struct HostArgs {
+    /// TOML configuration file (fields of HostConfig; see deploy/host.toml).
+    #[arg(long, env = "PROCMESH_HOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// QUIC frontend bind address, e.g. 0.0.0.0:7700.
+    #[arg(long, env = "PROCMESH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address other nodes reach this host at, e.g. quic!10.0.0.5:7700.
+    #[arg(long, env = "PROCMESH_ADVERTISE")]
+    advertise: Option<HostAddr>,
+    /// Directory with ca.pem, cert.pem, key.pem (from `procmesh certs`).
+    #[arg(long, env = "PROCMESH_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// State directory (backend socket, blob store, worker cache, proc work dirs).
+    #[arg(long, env = "PROCMESH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Orchestrator service actor to register with, e.g. quic!10.0.0.1:7600,service.orchestrator.
+    #[arg(long, env = "PROCMESH_ORCHESTRATOR")]
+    orchestrator: Option<ActorId>,
+    /// A label announced at registration, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Actions the host announces it runs at once (default: logical CPUs).
+    #[arg(long, env = "PROCMESH_CAPACITY")]
+    capacity: Option<u32>,
+    /// Proc agents to start at once, named proc-1 … proc-N.
+    #[arg(long, env = "PROCMESH_PROCS", default_value_t = 0)]
+    procs: u32,
+    /// Most actions each started proc runs at once (default: logical CPUs).
+    #[arg(long, env = "PROCMESH_MAX_ACTIONS")]
+    max_actions: Option<u32>,
+    /// Print the ready line as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    if k.is_empty() {
+        return Err(format!("empty label key in {text:?}"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+impl HostArgs {
+    /// The configuration: file < environment < flags (clap folds environment into flags).
+    pub fn config(&self) -> anyhow::Result<HostConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<HostConfig>(&text)
+                    .with_context(|| format!("bad host configuration in {}", path.display()))?
+            }
+            None => HostConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &self.advertise {
+            config.advertise = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_dir {
+            config.tls_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.state_dir {
+            config.state_dir = v.clone();
+        }
+        if let Some(v) = &self.orchestrator {
+            config.orchestrator = Some(v.clone());
+        }
+        if !self.labels.is_empty() {
+            config.labels.extend(self.labels.iter().cloned());
+        }
+        if let Some(v) = self.capacity {
+            config.capacity = Some(v);
+        }
+        anyhow::ensure!(
+            config.tls_dir.is_some(),
+            "no TLS identity: pass --tls-dir (create one with `procmesh certs`)"
+        );
+        Ok(config)
+    }
+}
+
+pub fn run(args: HostArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("host")
+        .build()?;
+    runtime.block_on(serve(args, config))
+}
+
+async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
+    let manager = OsProcManager::new(config.proc_binary.clone(), config.allowed_dir.clone())
+        .context("proc manager")?;
+    let grace = config.terminate_grace();
+    let host = Host::start(config, Arc::new(manager))
+        .await
+        .context("starting the host")?;
+    let mut procs = Vec::new();
+    for i in 1..=args.procs {
+        let spec = SpawnSpec {
+            name: format!("proc-{i}"),
+            config: ProcConfig {
+                max_actions: args.max_actions,
+                ..ProcConfig::default()
+            },
+        };
+        let handle = host
+            .spawn(spec)
+            .await
+            .with_context(|| format!("starting proc-{i}"))?;
+        procs.push(handle.proc_id().to_string());
+    }
+    if args.json {
+        let line = serde_json::json!({ "ready": host.addr().to_string(), "procs": procs });
+        println!("{line}");
+    } else {
+        println!("ready {}", host.addr());
+    }
+    tracing::info!(addr = %host.addr(), procs = procs.len(), "host ready");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: terminating procs");
+    let outcome = host.shutdown(grace).await;
+    let failed: BTreeMap<_, _> = outcome
+        .failed
+        .iter()
+        .map(|f| (f.name.clone(), f.error.to_string()))
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "procs that did not stop: {failed:?}");
+    Ok(())
+}

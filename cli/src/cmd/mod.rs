@@ -1,0 +1,3 @@
+//! The operator-facing subcommands.
+
+pub mod host;

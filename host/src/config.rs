@@ -1,0 +1,228 @@
+//! [`HostConfig`]: everything an operator sets for a host agent. A serde struct (TOML file <
+//! environment < flags, merged by the CLI), unknown fields refused, every field defaulted.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7700"
+//! advertise = "quic!10.0.0.5:7700"
+//! tls_dir = "/etc/procmesh/tls"
+//! state_dir = "/var/lib/procmesh"
+//! allowed_dir = "/usr/lib/procmesh"
+//! orchestrator = "quic!10.0.0.1:7600,service.orchestrator"
+//! labels = { zone = "eu-1" }
+//! ```
+//!
+//! The state directory holds, by [`StatePaths`]:
+//!
+//! ```text
+//! <state_dir>/host.sock        backend Unix socket: every proc of the host connects here
+//! <state_dir>/blobs/           the host's blob store, shared on disk with its procs
+//! <state_dir>/workers/         worker cache of the procs (wiped at host start: stale)
+//! <state_dir>/procs/<name>/    a proc's work directory (wiped at host start: stale)
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use procmesh_protocol::{ActorId, HostAddr};
+use procmesh_transport::TlsIdentity;
+use serde::{Deserialize, Serialize};
+
+/// A host agent's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// The QUIC frontend's bind address, e.g. `"0.0.0.0:7700"`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The frontend address other nodes reach this host at, e.g. `"quic!10.0.0.5:7700"`.
+    /// Required when `listen` is an unspecified address (`0.0.0.0`, `::`); otherwise it
+    /// defaults to the bound address.
+    pub advertise: Option<HostAddr>,
+    /// Directory holding the host's mTLS identity (`ca.pem`, `cert.pem`, `key.pem`), e.g.
+    /// `"/etc/procmesh/tls"`. Ignored when [`tls_identity`](Self::tls_identity) is set.
+    pub tls_dir: Option<PathBuf>,
+    /// The mTLS identity as a value (set by code, e.g. `procmesh demo` or tests; never read
+    /// from a file). Wins over `tls_dir`.
+    #[serde(skip)]
+    pub tls_identity: Option<TlsIdentity>,
+    /// The host's state directory, e.g. `"/var/lib/procmesh"` (see [`StatePaths`]).
+    pub state_dir: PathBuf,
+    /// The proc-agent binary, run as `<binary> proc-agent [args…]`, e.g.
+    /// `"/usr/lib/procmesh/procmesh"`. `None`: the running executable (`procmesh` re-execs
+    /// itself).
+    pub proc_binary: Option<PathBuf>,
+    /// The directory the proc-agent binary must resolve into (after canonicalisation, so
+    /// symlinks and `..` cannot lead out), e.g. `"/usr/lib/procmesh"`. `None`: the directory
+    /// of the running executable.
+    pub allowed_dir: Option<PathBuf>,
+    /// How long a spawn waits for the proc's ready callback, in milliseconds, e.g. `30000`;
+    /// 0 waits without limit. A spawn request may override it.
+    pub ready_timeout_ms: u64,
+    /// Grace period of a terminate that names none (bulk terminate at shutdown), in
+    /// milliseconds, e.g. `10000`.
+    pub terminate_grace_ms: u64,
+    /// How long to wait for a proc to exit after SIGKILL before the stop is reported as failed,
+    /// in milliseconds, e.g. `5000`.
+    pub kill_wait_ms: u64,
+    /// How many procs a bulk terminate stops at once, e.g. `8`; at least 1.
+    pub terminate_concurrency: u32,
+    /// Timeout of the host's own asks to proc agents (stop, status for heartbeats, the agent
+    /// check at ready), in milliseconds, e.g. `2000`.
+    pub agent_ask_timeout_ms: u64,
+    /// The orchestrator's service actor to register with and heartbeat, e.g.
+    /// `"quic!10.0.0.1:7600,service.orchestrator"`. `None`: a standalone host.
+    pub orchestrator: Option<ActorId>,
+    /// How often to heartbeat, in milliseconds, e.g. `5000`, until the orchestrator's
+    /// registration reply names its own interval, which then wins.
+    pub heartbeat_interval_ms: u64,
+    /// Operator labels announced at registration, e.g. `{ zone = "eu-1", gpu = "a100" }`.
+    pub labels: BTreeMap<String, String>,
+    /// How many actions the host announces it runs at once, e.g. `16`. `None`: its logical
+    /// CPUs.
+    pub capacity: Option<u32>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            advertise: None,
+            tls_dir: None,
+            tls_identity: None,
+            state_dir: PathBuf::from("/var/lib/procmesh"),
+            proc_binary: None,
+            allowed_dir: None,
+            ready_timeout_ms: 30_000,
+            terminate_grace_ms: 10_000,
+            kill_wait_ms: 5_000,
+            terminate_concurrency: 8,
+            agent_ask_timeout_ms: 2_000,
+            orchestrator: None,
+            heartbeat_interval_ms: 5_000,
+            labels: BTreeMap::new(),
+            capacity: None,
+        }
+    }
+}
+
+impl HostConfig {
+    /// A configuration for tests and `demo`: frontend on `127.0.0.1:0`, state in `state_dir`,
+    /// this identity; everything else default.
+    pub fn ephemeral(state_dir: impl Into<PathBuf>, identity: TlsIdentity) -> HostConfig {
+        HostConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir: state_dir.into(),
+            tls_identity: Some(identity),
+            ..HostConfig::default()
+        }
+    }
+
+    /// The paths inside the state directory.
+    pub fn paths(&self) -> StatePaths {
+        StatePaths::new(&self.state_dir)
+    }
+
+    /// [`terminate_grace_ms`](Self::terminate_grace_ms) as a duration.
+    pub fn terminate_grace(&self) -> Duration {
+        Duration::from_millis(self.terminate_grace_ms)
+    }
+
+    /// [`kill_wait_ms`](Self::kill_wait_ms) as a duration.
+    pub fn kill_wait(&self) -> Duration {
+        Duration::from_millis(self.kill_wait_ms)
+    }
+
+    /// [`agent_ask_timeout_ms`](Self::agent_ask_timeout_ms) as a duration.
+    pub fn agent_ask_timeout(&self) -> Duration {
+        Duration::from_millis(self.agent_ask_timeout_ms.max(1))
+    }
+}
+
+/// Where things live in a host's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePaths {
+    /// The state directory itself.
+    pub root: PathBuf,
+    /// The backend Unix socket (`host.sock`).
+    pub socket: PathBuf,
+    /// The blob store (`blobs/`).
+    pub blobs: PathBuf,
+    /// The procs' worker cache (`workers/`).
+    pub workers: PathBuf,
+    /// The parent of every proc's work directory (`procs/`).
+    pub procs: PathBuf,
+}
+
+impl StatePaths {
+    /// The paths under `root`.
+    pub fn new(root: &Path) -> StatePaths {
+        StatePaths {
+            root: root.to_owned(),
+            socket: root.join("host.sock"),
+            blobs: root.join("blobs"),
+            workers: root.join("workers"),
+            procs: root.join("procs"),
+        }
+    }
+
+    /// The work directory of the proc `name`.
+    pub fn proc_dir(&self, name: &str) -> PathBuf {
+        self.procs.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pinned() {
+        let c = HostConfig::default();
+        assert_eq!(c.listen, "127.0.0.1:7700".parse().unwrap());
+        assert_eq!(c.advertise, None);
+        assert_eq!(c.tls_dir, None);
+        assert!(c.tls_identity.is_none());
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/procmesh"));
+        assert_eq!(c.proc_binary, None);
+        assert_eq!(c.allowed_dir, None);
+        assert_eq!(c.ready_timeout_ms, 30_000);
+        assert_eq!(c.terminate_grace_ms, 10_000);
+        assert_eq!(c.kill_wait_ms, 5_000);
+        assert_eq!(c.terminate_concurrency, 8);
+        assert_eq!(c.agent_ask_timeout_ms, 2_000);
+        assert_eq!(c.orchestrator, None);
+        assert_eq!(c.heartbeat_interval_ms, 5_000);
+        assert!(c.labels.is_empty());
+        assert_eq!(c.capacity, None);
+    }
+
+    #[test]
+    fn paths_follow_the_layout() {
+        let p = StatePaths::new(Path::new("/s"));
+        assert_eq!(p.socket, PathBuf::from("/s/host.sock"));
+        assert_eq!(p.blobs, PathBuf::from("/s/blobs"));
+        assert_eq!(p.workers, PathBuf::from("/s/workers"));
+        assert_eq!(p.proc_dir("w-1"), PathBuf::from("/s/procs/w-1"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_and_missing_ones_defaulted() {
+        let c: HostConfig = serde_json::from_str(
+            r#"{"listen": "0.0.0.0:7701", "orchestrator": "quic!10.0.0.1:7600,service.orchestrator",
+                "labels": {"zone": "eu-1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7701);
+        assert_eq!(c.labels["zone"], "eu-1");
+        assert_eq!(
+            c.orchestrator.unwrap().to_string(),
+            "quic!10.0.0.1:7600,service.orchestrator"
+        );
+        assert_eq!(c.ready_timeout_ms, 30_000);
+        let err = serde_json::from_str::<HostConfig>(r#"{"listn": "0.0.0.0:1"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = serde_json::from_str::<HostConfig>(r#"{"tls_identity": null}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

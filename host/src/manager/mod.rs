@@ -1,0 +1,132 @@
+//! Proc managers: how a proc is started, signalled and waited for. The host decides *what* to
+//! start and drives each proc's life ([`ProcHandle`](crate::ProcHandle)); a [`ProcManager`]
+//! only launches, and the [`ProcControl`] it returns only signals and waits.
+//!
+//! ```text
+//! Host::spawn ── Launch { proc id, backend, callback, dirs, config } ──▶ ProcManager::launch
+//!                                                                          │
+//!     ProcHandle ◀── Arc<dyn ProcControl> (terminate = SIGTERM, kill = SIGKILL, wait) ◀──┘
+//! ```
+//!
+//! Two managers: [`OsProcManager`] (production: a child OS process running the proc-agent
+//! binary) and [`InProcessManager`] (tests and `demo`: a task in this process, started by a
+//! factory the composer injects).
+
+mod in_process;
+mod os;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use procmesh_protocol::cas::BlobHash;
+use procmesh_protocol::messages::host::{ProcConfig, ENV_BACKEND_ADDR, ENV_CALLBACK, ENV_PROC_ID};
+use procmesh_protocol::messages::HostError;
+use procmesh_protocol::{ActorId, ExitStatus, HostAddr, ProcId};
+use procmesh_transport::remote::BoxFuture;
+use procmesh_transport::LocalHub;
+
+pub use in_process::{InProcessLaunch, InProcessManager, ProcFactory, StopSignal};
+pub use os::{OsProcManager, OsProcManagerError};
+
+use crate::env;
+
+/// Everything a manager needs to start one proc: the bootstrap values the proc reads (as
+/// environment variables for an OS child, as this struct in-process) and its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The proc's id: the host's frontend address and the proc's name.
+    pub proc_id: ProcId,
+    /// The host backend the proc connects to and sends everything through.
+    pub backend: HostAddr,
+    /// The host's bootstrap actor, to which the proc sends its `ProcReady`.
+    pub callback: ActorId,
+    /// The proc's own work directory (created empty by the host).
+    pub work_dir: PathBuf,
+    /// The host's worker cache, shared by its procs.
+    pub workers_dir: PathBuf,
+    /// The host's blob store, shared by its procs.
+    pub blobs_dir: PathBuf,
+    /// How the spawn request asked for it to be started.
+    pub config: ProcConfig,
+}
+
+impl Launch {
+    /// The proc's name.
+    pub fn name(&self) -> &str {
+        self.proc_id.name()
+    }
+
+    /// The bootstrap environment of the proc, in a fixed order: the protocol's
+    /// `PROCMESH_PROC_ID`, `PROCMESH_BACKEND_ADDR`, `PROCMESH_CALLBACK`, then the host's
+    /// [`env`] variables (`PROCMESH_MAX_ACTIONS` only when the spawn named a maximum).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
+            (ENV_PROC_ID, self.proc_id.to_string()),
+            (ENV_BACKEND_ADDR, self.backend.to_string()),
+            (ENV_CALLBACK, self.callback.to_string()),
+            (env::WORK_DIR, self.work_dir.display().to_string()),
+            (env::WORKERS_DIR, self.workers_dir.display().to_string()),
+            (env::BLOBS_DIR, self.blobs_dir.display().to_string()),
+        ];
+        if let Some(max) = self.config.max_actions {
+            vars.push((env::MAX_ACTIONS, max.to_string()));
+        }
+        vars
+    }
+}
+
+/// What the host knows of an OS child, so that a reused pid is never mistaken for it (HST-9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRecord {
+    /// Its process id.
+    pub pid: u32,
+    /// Its start time, in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+    /// The canonical path of the executable it runs.
+    pub exe: PathBuf,
+    /// The BLAKE3 hash of that executable when it was started.
+    pub exe_hash: BlobHash,
+}
+
+/// Control over one launched proc. Implementations are idempotent and safe to call from many
+/// tasks at once, before and after the proc exits.
+pub trait ProcControl: Send + Sync + 'static {
+    /// The OS process id, `None` for an in-process proc.
+    fn pid(&self) -> Option<u32>;
+
+    /// The pid the proc's `ProcReady` must carry: the child's pid, or this process's own for
+    /// an in-process proc.
+    fn ready_pid(&self) -> u32;
+
+    /// The child's identity record, for an OS child.
+    fn record(&self) -> Option<ChildRecord> {
+        None
+    }
+
+    /// Asks the proc to stop (SIGTERM to an OS child). A proc that has exited is left alone.
+    fn terminate(&self) -> Result<(), HostError>;
+
+    /// Stops the proc at once (SIGKILL to an OS child; aborting an in-process proc's task).
+    fn kill(&self) -> Result<(), HostError>;
+
+    /// Resolves once the proc has exited and been reaped, with how it ended. Every call
+    /// resolves to the same status.
+    fn wait(&self) -> BoxFuture<'static, ExitStatus>;
+}
+
+/// Starts procs. Object-safe: the host holds an `Arc<dyn ProcManager>`.
+pub trait ProcManager: Send + Sync + 'static {
+    /// A short name for logs, e.g. `os` or `in-process`.
+    fn kind(&self) -> &'static str;
+
+    /// The in-process hub the host's node must join so that procs reach its backend over it,
+    /// for managers that start procs inside this process. The host then passes
+    /// `local!<its hub name>` as the backend address instead of its Unix socket.
+    fn local_hub(&self) -> Option<LocalHub> {
+        None
+    }
+
+    /// Starts the proc. Resolves once it runs (not once it is ready: the host waits for its
+    /// callback). Errors: [`HostError::NotAllowed`], [`HostError::Launch`].
+    fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Arc<dyn ProcControl>, HostError>>;
+}

@@ -1,0 +1,190 @@
+//! The proc table: which names are taken, by which proc, and where a starting proc's ready
+//! callback goes.
+//!
+//! A name is taken from the moment a spawn reserves it until the proc's exit monitor releases
+//! it, *after* removing its route (HST-6). While the proc is being launched its handle does not
+//! exist yet; lookups wait for it ([`ProcTable::handle`]).
+//!
+//! # Invariants
+//! - **HST-1** A name is held by at most one proc: a spawn of a name that is reserved or live is
+//!   refused [`HostError::NameInUse`]; `service` and `local` are refused
+//!   [`HostError::ReservedName`]; anything that is not a valid proc name (ID-2) is refused
+//!   [`HostError::BadName`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use procmesh_protocol::ids::validate_name;
+use procmesh_protocol::messages::{HostError, ProcReady};
+use procmesh_protocol::{LOCAL_PROC, SERVICE_PROC};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::handle::ProcHandle;
+
+/// A ready callback on its way to the spawn that waits for it, with the slot for its answer.
+pub(crate) struct Callback {
+    pub ready: ProcReady,
+    pub reply: oneshot::Sender<Result<(), HostError>>,
+}
+
+/// One name's entry.
+struct Entry {
+    /// Where ready callbacks for the proc go (to its spawn driver).
+    callbacks: mpsc::UnboundedSender<Callback>,
+    /// The proc's handle, once launched; the sender is dropped if the launch failed.
+    handle: watch::Receiver<Option<ProcHandle>>,
+}
+
+/// What a spawn holds while it launches the proc: it publishes the handle through it.
+pub(crate) struct Reservation {
+    pub callbacks: mpsc::UnboundedReceiver<Callback>,
+    pub handle: watch::Sender<Option<ProcHandle>>,
+}
+
+/// Checks a name a user wants to spawn (HST-1).
+pub fn check_spawn_name(name: &str) -> Result<(), HostError> {
+    if name == SERVICE_PROC || name == LOCAL_PROC {
+        return Err(HostError::ReservedName(name.to_owned()));
+    }
+    validate_name(name).map_err(|e| HostError::BadName {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The procs of a host by name.
+#[derive(Default)]
+pub(crate) struct ProcTable {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl ProcTable {
+    /// Takes `name` for a new proc (HST-1).
+    pub fn reserve(&self, name: &str) -> Result<Reservation, HostError> {
+        check_spawn_name(name)?;
+        let mut entries = self.entries.lock().expect("proc table lock");
+        if entries.contains_key(name) {
+            return Err(HostError::NameInUse(name.to_owned()));
+        }
+        let (cb_tx, cb_rx) = mpsc::unbounded_channel();
+        let (h_tx, h_rx) = watch::channel(None);
+        entries.insert(
+            name.to_owned(),
+            Entry {
+                callbacks: cb_tx,
+                handle: h_rx,
+            },
+        );
+        Ok(Reservation {
+            callbacks: cb_rx,
+            handle: h_tx,
+        })
+    }
+
+    /// Releases `name` if it is still held by the reservation that never launched, or by
+    /// `handle`.
+    pub fn release(&self, name: &str, handle: Option<&ProcHandle>) {
+        let mut entries = self.entries.lock().expect("proc table lock");
+        let ours = entries.get(name).is_some_and(|e| {
+            let current = e.handle.borrow();
+            match (current.as_ref(), handle) {
+                (Some(current), Some(handle)) => current.same(handle),
+                (None, None) => true,
+                _ => false,
+            }
+        });
+        if ours {
+            entries.remove(name);
+        }
+    }
+
+    /// Hands a ready callback to the spawn waiting for it; `None` if no proc of that name is
+    /// starting.
+    pub fn callback(&self, name: &str, callback: Callback) -> Result<(), Callback> {
+        let entries = self.entries.lock().expect("proc table lock");
+        match entries.get(name) {
+            Some(entry) => entry.callbacks.send(callback).map_err(|e| e.0),
+            None => Err(callback),
+        }
+    }
+
+    /// The handle of the proc `name`, waiting for its launch if it is being launched.
+    pub async fn handle(&self, name: &str) -> Result<ProcHandle, HostError> {
+        let rx = {
+            let entries = self.entries.lock().expect("proc table lock");
+            entries.get(name).map(|e| e.handle.clone())
+        };
+        let Some(mut rx) = rx else {
+            return Err(HostError::UnknownProc(name.to_owned()));
+        };
+        let handle = match rx.wait_for(Option::is_some).await {
+            Ok(handle) => Ok(handle.clone().expect("checked by wait_for")),
+            // The launch failed: the name is gone.
+            Err(_) => Err(HostError::UnknownProc(name.to_owned())),
+        };
+        handle
+    }
+
+    /// Every launched proc.
+    pub fn handles(&self) -> Vec<ProcHandle> {
+        let entries = self.entries.lock().expect("proc table lock");
+        entries
+            .values()
+            .filter_map(|e| e.handle.borrow().clone())
+            .collect()
+    }
+
+    /// Every name taken (launched or being launched).
+    pub fn names(&self) -> Vec<String> {
+        let entries = self.entries.lock().expect("proc table lock");
+        entries.keys().cloned().collect()
+    }
+
+    /// How many names are taken.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("proc table lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Attests HST-1 (names)
+    #[test]
+    fn reserved_and_bad_names_are_refused() {
+        assert_eq!(
+            check_spawn_name("service"),
+            Err(HostError::ReservedName("service".into()))
+        );
+        assert_eq!(
+            check_spawn_name("local"),
+            Err(HostError::ReservedName("local".into()))
+        );
+        for bad in ["", "a.b", "a,b", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(check_spawn_name(bad), Err(HostError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_spawn_name("worker-3_b"), Ok(()));
+    }
+
+    // Attests HST-1 (uniqueness)
+    #[tokio::test]
+    async fn a_name_is_held_once_until_released() {
+        let table = ProcTable::default();
+        let r = table.reserve("w").unwrap();
+        assert!(matches!(table.reserve("w"), Err(HostError::NameInUse(_))));
+        assert_eq!(table.names(), vec!["w".to_owned()]);
+        // A launch that failed: the handle sender goes away, lookups end.
+        drop(r.handle);
+        assert!(matches!(
+            table.handle("w").await,
+            Err(HostError::UnknownProc(_))
+        ));
+        table.release("w", None);
+        assert_eq!(table.len(), 0);
+        assert!(table.reserve("w").is_ok());
+    }
+}

@@ -1,0 +1,270 @@
+//! The proc agent actor: answers [`AgentRequest`]s by driving the [`Runner`], and forwards
+//! every transition the runner reports to whoever asked for the action (`report_to`).
+//!
+//! ```text
+//!  orchestrator ── Submit / Cancel / Capacity / Status / Stop ──▶ ProcAgent ──▶ Runner
+//!  orchestrator ◀── tell ActionUpdate(Transition) ── report pump ◀── Runner reports
+//!  orchestrator ◀── ask GetWorker ─┐
+//!  host         ◀── ask FetchBlobs ┴── MeshResolver ◀── Runner (what it lacks)
+//! ```
+//!
+//! # Invariants
+//! - **PA-AG-1** Transitions reach `report_to` in the order the runner reported them: one pump
+//!   task tells them one after another over one link per destination (NODE-1).
+//! - **PA-AG-2** After `Stop`, every new submission is refused with `Stopping`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::message::{Context, Message};
+use kameo::reply::DelegatedReply;
+use kameo::Actor;
+use procmesh_protocol::cas::BlobHash;
+use procmesh_protocol::messages::agent::{
+    AgentError, AgentReply, AgentRequest, AgentStatus, Probe,
+};
+use procmesh_protocol::messages::host::{HostReply, HostRequest};
+use procmesh_protocol::messages::orchestrator::{OrchestratorReply, OrchestratorRequest};
+use procmesh_protocol::spec::{WorkerDescriptor, WorkerId};
+use procmesh_protocol::{ActorId, ProcId};
+use procmesh_transport::remote::BoxFuture;
+use procmesh_transport::{Node, RemoteRef, Request};
+use tokio::sync::{mpsc, Notify};
+
+use crate::runner::{Report, Resolver, Runner};
+
+/// How long the agent waits for the orchestrator or the host when preparing an action.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The agent actor of one proc.
+#[derive(Actor)]
+pub struct ProcAgent {
+    node: Node,
+    proc_id: ProcId,
+    runner: Runner,
+    stopping: bool,
+    stop_grace: Duration,
+    /// Notified once the runner has shut down after a `Stop`.
+    stopped: Arc<Notify>,
+}
+
+impl ProcAgent {
+    /// An agent over `runner`; `stopped` is notified when a `Stop` has finished.
+    pub fn new(node: Node, runner: Runner, stop_grace: Duration, stopped: Arc<Notify>) -> Self {
+        ProcAgent {
+            proc_id: node.proc_id().clone(),
+            node,
+            runner,
+            stopping: false,
+            stop_grace,
+            stopped,
+        }
+    }
+}
+
+type AgentResult = Result<AgentReply, AgentError>;
+
+impl Message<Request<AgentRequest>> for ProcAgent {
+    // The wire reply is the whole `Result`: wrapped so kameo does not treat `Err` as a failure
+    // of the handler.
+    type Reply = DelegatedReply<Result<AgentResult, Infallible>>;
+
+    async fn handle(
+        &mut self,
+        req: Request<AgentRequest>,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        if let AgentRequest::Probe(probe) = req.message {
+            // The round trip runs off the actor: the agent keeps answering meanwhile.
+            let (delegated, sender) = ctx.reply_sender();
+            let node = self.node.clone();
+            tokio::spawn(async move {
+                let result = probe_route(node, probe).await;
+                if let Some(sender) = sender {
+                    sender.send(Ok(result));
+                }
+            });
+            return delegated;
+        }
+        let result = self.handle_now(req.message);
+        ctx.reply(Ok(result))
+    }
+}
+
+async fn probe_route(node: Node, probe: Probe) -> AgentResult {
+    let started = std::time::Instant::now();
+    let (target, answered) = match probe {
+        Probe::Agent(target) => {
+            let r = node
+                .remote_ref::<AgentRequest>(target.clone())
+                .ask(AgentRequest::Capacity, PROBE_TIMEOUT)
+                .await;
+            let answered = match r {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (target, answered)
+        }
+        Probe::Host(target) => {
+            let r = node
+                .remote_ref::<HostRequest>(target.clone())
+                .ask(HostRequest::Status, PROBE_TIMEOUT)
+                .await;
+            let answered = match r {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (target, answered)
+        }
+    };
+    match answered {
+        Ok(()) => Ok(AgentReply::Probed {
+            answered_by: target.proc_id().clone(),
+            rtt_us: started.elapsed().as_micros() as u64,
+        }),
+        Err(reason) => Err(AgentError::Unreachable { target, reason }),
+    }
+}
+
+impl ProcAgent {
+    fn handle_now(&mut self, message: AgentRequest) -> AgentResult {
+        match message {
+            AgentRequest::Probe(_) => unreachable_probe(),
+            AgentRequest::Submit { action, report_to } => {
+                if self.stopping {
+                    // PA-AG-2
+                    return Err(AgentError::Stopping);
+                }
+                self.runner
+                    .submit(action, report_to)
+                    .map(AgentReply::Accepted)
+            }
+            AgentRequest::Cancel {
+                lsn,
+                attempt,
+                reason,
+            } => {
+                let attempt = procmesh_protocol::AttemptRef { lsn, attempt };
+                Ok(AgentReply::Cancelling {
+                    found: self.runner.cancel(attempt, reason),
+                })
+            }
+            AgentRequest::Capacity => Ok(AgentReply::Capacity(self.runner.capacity())),
+            AgentRequest::Status => Ok(AgentReply::Status(AgentStatus {
+                proc_id: self.proc_id.clone(),
+                capacity: self.runner.capacity(),
+                actions: self.runner.status(),
+                stopping: self.stopping,
+            })),
+            AgentRequest::Stop { reason } => {
+                let running = self.runner.status().len() as u32;
+                if !self.stopping {
+                    self.stopping = true;
+                    tracing::info!(%reason, running, "proc agent stopping");
+                    let runner = self.runner.clone();
+                    let grace = self.stop_grace;
+                    let stopped = self.stopped.clone();
+                    tokio::spawn(async move {
+                        runner.shutdown(grace).await;
+                        stopped.notify_one();
+                    });
+                }
+                Ok(AgentReply::Stopping { running })
+            }
+        }
+    }
+}
+
+/// Probes are delegated before `handle_now`; this arm exists for exhaustiveness only.
+fn unreachable_probe() -> AgentResult {
+    Err(AgentError::Internal("probe handled out of line".into()))
+}
+
+/// Tells every reported transition to its `report_to`, in order (PA-AG-1).
+pub async fn pump_reports(node: Node, mut reports: mpsc::UnboundedReceiver<Report>) {
+    let mut refs: HashMap<ActorId, RemoteRef<OrchestratorRequest>> = HashMap::new();
+    while let Some(Report {
+        report_to,
+        transition,
+    }) = reports.recv().await
+    {
+        let target = refs
+            .entry(report_to.clone())
+            .or_insert_with(|| node.remote_ref(report_to.clone()));
+        if let Err(error) = target
+            .tell(OrchestratorRequest::ActionUpdate(transition))
+            .await
+        {
+            tracing::warn!(%error, %report_to, "transition not sent");
+        }
+    }
+}
+
+/// Resolves what the runner lacks through the mesh: worker descriptors from the orchestrator
+/// that submitted the action, blobs through the host (which shares its store on disk).
+pub struct MeshResolver {
+    node: Node,
+    host: RemoteRef<HostRequest>,
+}
+
+impl MeshResolver {
+    /// A resolver asking `host` (the host agent) for blobs.
+    pub fn new(node: Node, host: ActorId) -> Self {
+        let host = node.remote_ref(host);
+        MeshResolver { node, host }
+    }
+}
+
+impl Resolver for MeshResolver {
+    fn worker(
+        &self,
+        id: WorkerId,
+        report_to: &ActorId,
+    ) -> BoxFuture<'_, Result<WorkerDescriptor, String>> {
+        let orchestrator: RemoteRef<OrchestratorRequest> = self.node.remote_ref(report_to.clone());
+        Box::pin(async move {
+            match orchestrator
+                .ask(OrchestratorRequest::GetWorker(id), RESOLVE_TIMEOUT)
+                .await
+            {
+                Ok(Ok(OrchestratorReply::Worker(descriptor))) => Ok(descriptor),
+                Ok(Ok(other)) => Err(format!("unexpected answer to GetWorker: {other:?}")),
+                Ok(Err(e)) => Err(format!("worker {id}: {e}")),
+                Err(e) => Err(format!(
+                    "worker {id}: cannot ask {}: {e}",
+                    orchestrator.id()
+                )),
+            }
+        })
+    }
+
+    fn ensure_blobs(
+        &self,
+        hashes: Vec<BlobHash>,
+        report_to: &ActorId,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let from = report_to.addr().clone();
+        Box::pin(async move {
+            if hashes.is_empty() {
+                return Ok(());
+            }
+            match self
+                .host
+                .ask(HostRequest::FetchBlobs { hashes, from }, RESOLVE_TIMEOUT)
+                .await
+            {
+                Ok(Ok(HostReply::BlobsReady { .. })) => Ok(()),
+                Ok(Ok(other)) => Err(format!("unexpected answer to FetchBlobs: {other:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("cannot ask the host for blobs: {e}")),
+            }
+        })
+    }
+}

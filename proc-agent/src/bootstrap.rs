@@ -1,0 +1,201 @@
+//! Starting a proc agent in a child process the host spawned: read the bootstrap environment,
+//! connect to the host's backend, start the runner and the agent, call back with `ProcReady`,
+//! then serve until stopped.
+//!
+//! ```text
+//!  env PROCMESH_PROC_ID, _BACKEND_ADDR, _CALLBACK, _WORK_DIR, _WORKERS_DIR, _BLOBS_DIR, _MAX_ACTIONS
+//!   │
+//!   ├─ Node: proc id = (host frontend, name), every outbound message via the backend socket,
+//!   │        listening on <work dir>/agent.sock (the address reported in ProcReady)
+//!   ├─ Runner over the host's shared blob store and worker cache
+//!   ├─ expose `agent` ─▶ ask ProcReady { proc_id, addr, agent, pid } to the callback
+//!   └─ serve until Stop has finished, or SIGTERM (host terminate, or the host died:
+//!      parent-death signal) ─▶ cancel actions, delete sandboxes, exit 0
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::actor::Spawn;
+use procmesh_protocol::messages::host::{
+    ProcReady, ENV_BACKEND_ADDR, ENV_BLOBS_DIR, ENV_CALLBACK, ENV_MAX_ACTIONS, ENV_PROC_ID,
+    ENV_WORKERS_DIR, ENV_WORK_DIR,
+};
+use procmesh_protocol::{ActorId, HostAddr, ProcId, SERVICE_PROC};
+use procmesh_transport::{BlobStore, NodeBuilder};
+use tokio::sync::{mpsc, Notify};
+
+use crate::agent::{pump_reports, MeshResolver, ProcAgent};
+use crate::runner::{Runner, RunnerConfig};
+
+/// How long the host has to acknowledge `ProcReady`.
+const READY_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long running actions get to stop when the proc is told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a proc agent could not start or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A bootstrap variable is missing or malformed.
+    #[error("{var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] procmesh_transport::NodeError),
+    /// The blob store could not be opened.
+    #[error(transparent)]
+    Blob(#[from] procmesh_transport::BlobError),
+    /// The runner could not start.
+    #[error("runner: {0}")]
+    Runner(String),
+    /// The host did not acknowledge `ProcReady`.
+    #[error("host refused or missed our ready callback: {0}")]
+    Callback(String),
+}
+
+/// What the host told the child through its environment.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// The proc's id: (host frontend, name).
+    pub proc_id: ProcId,
+    /// The host's backend socket; everything outbound goes there.
+    pub backend: HostAddr,
+    /// The host actor to send `ProcReady` to.
+    pub callback: ActorId,
+    /// This proc's work directory.
+    pub work_dir: PathBuf,
+    /// The host-wide worker cache.
+    pub workers_dir: PathBuf,
+    /// The host's blob store, shared on disk.
+    pub blobs_dir: PathBuf,
+    /// Most actions at once; 0 = logical CPUs.
+    pub max_actions: u32,
+}
+
+fn var(name: &'static str) -> Result<String, BootstrapError> {
+    std::env::var(name).map_err(|e| BootstrapError::Env {
+        var: name,
+        reason: e.to_string(),
+    })
+}
+
+fn parsed<T: std::str::FromStr>(name: &'static str) -> Result<T, BootstrapError>
+where
+    T::Err: std::fmt::Display,
+{
+    var(name)?.parse().map_err(|e: T::Err| BootstrapError::Env {
+        var: name,
+        reason: e.to_string(),
+    })
+}
+
+impl Bootstrap {
+    /// Reads the bootstrap variables the host set.
+    pub fn from_env() -> Result<Bootstrap, BootstrapError> {
+        Ok(Bootstrap {
+            proc_id: parsed(ENV_PROC_ID)?,
+            backend: parsed(ENV_BACKEND_ADDR)?,
+            callback: parsed(ENV_CALLBACK)?,
+            work_dir: var(ENV_WORK_DIR)?.into(),
+            workers_dir: var(ENV_WORKERS_DIR)?.into(),
+            blobs_dir: var(ENV_BLOBS_DIR)?.into(),
+            max_actions: match std::env::var(ENV_MAX_ACTIONS) {
+                Ok(_) => parsed(ENV_MAX_ACTIONS)?,
+                Err(_) => 0,
+            },
+        })
+    }
+}
+
+/// Runs a proc agent until it is stopped. Returns once actions are cancelled and sandboxes
+/// deleted.
+pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
+    if let Err(error) = procmesh_sys::prctl::set_child_subreaper() {
+        tracing::warn!(%error, "cannot become a subreaper; orphans of actions go to init");
+    }
+    std::fs::create_dir_all(&boot.work_dir).map_err(|e| BootstrapError::Env {
+        var: ENV_WORK_DIR,
+        reason: format!("{}: {e}", boot.work_dir.display()),
+    })?;
+    let socket = boot.work_dir.join("agent.sock");
+    let node = NodeBuilder::new(boot.proc_id.name())
+        .addr(boot.proc_id.addr().clone())
+        .default_route(boot.backend.clone())
+        .unix(&socket)
+        .start()
+        .await?;
+    let store = BlobStore::open_shared(&boot.blobs_dir)?;
+    let host = boot
+        .proc_id
+        .addr()
+        .proc(SERVICE_PROC)
+        .and_then(|p| p.actor("host"))
+        .map_err(|e| BootstrapError::Env {
+            var: ENV_PROC_ID,
+            reason: e.to_string(),
+        })?;
+    let (reports, report_rx) = mpsc::unbounded_channel();
+    let config = RunnerConfig {
+        proc_id: boot.proc_id.clone(),
+        work_dir: boot.work_dir.clone(),
+        workers_dir: boot.workers_dir.clone(),
+        max_actions: boot.max_actions,
+        ..RunnerConfig::default()
+    };
+    let resolver = Arc::new(MeshResolver::new(node.clone(), host));
+    let runner = Runner::start(config, store, resolver, reports)
+        .map_err(|e| BootstrapError::Runner(e.to_string()))?;
+    tokio::spawn(pump_reports(node.clone(), report_rx));
+
+    let stopped = Arc::new(Notify::new());
+    let agent = ProcAgent::new(node.clone(), runner.clone(), STOP_GRACE, stopped.clone());
+    let agent = ProcAgent::spawn_with_mailbox(agent, kameo::mailbox::unbounded());
+    let agent_id = node
+        .expose("agent", agent)
+        .map_err(|e| BootstrapError::Runner(e.to_string()))?;
+
+    let ready = ProcReady {
+        proc_id: boot.proc_id.clone(),
+        addr: HostAddr::Unix(socket),
+        agent: agent_id,
+        pid: std::process::id(),
+    };
+    match node
+        .remote_ref::<ProcReady>(boot.callback.clone())
+        .ask(ready, READY_ACK_TIMEOUT)
+        .await
+    {
+        Ok(Ok(())) => tracing::info!(proc = %boot.proc_id, "proc agent ready"),
+        Ok(Err(e)) => return Err(BootstrapError::Callback(e.to_string())),
+        Err(e) => return Err(BootstrapError::Callback(e.to_string())),
+    }
+
+    // Orphans of actions (a daemonised grandchild whose action ended) come to us: kill them.
+    let reaper = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let _ = tokio::task::spawn_blocking(procmesh_sys::reap_orphans).await;
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| BootstrapError::Runner(format!("cannot watch SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = stopped.notified() => {}
+        _ = term.recv() => {
+            tracing::info!(proc = %boot.proc_id, "SIGTERM: stopping");
+            runner.shutdown(STOP_GRACE).await;
+        }
+    }
+    reaper.abort();
+    let _ = tokio::task::spawn_blocking(procmesh_sys::reap_orphans).await;
+    node.shutdown(Duration::from_millis(200)).await;
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! One attempt, from its slot to its final report: resolve the worker, fetch the inputs,
+//! fill the sandbox, run the process, collect the outputs, report, free the slot, hand the
+//! sandbox to the cleaner.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use procmesh_protocol::action::{
+    ActionState, AttemptRef, ExitStatus, Transition, TransitionDetail,
+};
+use procmesh_protocol::ids::{ActorId, ProcId};
+use procmesh_protocol::messages::agent::ActionSpec;
+use tokio::sync::watch;
+use tracing::{debug, error, info};
+
+use super::error::PrepareError;
+use super::exec::{self, CancelRequest, Ending, Finished};
+use super::outputs;
+use super::sandbox::Sandbox;
+use super::worker_cache::Worker;
+use super::{now, Shared};
+
+/// A detail carrying only the location.
+pub(super) fn located(proc_id: &ProcId) -> TransitionDetail {
+    TransitionDetail {
+        location: Some(proc_id.clone()),
+        ..TransitionDetail::default()
+    }
+}
+
+/// How an attempt ended, before PA-3 is applied.
+struct Outcome {
+    state: ActionState,
+    detail: TransitionDetail,
+}
+
+impl Outcome {
+    fn failed(reason: impl Into<String>) -> Outcome {
+        Outcome {
+            state: ActionState::Failed,
+            detail: TransitionDetail {
+                reason: Some(reason.into()),
+                ..TransitionDetail::default()
+            },
+        }
+    }
+
+    fn cancelled(request: CancelRequest) -> Outcome {
+        Outcome {
+            state: ActionState::Cancelled,
+            detail: TransitionDetail {
+                reason: Some(cancel_reason(&request)),
+                ..TransitionDetail::default()
+            },
+        }
+    }
+}
+
+fn cancel_reason(request: &CancelRequest) -> String {
+    if request.reason.is_empty() {
+        "cancelled".to_owned()
+    } else {
+        request.reason.clone()
+    }
+}
+
+/// Reports the end exactly once (PA-2): by [`finish`](Self::finish), or from `Drop` if the
+/// task panicked or was aborted before it got there.
+struct FinishGuard {
+    shared: Arc<Shared>,
+    attempt: AttemptRef,
+    sandbox: Option<PathBuf>,
+    done: bool,
+}
+
+impl FinishGuard {
+    /// Sets the sandbox aside, then — in one critical section — frees the slot and sends the
+    /// final transition (PA-1), turning it into `Cancelled` if a cancel was accepted (PA-3);
+    /// then schedules the sandbox's deletion (PA-9).
+    fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let shared = &self.shared;
+        let trash = self.sandbox.take().map(|s| shared.cleaner.set_aside(&s));
+        let Outcome {
+            mut state,
+            mut detail,
+        } = outcome;
+        {
+            let mut table = shared.table();
+            if let Some(slot) = table.slots.remove(&self.attempt) {
+                if let Some(request) = slot.cancel.borrow().clone() {
+                    if state != ActionState::Cancelled {
+                        // PA-3: accepted cancel wins, whatever the process did meanwhile.
+                        debug!(was = %state, "cancel accepted before the end: reporting Cancelled");
+                        state = ActionState::Cancelled;
+                        detail.reason = Some(cancel_reason(&request));
+                        detail.outputs.clear();
+                    }
+                }
+                detail.location = Some(shared.config.proc_id.clone());
+                let t = Transition::new(self.attempt.lsn, self.attempt.attempt, state, now())
+                    .with_detail(detail.clone());
+                shared.send(&slot.report_to, t);
+            }
+            shared.held.send_replace(table.slots.len());
+        }
+        info!(
+            state = %state,
+            exit = ?detail.exit,
+            cpu_ms = detail.cpu_ms,
+            reason = detail.reason.as_deref().unwrap_or(""),
+            "attempt ended"
+        );
+        if let Some(trash) = trash {
+            shared.cleaner.schedule(trash);
+        }
+    }
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            error!(attempt = %self.attempt, "attempt task ended without a result");
+            self.finish(Outcome::failed(
+                "internal error: the runner's attempt task ended without a result",
+            ));
+        }
+    }
+}
+
+/// Waits until a cancel request is present; never returns if none comes.
+async fn cancelled(cancel: &mut watch::Receiver<Option<CancelRequest>>) -> CancelRequest {
+    loop {
+        if let Some(request) = cancel.borrow_and_update().clone() {
+            return request;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs `fut` unless a cancel comes first.
+async fn unless_cancelled<T>(
+    cancel: &mut watch::Receiver<Option<CancelRequest>>,
+    fut: impl Future<Output = T>,
+) -> Result<T, CancelRequest> {
+    tokio::select! {
+        biased;
+        request = cancelled(cancel) => Err(request),
+        value = fut => Ok(value),
+    }
+}
+
+/// Drives one attempt to its final report.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    spec: ActionSpec,
+    report_to: ActorId,
+    mut cancel: watch::Receiver<Option<CancelRequest>>,
+) {
+    let mut guard = FinishGuard {
+        shared: shared.clone(),
+        attempt: spec.attempt_ref(),
+        sandbox: None,
+        done: false,
+    };
+    let outcome = drive(&shared, &spec, &report_to, &mut cancel, &mut guard.sandbox).await;
+    guard.finish(outcome);
+}
+
+async fn drive(
+    shared: &Arc<Shared>,
+    spec: &ActionSpec,
+    report_to: &ActorId,
+    cancel: &mut watch::Receiver<Option<CancelRequest>>,
+    sandbox_slot: &mut Option<PathBuf>,
+) -> Outcome {
+    // The worker.
+    let worker = match unless_cancelled(
+        cancel,
+        shared
+            .workers
+            .get(spec.worker(), &*shared.resolver, report_to, &shared.store),
+    )
+    .await
+    {
+        Err(request) => return Outcome::cancelled(request),
+        Ok(Err(e)) => return Outcome::failed(e.to_string()),
+        Ok(Ok(worker)) => worker,
+    };
+
+    // The input blobs.
+    let missing: Vec<_> = spec
+        .action
+        .blobs()
+        .into_iter()
+        .filter(|h| !shared.store.contains(h))
+        .collect();
+    if !missing.is_empty() {
+        let n = missing.len();
+        match unless_cancelled(cancel, shared.resolver.ensure_blobs(missing, report_to)).await {
+            Err(request) => return Outcome::cancelled(request),
+            Ok(Err(message)) => {
+                return Outcome::failed(
+                    PrepareError::Resolver {
+                        what: format!("fetching {n} input blob(s)"),
+                        message,
+                    }
+                    .to_string(),
+                )
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+
+    // The sandbox: not cancellable half-way (it is local and bounded); checked right after.
+    let name = format!("{}-{}", spec.lsn, spec.attempt);
+    let (dir, store, w, inputs) = (
+        shared.sandboxes.clone(),
+        shared.store.clone(),
+        worker.clone(),
+        spec.action.inputs.clone(),
+    );
+    let prepared = tokio::task::spawn_blocking(move || {
+        let sandbox = Sandbox::create(&dir, &name)?;
+        let root = sandbox.root().to_path_buf();
+        let filled = sandbox.materialise(&w, &inputs, &store);
+        Ok::<_, PrepareError>((root, filled.map(|()| sandbox)))
+    })
+    .await;
+    let sandbox = match prepared {
+        Err(join) => {
+            return Outcome::failed(format!("internal error preparing the sandbox: {join}"))
+        }
+        Ok(Err(e)) => return Outcome::failed(e.to_string()),
+        Ok(Ok((root, filled))) => {
+            *sandbox_slot = Some(root);
+            match filled {
+                Ok(sandbox) => sandbox,
+                Err(e) => {
+                    if matches!(e, PrepareError::Io { .. } | PrepareError::UnsafePath { .. }) {
+                        // The cache entry may be gone or damaged: look at the disk next time.
+                        shared.workers.forget(&worker.id);
+                    }
+                    return Outcome::failed(e.to_string());
+                }
+            }
+        }
+    };
+    if let Some(request) = cancel.borrow().clone() {
+        return Outcome::cancelled(request);
+    }
+
+    // The process.
+    let mut cmd = command(&worker, spec, &sandbox);
+    let timeout = spec.action.timeout_ms.map(Duration::from_millis);
+    let attempt = spec.attempt_ref();
+    let finished = exec::execute(
+        &mut cmd,
+        shared.config.tail_bytes,
+        timeout,
+        shared.config.cancel_grace,
+        cancel,
+        |pid| {
+            debug!(pid, "action started");
+            shared.mark_running(attempt);
+        },
+    )
+    .await;
+    let finished = match finished {
+        Ok(finished) => finished,
+        Err(e) => {
+            return Outcome::failed(format!(
+                "could not start {}: {e}",
+                worker.descriptor.executable
+            ))
+        }
+    };
+    ended(shared, finished, &sandbox).await
+}
+
+/// The command of the action (PA-10): the worker's executable inside the sandbox, its arguments,
+/// exactly the worker's environment overlaid with the action's, in its own process group.
+fn command(worker: &Worker, spec: &ActionSpec, sandbox: &Sandbox) -> Command {
+    let mut env: BTreeMap<&str, &str> = worker
+        .descriptor
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend(
+        spec.action
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let mut cmd = Command::new(sandbox.root().join(&worker.descriptor.executable));
+    cmd.args(&spec.action.args)
+        .env_clear()
+        .envs(env)
+        .current_dir(sandbox.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Code(code) => format!("exited with code {code}"),
+        ExitStatus::Signal(sig) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(signal) => format!("killed by signal {sig} ({})", signal.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+    }
+}
+
+/// Turns a finished process into the outcome, collecting outputs if it ran to its own end.
+async fn ended(shared: &Shared, finished: Finished, sandbox: &Sandbox) -> Outcome {
+    let Finished {
+        ending,
+        exit,
+        stdout_tail,
+        stderr_tail,
+    } = finished;
+    let mut detail = TransitionDetail {
+        exit: Some(exit.status),
+        cpu_ms: Some(exit.cpu_ms),
+        peak_memory_bytes: Some(exit.peak_rss_bytes),
+        stdout_tail,
+        stderr_tail,
+        ..TransitionDetail::default()
+    };
+    let state = match ending {
+        Ending::Cancelled(request) => {
+            detail.reason = Some(cancel_reason(&request));
+            ActionState::Cancelled
+        }
+        Ending::TimedOut(after) => {
+            detail.reason = Some(format!(
+                "timed out after {} ms ({})",
+                after.as_millis(),
+                describe_exit(exit.status)
+            ));
+            ActionState::Failed
+        }
+        Ending::Exited => {
+            // Outputs of a run that ended by itself, failed or not: they help diagnose.
+            let mut notes = Vec::new();
+            let state = if exit.status.success() {
+                ActionState::Completed
+            } else {
+                notes.push(describe_exit(exit.status));
+                ActionState::Failed
+            };
+            match outputs::collect(sandbox.outputs(), &shared.store).await {
+                Ok(collected) => {
+                    notes.extend(collected.note());
+                    detail.outputs = collected.files;
+                    detail.reason = (!notes.is_empty()).then(|| notes.join("; "));
+                    state
+                }
+                Err(e) => {
+                    notes.push(format!("collecting outputs: {e}"));
+                    detail.reason = Some(notes.join("; "));
+                    ActionState::Failed
+                }
+            }
+        }
+    };
+    Outcome { state, detail }
+}

@@ -52,8 +52,6 @@ async fn hundred_actions_transform_their_inputs() {
         }
         let attempt = in_flight.pop_front().expect("something in flight");
         let all = h.wait_final(attempt).await;
-        // PA-1: the slot was freed before the final report was sent.
-        assert!(h.runner.capacity().free >= 1);
         check_sequence(&all);
         let last = all.last().unwrap();
         assert_eq!(last.state, ActionState::Completed, "{last:?}");

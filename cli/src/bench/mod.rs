@@ -1,6 +1,7 @@
 //! `procmesh bench <suite>`: benchmarks that print a readable table and then one JSON line,
 //! every figure beside a raw baseline measured in the same run on the same machine.
 
+mod runner;
 mod transport;
 
 use std::time::Duration;
@@ -17,6 +18,16 @@ pub enum Suite {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Proc spawn-to-ready, runner throughput and the host's mux hop, beside raw process
+    /// spawning.
+    Runner {
+        /// Seconds spent on each throughput measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Actions run at once (and raw spawners); default: logical CPUs.
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<()> {
@@ -31,6 +42,22 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
                 "--seconds must be in (0, 10], got {seconds}"
             );
             runtime.block_on(transport::run(Duration::from_secs_f64(seconds)))
+        }
+        Suite::Runner {
+            seconds,
+            concurrency,
+        } => {
+            anyhow::ensure!(
+                seconds > 0.0 && seconds <= 20.0,
+                "--seconds must be in (0, 20], got {seconds}"
+            );
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+            let concurrency = concurrency.unwrap_or(cpus);
+            anyhow::ensure!(
+                (1..=256).contains(&concurrency),
+                "--concurrency must be in 1..=256"
+            );
+            runtime.block_on(runner::run(Duration::from_secs_f64(seconds), concurrency))
         }
     }
 }

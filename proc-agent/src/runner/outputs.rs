@@ -28,7 +28,7 @@ pub(crate) struct Collected {
     /// The stored files, sorted by path.
     pub(crate) files: Vec<OutputFile>,
     /// What was skipped and why, e.g. `symbolic link`, with the path.
-    pub(crate) skipped: Vec<(String, &'static str)>,
+    pub(crate) skipped: Vec<Skipped>,
 }
 
 impl Collected {
@@ -57,11 +57,16 @@ impl Collected {
     }
 }
 
-/// The regular files under `dir` (relative paths, sorted) and what was skipped.
-fn walk(dir: &Path) -> Result<(Vec<(String, PathBuf)>, Vec<(String, &'static str)>), PrepareError> {
+/// A skipped entry: its path relative to `Outputs/`, and why.
+type Skipped = (String, &'static str);
+/// A regular file found: its path relative to `Outputs/`, and its full path.
+type Found = (String, PathBuf);
+
+/// The regular files under `dir` (relative path and full path, sorted) and what was skipped.
+fn walk(dir: &Path) -> Result<(Vec<Found>, Vec<Skipped>), PrepareError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
-    let mut stack: Vec<(String, PathBuf)> = vec![(String::new(), dir.to_path_buf())];
+    let mut stack: Vec<Found> = vec![(String::new(), dir.to_path_buf())];
     let mut seen = 0usize;
     while let Some((prefix, path)) = stack.pop() {
         let entries = match fs::read_dir(&path) {

@@ -1,0 +1,371 @@
+//! `procmesh bench runner`: a host agent with real proc-agent children, beside raw process
+//! spawning measured in the same run.
+//!
+//! ```text
+//! spawn→ready   Host::spawn(proc) until ProcReady          vs  fork/exec+wait `procmesh --version`
+//! actions/s     bench (as orchestrator) → host → proc agent → runner → trivial worker, N at once
+//!                                                          vs  N threads looping Command::output()
+//!                                                              of the same worker binary
+//! mux RTT       client ─ask─▶ host ─▶ proc agent           vs  client ─ask─▶ host service actor
+//! ```
+//! The raw baselines run before the host starts: a host reaps every child of its process.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kameo::actor::Spawn;
+use kameo::message::{Context, Message};
+use kameo::Actor;
+use procmesh_host::{Host, HostConfig, OsProcManager};
+use procmesh_protocol::action::{Attempt, Lsn};
+use procmesh_protocol::messages::agent::{ActionSpec, AgentError, AgentReply, AgentRequest};
+use procmesh_protocol::messages::host::{HostReply, HostRequest, ProcConfig, SpawnSpec};
+use procmesh_protocol::messages::orchestrator::{
+    OrchestratorError, OrchestratorReply, OrchestratorRequest,
+};
+use procmesh_protocol::spec::{ActionDef, WorkerDescriptor, WorkerFile, WorkerId};
+use procmesh_protocol::{ActionState, SERVICE_PROC};
+use procmesh_transport::{BlobStore, MeshCa, NodeBuilder, RemoteRef, Request, Role};
+use tokio::sync::Semaphore;
+
+use super::{median, print_table, Row};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Stands in for the orchestrator: serves the worker, frees a slot per finished action.
+#[derive(Actor)]
+struct Sink {
+    worker: WorkerDescriptor,
+    slots: Arc<Semaphore>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Message<Request<OrchestratorRequest>> for Sink {
+    type Reply = Result<Result<OrchestratorReply, OrchestratorError>, Infallible>;
+
+    async fn handle(
+        &mut self,
+        req: Request<OrchestratorRequest>,
+        _: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        Ok(match req.message {
+            OrchestratorRequest::GetWorker(id) if id == self.worker.id() => {
+                Ok(OrchestratorReply::Worker(self.worker.clone()))
+            }
+            OrchestratorRequest::GetWorker(id) => Err(OrchestratorError::UnknownWorker(id)),
+            OrchestratorRequest::ActionUpdate(t) => {
+                if t.state.is_terminal() {
+                    if t.state != ActionState::Completed {
+                        self.failed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(?t, "bench action did not complete");
+                    }
+                    self.slots.add_permits(1);
+                }
+                Ok(OrchestratorReply::Ack)
+            }
+            _ => Ok(OrchestratorReply::Ack),
+        })
+    }
+}
+
+/// The trivial worker: a copy of `true`, run by path.
+fn trivial_binary() -> anyhow::Result<PathBuf> {
+    ["/bin/true", "/usr/bin/true"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("no `true` binary for the trivial worker")
+}
+
+fn raw_spawn_ready(bin: &Path, n: usize) -> anyhow::Result<f64> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = std::process::Command::new(bin).arg("--version").output()?;
+        anyhow::ensure!(out.status.success(), "{} --version failed", bin.display());
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&mut samples))
+}
+
+fn raw_spawn_rate(worker: &Path, concurrency: usize, budget: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + budget;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let worker = worker.to_path_buf();
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    std::process::Command::new(&worker).output()?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in threads {
+        total += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw spawner panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let me = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("procmesh-bench-runner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&me, &dir, budget, concurrency).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = result?;
+
+    let rows = [
+        Row {
+            what: "proc spawn -> ready (median)",
+            ours: f.spawn_ready_ms,
+            raw: f.raw_spawn_ms,
+            unit: "ms",
+            ratio: f.spawn_ready_ms / f.raw_spawn_ms,
+            goal: "(cost of bootstrap)",
+        },
+        Row {
+            what: "runner actions/s (trivial worker)",
+            ours: f.runner_per_s,
+            raw: f.raw_per_s,
+            unit: "1/s",
+            ratio: f.runner_per_s / f.raw_per_s,
+            goal: ">= 0.8",
+        },
+        Row {
+            what: "ask RTT via host to proc (median)",
+            ours: f.proc_rtt_us,
+            raw: f.service_rtt_us,
+            unit: "us",
+            ratio: f.proc_rtt_us / f.service_rtt_us,
+            goal: "<= 1.5",
+        },
+    ];
+    print_table(
+        &format!("procmesh bench runner (one host, OS proc agents, {concurrency} actions at once)"),
+        &rows,
+    );
+    println!("elapsed {:.1}s", started.elapsed().as_secs_f64());
+    let json = serde_json::json!({
+        "suite": "runner",
+        "concurrency": concurrency,
+        "spawn_ready_ms": f.spawn_ready_ms,
+        "raw_spawn_ms": f.raw_spawn_ms,
+        "runner_actions_per_s": f.runner_per_s,
+        "raw_spawn_per_s": f.raw_per_s,
+        "runner_ratio": rows[1].ratio,
+        "proc_rtt_us": f.proc_rtt_us,
+        "service_rtt_us": f.service_rtt_us,
+        "mux_rtt_ratio": rows[2].ratio,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+struct Figures {
+    spawn_ready_ms: f64,
+    raw_spawn_ms: f64,
+    runner_per_s: f64,
+    raw_per_s: f64,
+    proc_rtt_us: f64,
+    service_rtt_us: f64,
+}
+
+async fn measure(
+    me: &Path,
+    dir: &Path,
+    budget: Duration,
+    concurrency: u32,
+) -> anyhow::Result<Figures> {
+    // Raw baselines first, before any host reaps children in this process.
+    let worker_bin = trivial_binary()?;
+    let raw_spawn_ms = tokio::task::spawn_blocking({
+        let me = me.to_path_buf();
+        move || raw_spawn_ready(&me, 10)
+    })
+    .await??;
+    let raw_per_s = tokio::task::spawn_blocking({
+        let w = worker_bin.clone();
+        move || raw_spawn_rate(&w, concurrency as usize, budget)
+    })
+    .await??;
+
+    let ca = MeshCa::generate("bench", Duration::from_secs(3600))?;
+    let node_id = ca.issue(Role::Node, "bench-host", &[], Duration::from_secs(3600))?;
+    let client_id = ca.issue(Role::Client, "bench-client", &[], Duration::from_secs(3600))?;
+    let manager = OsProcManager::new(None, None)?;
+    let host = Host::start(
+        HostConfig::ephemeral(dir.join("host"), node_id),
+        Arc::new(manager),
+    )
+    .await?;
+
+    // Spawn → ready, a few times.
+    let mut samples = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let handle = host
+            .spawn(SpawnSpec {
+                name: format!("probe-{i}"),
+                config: ProcConfig::default(),
+            })
+            .await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        handle.terminate(Duration::from_secs(5), "bench").await?;
+    }
+    let spawn_ready_ms = median(&mut samples);
+
+    let spec = SpawnSpec {
+        name: "runner".into(),
+        config: ProcConfig {
+            max_actions: Some(concurrency),
+            ..ProcConfig::default()
+        },
+    };
+    let proc = host.spawn(spec).await?;
+    let ready = proc.ready().await?;
+
+    let store = BlobStore::open(dir.join("client-blobs"))?;
+    let (hash, size) = store.put_file(&worker_bin).await?;
+    let worker = WorkerDescriptor {
+        executable: "true".into(),
+        files: vec![WorkerFile {
+            path: "true".into(),
+            hash,
+            size,
+            executable: true,
+        }],
+        directories: Vec::new(),
+        env: BTreeMap::new(),
+    };
+    let worker_id: WorkerId = worker.id();
+    let client = NodeBuilder::new("bench")
+        .quic("127.0.0.1:0".parse()?, client_id)
+        .blob_store(store)
+        .start()
+        .await?;
+    let slots = Arc::new(Semaphore::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = Sink {
+        worker,
+        slots: slots.clone(),
+        failed: failed.clone(),
+    };
+    let report_to = client.expose(
+        "orchestrator",
+        Sink::spawn_with_mailbox(sink, kameo::mailbox::unbounded()),
+    )?;
+    let agent: RemoteRef<AgentRequest> = client.remote_ref(ready.agent.clone());
+
+    let load = Load {
+        agent: agent.clone(),
+        report_to,
+        worker_id,
+        slots: slots.clone(),
+        concurrency,
+    };
+    // Warm-up: the worker is fetched and cached by the first actions.
+    let mut lsn = 0u64;
+    load.drive(&mut lsn, Duration::from_millis(500)).await?;
+    let runner_per_s = load.drive(&mut lsn, budget).await?;
+    let failures = failed.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(failures == 0, "{failures} bench actions did not complete");
+
+    // Mux RTT: the same small ask to the proc's agent and to the host's service actor.
+    let host_actor: RemoteRef<HostRequest> =
+        client.remote_ref(host.addr().proc(SERVICE_PROC)?.actor("host")?);
+    let rtt = |proc: bool| {
+        let agent = agent.clone();
+        let host_actor = host_actor.clone();
+        async move {
+            let mut samples = Vec::new();
+            let deadline = Instant::now() + budget / 2;
+            let mut i = 0;
+            while Instant::now() < deadline || i < 200 {
+                let t = Instant::now();
+                if proc {
+                    let r = agent.ask(AgentRequest::Capacity, T).await?;
+                    anyhow::ensure!(matches!(r, Ok(AgentReply::Capacity(_))), "{r:?}");
+                } else {
+                    let r = host_actor.ask(HostRequest::ListProcs, T).await?;
+                    anyhow::ensure!(matches!(r, Ok(HostReply::Procs(_))), "{r:?}");
+                }
+                if i >= 100 {
+                    samples.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                i += 1;
+            }
+            anyhow::Ok(median(&mut samples))
+        }
+    };
+    let service_rtt_us = rtt(false).await?;
+    let proc_rtt_us = rtt(true).await?;
+
+    client.shutdown(Duration::from_millis(100)).await;
+    host.shutdown(Duration::from_secs(5)).await;
+    Ok(Figures {
+        spawn_ready_ms,
+        raw_spawn_ms,
+        runner_per_s,
+        raw_per_s,
+        proc_rtt_us,
+        service_rtt_us,
+    })
+}
+
+/// Keeps a proc agent's runner full of trivial actions.
+struct Load {
+    agent: RemoteRef<AgentRequest>,
+    report_to: procmesh_protocol::ActorId,
+    worker_id: WorkerId,
+    slots: Arc<Semaphore>,
+    concurrency: u32,
+}
+
+impl Load {
+    /// Submits for `limit`, never more than `concurrency` at once; returns accepted actions/s
+    /// once every one has finished.
+    async fn drive(&self, lsn: &mut u64, limit: Duration) -> anyhow::Result<f64> {
+        self.slots.add_permits(self.concurrency as usize);
+        let deadline = Instant::now() + limit;
+        let t = Instant::now();
+        let mut done = 0u64;
+        while Instant::now() < deadline {
+            self.slots.acquire().await?.forget();
+            *lsn += 1;
+            let spec = ActionSpec {
+                lsn: Lsn(*lsn),
+                attempt: Attempt::FIRST,
+                priority: 0,
+                action: ActionDef::new(self.worker_id),
+            };
+            let req = AgentRequest::Submit {
+                action: spec,
+                report_to: self.report_to.clone(),
+            };
+            match self.agent.ask(req, T).await? {
+                Ok(AgentReply::Accepted(_)) => done += 1,
+                // The final transition is sent just before the runner frees the slot: retry.
+                Err(AgentError::NoCapacity { .. }) => self.slots.add_permits(1),
+                other => anyhow::bail!("submit refused: {other:?}"),
+            }
+        }
+        // Every action in flight ends (each returns its permit).
+        let all = tokio::time::timeout(T, self.slots.acquire_many(self.concurrency)).await??;
+        all.forget();
+        Ok(done as f64 / t.elapsed().as_secs_f64())
+    }
+}

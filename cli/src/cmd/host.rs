@@ -158,3 +158,23 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
     anyhow::ensure!(failed.is_empty(), "procs that did not stop: {failed:?}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_configuration_parses() {
+        let config: HostConfig = toml::from_str(include_str!("../../../deploy/host.toml")).unwrap();
+        assert_eq!(config.listen.port(), 7700);
+        assert_eq!(config.labels.get("zone").map(String::as_str), Some("eu-1"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_labels_are_clear_errors() {
+        let err = toml::from_str::<HostConfig>("lisen = \"0.0.0.0:1\"").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        assert!(parse_label("novalue").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_label("=v").is_err());
+    }
+}

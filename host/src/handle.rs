@@ -415,3 +415,201 @@ impl ProcHandle {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use procmesh_transport::remote::BoxFuture;
+    use procmesh_transport::{LocalHub, NodeBuilder};
+
+    use super::*;
+
+    /// A control that records signals; SIGTERM ends the proc only if `obeys_term`, SIGKILL
+    /// only if `mortal`.
+    struct Fake {
+        start: Instant,
+        log: Mutex<Vec<(&'static str, Duration)>>,
+        exit: watch::Sender<Option<ExitStatus>>,
+        obeys_term: bool,
+        mortal: bool,
+    }
+
+    impl ProcControl for Fake {
+        fn pid(&self) -> Option<u32> {
+            None
+        }
+        fn ready_pid(&self) -> u32 {
+            1
+        }
+        fn terminate(&self) -> Result<(), HostError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(("TERM", self.start.elapsed()));
+            if self.obeys_term {
+                self.exit.send_replace(Some(ExitStatus::Signal(15)));
+            }
+            Ok(())
+        }
+        fn kill(&self) -> Result<(), HostError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(("KILL", self.start.elapsed()));
+            if self.mortal {
+                self.exit.send_replace(Some(ExitStatus::Signal(9)));
+            }
+            Ok(())
+        }
+        fn wait(&self) -> BoxFuture<'static, ExitStatus> {
+            let mut rx = self.exit.subscribe();
+            Box::pin(async move {
+                let status = *rx.wait_for(Option::is_some).await.unwrap();
+                status.unwrap()
+            })
+        }
+    }
+
+    async fn handle(obeys_term: bool, mortal: bool) -> (ProcHandle, Arc<Fake>) {
+        let node = NodeBuilder::new("service")
+            .local(&LocalHub::new(), "h")
+            .start()
+            .await
+            .unwrap();
+        let (exit, _) = watch::channel(None);
+        let fake = Arc::new(Fake {
+            start: Instant::now(),
+            log: Mutex::default(),
+            exit,
+            obeys_term,
+            mortal,
+        });
+        let handle = ProcHandle::new(
+            node.addr().proc("p").unwrap(),
+            BTreeMap::new(),
+            Timestamp::from_millis(0),
+            fake.clone(),
+            node,
+            HandleTimeouts {
+                agent_ask: Duration::from_secs(1),
+                kill_wait: Duration::from_secs(5),
+            },
+        );
+        // The host's exit monitor, reduced to its essence.
+        let monitor = handle.clone();
+        tokio::spawn(async move {
+            let status = monitor.control().wait().await;
+            monitor.set_exited(status);
+        });
+        (handle, fake)
+    }
+
+    fn ready_info(handle: &ProcHandle) -> ReadyInfo {
+        ReadyInfo {
+            addr: handle.proc_id().addr().clone(),
+            agent: handle.proc_id().actor("agent").unwrap(),
+            pid: 1,
+        }
+    }
+
+    // Attests HST-4
+    #[tokio::test(start_paused = true)]
+    async fn the_state_only_moves_forward_and_the_first_exit_wins() {
+        let (h, fake) = handle(true, true).await;
+        assert_eq!(h.status(), ProcStatus::Starting);
+        assert!(h.set_ready(ready_info(&h)));
+        assert!(!h.set_ready(ready_info(&h)), "ready once");
+        assert_eq!(h.status(), ProcStatus::Ready);
+        h.request_stop();
+        assert_eq!(h.status(), ProcStatus::Terminating);
+        assert!(!h.set_ready(ready_info(&h)), "never back to Ready");
+        h.set_not_ready(HostError::ChannelLost("p".into()));
+        assert_eq!(h.state().not_ready, None, "it was ready");
+        fake.exit.send_replace(Some(ExitStatus::Code(1)));
+        assert_eq!(h.wait().await, ExitStatus::Code(1));
+        h.set_exited(ExitStatus::Code(2));
+        assert_eq!(h.status(), ProcStatus::Exited(ExitStatus::Code(1)));
+        assert_eq!(h.ready().await, Ok(ready_info(&h)), "it was ready");
+        assert_eq!(h.kill().await, Ok(ExitStatus::Code(1)));
+        assert_eq!(
+            h.terminate(Duration::from_secs(1), "x").await,
+            Ok(ExitStatus::Code(1))
+        );
+        assert!(
+            fake.log.lock().unwrap().is_empty(),
+            "no signal after the exit"
+        );
+
+        // An exit before readiness: every ready() waiter learns it.
+        let (h, fake) = handle(true, true).await;
+        let waiter = {
+            let h = h.clone();
+            tokio::spawn(async move { h.ready().await })
+        };
+        fake.exit.send_replace(Some(ExitStatus::Code(4)));
+        let early = HostError::ExitedEarly {
+            name: "p".into(),
+            status: ExitStatus::Code(4),
+        };
+        assert_eq!(waiter.await.unwrap(), Err(early.clone()));
+        assert_eq!(h.ready().await, Err(early));
+        assert!(!h.set_ready(ready_info(&h)));
+    }
+
+    // Attests HST-5
+    #[tokio::test(start_paused = true)]
+    async fn the_stop_sequence_escalates_on_time() {
+        // Never ready (no agent to ask): SIGTERM at once, SIGKILL at the deadline.
+        let (h, fake) = handle(false, true).await;
+        let status = h.terminate(Duration::from_secs(10), "test").await;
+        assert_eq!(status, Ok(ExitStatus::Signal(9)));
+        assert_eq!(
+            *fake.log.lock().unwrap(),
+            vec![("TERM", Duration::ZERO), ("KILL", Duration::from_secs(10))]
+        );
+
+        // Ready, but the agent cannot be reached: SIGTERM as soon as the ask fails.
+        let (h, fake) = handle(true, true).await;
+        assert!(h.set_ready(ready_info(&h)));
+        assert_eq!(
+            h.terminate(Duration::from_secs(10), "test").await,
+            Ok(ExitStatus::Signal(15))
+        );
+        let log = fake.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].0, "TERM");
+        assert!(log[0].1 < Duration::from_secs(5), "{log:?}");
+
+        // The sequence runs even when its caller goes away.
+        let (h, fake) = handle(false, true).await;
+        let call = {
+            let h = h.clone();
+            tokio::spawn(async move { h.terminate(Duration::from_secs(2), "gone").await })
+        };
+        tokio::task::yield_now().await;
+        call.abort();
+        assert_eq!(h.wait().await, ExitStatus::Signal(9));
+        assert_eq!(
+            fake.log.lock().unwrap()[1],
+            ("KILL", Duration::from_secs(2))
+        );
+
+        // Grace 0: SIGKILL at once.
+        let (h, fake) = handle(false, true).await;
+        assert_eq!(
+            h.terminate(Duration::ZERO, "now").await,
+            Ok(ExitStatus::Signal(9))
+        );
+        assert_eq!(*fake.log.lock().unwrap(), vec![("KILL", Duration::ZERO)]);
+
+        // A proc that outlives SIGKILL: the stop fails after the kill wait, for every caller.
+        let (h, _fake) = handle(false, false).await;
+        let (a, b) = tokio::join!(h.terminate(Duration::from_secs(1), "a"), h.kill());
+        let a = a.unwrap_err();
+        assert_eq!(a.code(), "internal");
+        assert_eq!(b, Err(a.clone()));
+        assert_eq!(h.status(), ProcStatus::Terminating);
+        assert_eq!(h.terminate(Duration::from_secs(1), "again").await, Err(a));
+    }
+}

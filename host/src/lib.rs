@@ -8,7 +8,7 @@
 //!
 //! It is not the proc agent (that is `procmesh-proc-agent`, which this crate never depends on:
 //! the composer injects an in-process proc through a factory, and an OS proc is a separate
-//! binary reading the [`env`] variables), not the orchestrator, and not the transport.
+//! binary reading the [`env`](mod@crate::env) variables), not the orchestrator, and not the transport.
 //!
 //! ```text
 //!                        ┌──────────────────────── host ─────────────────────────┐
@@ -22,7 +22,9 @@
 //! # Layout
 //! - [`config`] — [`HostConfig`] and the state directory's [`StatePaths`].
 //! - [`host`] — [`Host`]: start, spawn, terminate, kill, bulk terminate, blobs, the `local`
-//!   proc, shutdown (`HST-2`, `HST-3`, `HST-6`, `HST-13`).
+//!   proc, shutdown (`HST-13`).
+//! - `lifecycle` — the spawn driver (launch, readiness checks) and the exit monitor (`HST-2`,
+//!   `HST-3`, `HST-6`).
 //! - [`handle`] — [`ProcHandle`]: a proc's state machine, the stop sequence (`HST-4`, `HST-5`).
 //! - [`manager`] — the [`ProcManager`] trait; [`OsProcManager`] (`HST-8`, `HST-9`) and
 //!   [`InProcessManager`].
@@ -31,10 +33,11 @@
 //! - `blobs` — `FetchBlobs` with shared transfers (`HST-10`).
 //! - `registration` — registration, heartbeats, lost procs (`HST-7`, `HST-11`).
 //! - [`system`] — what the host says about its machine.
-//! - [`env`] — the environment variables of a proc's bootstrap.
+//! - [`env`](mod@crate::env) — the environment variables of a proc's bootstrap.
 //!
 //! # Invariants
-//! Each is stated where it is kept: HST-1 (`table`), HST-2, HST-3, HST-6, HST-13 ([`host`]),
+//! Each is stated where it is kept: HST-1 (`table`), HST-2, HST-3, HST-6 (`lifecycle`),
+//! HST-13 ([`host`]),
 //! HST-4, HST-5 ([`handle`]), HST-7, HST-11 (`registration`), HST-8, HST-9 ([`manager`]'s OS
 //! manager), HST-10 (`blobs`), HST-12 (`service`).
 #![deny(missing_docs)]
@@ -43,6 +46,7 @@ mod blobs;
 pub mod config;
 pub mod handle;
 pub mod host;
+mod lifecycle;
 pub mod manager;
 mod registration;
 mod service;

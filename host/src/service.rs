@@ -117,9 +117,10 @@ impl HostInner {
             ready: ready.clone(),
             reply: tx,
         };
-        match self.table.callback(ready.proc_id.name(), callback) {
-            Ok(()) => Ok(rx),
-            Err(_) => Err(unexpected("no such proc is starting")),
+        if self.table.callback(ready.proc_id.name(), callback) {
+            Ok(rx)
+        } else {
+            Err(unexpected("no such proc is starting"))
         }
     }
 }

@@ -98,14 +98,13 @@ impl ProcTable {
         }
     }
 
-    /// Hands a ready callback to the spawn waiting for it; `None` if no proc of that name is
-    /// starting.
-    pub fn callback(&self, name: &str, callback: Callback) -> Result<(), Callback> {
+    /// Hands a ready callback to the spawn waiting for it; false if no proc of that name is
+    /// starting (the callback is dropped, and with it its answer slot).
+    pub fn callback(&self, name: &str, callback: Callback) -> bool {
         let entries = self.entries.lock().expect("proc table lock");
-        match entries.get(name) {
-            Some(entry) => entry.callbacks.send(callback).map_err(|e| e.0),
-            None => Err(callback),
-        }
+        entries
+            .get(name)
+            .is_some_and(|entry| entry.callbacks.send(callback).is_ok())
     }
 
     /// The handle of the proc `name`, waiting for its launch if it is being launched.

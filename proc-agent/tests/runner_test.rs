@@ -86,6 +86,7 @@ async fn hundred_actions_transform_their_inputs() {
     .await;
 }
 
+// Attests PA-2
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_action_reports_its_exit_code_and_stderr() {
     let mut h = Harness::new(|_| {}).await;
@@ -111,6 +112,19 @@ async fn an_action_killed_by_a_signal_reports_it() {
     assert_eq!(last.detail.exit, Some(ExitStatus::Signal(9)));
     assert!(reason(&last).contains("SIGKILL"), "{last:?}");
     assert_eq!(text(&last.detail.stderr_tail), "dying\n");
+}
+
+// Attests PA-1, PA-2
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_attempt_still_ends_failed_and_frees_its_slot() {
+    let mut h = Harness::new(|c| c.max_actions = 1).await;
+    let worker = h.script_worker("exit 0").await;
+    h.resolver.panic_for(worker);
+    let last = h.run(ActionDef::new(worker)).await;
+    assert_eq!(last.state, ActionState::Failed);
+    assert!(reason(&last).contains("internal error"), "{last:?}");
+    assert_eq!(h.runner.capacity(), Capacity { max: 1, free: 1 });
+    assert!(h.runner.status().is_empty());
 }
 
 // Attests PA-11
@@ -424,6 +438,22 @@ async fn outputs_never_follow_symlinks() {
     assert!(why.contains("leak (symbolic link)"), "{why}");
     assert!(why.contains("rootdir (symbolic link)"), "{why}");
     assert!(!h.store.contains(&BlobHash::of(b"top secret")));
+
+    // Outputs/ itself replaced by a link to a directory holding a secret.
+    let worker = h
+        .script_worker(&format!(
+            "rm -r Outputs\nln -s {} Outputs",
+            h.root().display()
+        ))
+        .await;
+    let last = h.run(ActionDef::new(worker)).await;
+    assert_eq!(last.state, ActionState::Completed, "{last:?}");
+    assert!(last.detail.outputs.is_empty(), "{last:?}");
+    assert!(
+        reason(&last).contains("Outputs (symbolic link)"),
+        "{last:?}"
+    );
+    assert!(!h.store.contains(&BlobHash::of(b"top secret")));
 }
 
 // Attests PA-6
@@ -552,6 +582,89 @@ async fn sandboxes_are_deleted_and_shutdown_deletes_all() {
     }
     assert_eq!(h.submit(ActionDef::new(long)), Err(AgentError::Stopping));
     assert_eq!(h.runner.capacity().free, 0);
+}
+
+// Attests PA-6
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sibling_procs_share_one_worker_cache() {
+    let mut h = Harness::new(|c| c.max_actions = 8).await;
+    let worker = h.script_worker("echo $1 > Outputs/n").await;
+    // The first actions of both procs materialise the same worker at the same time.
+    h.resolver.hold(true);
+    let (sibling, mut sibling_reports) = h.sibling("worker-2");
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for i in 0..4 {
+        let mut action = ActionDef::new(worker);
+        action.args.push(i.to_string());
+        ours.push(h.submit(action.clone()).unwrap());
+        let spec = h.spec(action);
+        theirs.push(sibling.submit(spec, h.report_to.clone()).unwrap());
+    }
+    h.resolver.hold(false);
+    for attempt in ours {
+        let all = h.wait_final(attempt).await;
+        assert_eq!(all.last().unwrap().state, ActionState::Completed, "{all:?}");
+    }
+    let mut done = 0;
+    while done < theirs.len() {
+        let report = tokio::time::timeout(utils::FINAL_TIMEOUT, sibling_reports.recv())
+            .await
+            .expect("a report in time")
+            .expect("the channel is open");
+        if report.transition.state.is_terminal() {
+            assert_eq!(
+                report.transition.state,
+                ActionState::Completed,
+                "{report:?}"
+            );
+            assert_eq!(
+                report.transition.detail.location.as_ref().unwrap().name(),
+                "worker-2"
+            );
+            done += 1;
+        }
+    }
+    // One cache entry, no temporary directory left by the loser of the race.
+    assert_eq!(entries(&h.workers_dir()), vec![worker.to_string()]);
+    sibling.shutdown(Duration::from_millis(100)).await;
+}
+
+// Attests PA-6
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_files_are_linked_on_one_file_system_and_copied_across() {
+    let script = "stat -c %h bin/tool > Outputs/links\nstat -c %a bin/tool > Outputs/mode";
+    let read = |h: &Harness, t: &procmesh_protocol::action::Transition, name: &str| {
+        let out = t.detail.outputs.iter().find(|o| o.path == name).unwrap();
+        text(&std::fs::read(h.store.path(&out.hash)).unwrap())
+            .trim()
+            .to_owned()
+    };
+    // Same file system: a hard link into the read-only cache.
+    let mut h = Harness::new(|_| {}).await;
+    let worker = h.script_worker(script).await;
+    let last = h.run(ActionDef::new(worker)).await;
+    assert_eq!(last.state, ActionState::Completed, "{last:?}");
+    assert_eq!(read(&h, &last, "links"), "2");
+    assert_eq!(read(&h, &last, "mode"), "555");
+
+    // The cache on another file system (tmpfs): a copy, verified all the same.
+    let shm = std::path::Path::new("/dev/shm");
+    let tmp = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let other_fs = shm.is_dir()
+        && std::fs::metadata(shm).unwrap().dev() != std::fs::metadata(tmp.path()).unwrap().dev();
+    if !other_fs {
+        eprintln!("no second file system at /dev/shm: copy path not exercised");
+        return;
+    }
+    let cache = tempfile::tempdir_in(shm).unwrap();
+    let mut h = Harness::with_workers_dir(tmp, cache.path().join("workers"), |_| {}).await;
+    let worker = h.script_worker(script).await;
+    let last = h.run(ActionDef::new(worker)).await;
+    assert_eq!(last.state, ActionState::Completed, "{last:?}");
+    assert_eq!(read(&h, &last, "links"), "1");
+    assert_eq!(read(&h, &last, "mode"), "555");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,7 @@ const T: Duration = Duration::from_secs(30);
 /// Stands in for the orchestrator: serves the worker, frees a slot per finished action.
 #[derive(Actor)]
 struct Sink {
+    phases: Arc<std::sync::Mutex<BTreeMap<u64, [u64; 3]>>>,
     worker: WorkerDescriptor,
     slots: Arc<Semaphore>,
     failed: Arc<std::sync::atomic::AtomicU64>,
@@ -58,6 +59,12 @@ impl Message<Request<OrchestratorRequest>> for Sink {
             }
             OrchestratorRequest::GetWorker(id) => Err(OrchestratorError::UnknownWorker(id)),
             OrchestratorRequest::ActionUpdate(t) => {
+                let i = match t.state {
+                    ActionState::Submitting => 0,
+                    ActionState::Running => 1,
+                    _ => 2,
+                };
+                self.phases.lock().unwrap().entry(t.lsn.0).or_default()[i] = t.at.as_millis();
                 if t.state.is_terminal() {
                     if t.state != ActionState::Completed {
                         self.failed
@@ -259,7 +266,9 @@ async fn measure(
         .await?;
     let slots = Arc::new(Semaphore::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let phases = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let sink = Sink {
+        phases: phases.clone(),
         worker,
         slots: slots.clone(),
         failed: failed.clone(),
@@ -281,6 +290,19 @@ async fn measure(
     let mut lsn = 0u64;
     load.drive(&mut lsn, Duration::from_millis(500)).await?;
     let runner_per_s = load.drive(&mut lsn, budget).await?;
+    if std::env::var_os("PROCMESH_BENCH_PHASES").is_some() {
+        let phases = phases.lock().unwrap();
+        let n = phases.len().max(1) as f64;
+        let prep: u64 = phases.values().map(|p| p[1].saturating_sub(p[0])).sum();
+        let run: u64 = phases.values().map(|p| p[2].saturating_sub(p[1])).sum();
+        let gaps: Vec<u64> = phases
+            .values()
+            .zip(phases.values().skip(2))
+            .map(|(a, b)| b[0].saturating_sub(a[2]))
+            .collect();
+        let gap: u64 = gaps.iter().sum();
+        eprintln!("phases over {n} actions: submitting->running {:.2} ms, running->end {:.2} ms, end->next submit {:.2} ms", prep as f64 / n, run as f64 / n, gap as f64 / gaps.len().max(1) as f64);
+    }
     let failures = failed.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(failures == 0, "{failures} bench actions did not complete");
 

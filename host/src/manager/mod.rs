@@ -58,7 +58,7 @@ impl Launch {
 
     /// The bootstrap environment of the proc, in a fixed order: the protocol's
     /// `PROCMESH_PROC_ID`, `PROCMESH_BACKEND_ADDR`, `PROCMESH_CALLBACK`, then the host's
-    /// [`env`] variables (`PROCMESH_MAX_ACTIONS` only when the spawn named a maximum).
+    /// [`env`](mod@crate::env) variables (`PROCMESH_MAX_ACTIONS` only when the spawn named a maximum).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut vars = vec![
             (ENV_PROC_ID, self.proc_id.to_string()),
@@ -129,4 +129,48 @@ pub trait ProcManager: Send + Sync + 'static {
     /// Starts the proc. Resolves once it runs (not once it is ready: the host waits for its
     /// callback). Errors: [`HostError::NotAllowed`], [`HostError::Launch`].
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Arc<dyn ProcControl>, HostError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The bootstrap environment the proc agent reads: names, values and order pinned.
+    #[test]
+    fn the_bootstrap_environment_is_pinned() {
+        let frontend: HostAddr = "quic!10.0.0.5:7700".parse().unwrap();
+        let proc_id = frontend.proc("w-1").unwrap();
+        let mut launch = Launch {
+            proc_id: proc_id.clone(),
+            backend: "unix!/var/lib/procmesh/host.sock".parse().unwrap(),
+            callback: frontend
+                .proc("service")
+                .unwrap()
+                .actor("bootstrap")
+                .unwrap(),
+            work_dir: "/var/lib/procmesh/procs/w-1".into(),
+            workers_dir: "/var/lib/procmesh/workers".into(),
+            blobs_dir: "/var/lib/procmesh/blobs".into(),
+            config: ProcConfig::default(),
+        };
+        let expected = vec![
+            ("PROCMESH_PROC_ID", "quic!10.0.0.5:7700,w-1"),
+            ("PROCMESH_BACKEND_ADDR", "unix!/var/lib/procmesh/host.sock"),
+            ("PROCMESH_CALLBACK", "quic!10.0.0.5:7700,service.bootstrap"),
+            ("PROCMESH_WORK_DIR", "/var/lib/procmesh/procs/w-1"),
+            ("PROCMESH_WORKERS_DIR", "/var/lib/procmesh/workers"),
+            ("PROCMESH_BLOBS_DIR", "/var/lib/procmesh/blobs"),
+        ];
+        let env = launch.env();
+        let as_str: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(as_str, expected);
+        launch.config.max_actions = Some(8);
+        assert_eq!(
+            launch.env().last().unwrap(),
+            &("PROCMESH_MAX_ACTIONS", "8".to_owned())
+        );
+        // The values parse back to what they name.
+        assert_eq!(env[0].1.parse::<ProcId>().unwrap(), proc_id);
+        assert_eq!(env[2].1.parse::<ActorId>().unwrap(), launch.callback);
+    }
 }

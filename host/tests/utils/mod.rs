@@ -13,11 +13,14 @@ use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
 use kameo::Actor;
 use procmesh_host::{Host, HostConfig, InProcessLaunch, InProcessManager};
+use procmesh_protocol::messages::RunningAction;
 use procmesh_protocol::messages::{
     AgentError, AgentReply, AgentRequest, AgentStatus, Capacity, HostError, OrchestratorError,
     OrchestratorReply, OrchestratorRequest, ProcReady,
 };
-use procmesh_protocol::{ActorId, ExitStatus, HostAddr};
+use procmesh_protocol::{
+    ActionState, ActorId, Attempt, AttemptRef, ExitStatus, HostAddr, Lsn, Timestamp,
+};
 use procmesh_transport::{MeshCa, Node, NodeBuilder, Request, Role, TlsIdentity};
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,6 +101,8 @@ pub struct Tracker {
     pub max_stopping: AtomicU32,
     /// Answers to each proc's ready callbacks, by name.
     pub ready_answers: Mutex<HashMap<String, Vec<Result<(), String>>>>,
+    /// Attempts the procs' agents were asked to cancel.
+    pub cancelled: Mutex<Vec<AttemptRef>>,
     /// Crash triggers of running procs.
     crash: Mutex<HashMap<String, oneshot::Sender<i32>>>,
 }
@@ -112,6 +117,17 @@ impl Tracker {
             .remove(name)
             .expect("a running proc");
         let _ = tx.send(code);
+    }
+
+    /// The answers the proc `name` heard to its ready callbacks, once it heard them (after
+    /// the spawn resolved, the answer may still be on its way to the proc).
+    pub async fn answers(&self, name: &str) -> Vec<Result<(), String>> {
+        let heard = || self.ready_answers.lock().unwrap().get(name).cloned();
+        assert!(
+            eventually(T, || async { heard().is_some() }).await,
+            "{name} heard nothing"
+        );
+        heard().unwrap()
     }
 
     pub fn has_ended(&self, name: &str) -> bool {
@@ -146,6 +162,16 @@ pub struct TestAgent {
     stop: Option<oneshot::Sender<()>>,
     stubborn: bool,
     deaf: bool,
+    running: Vec<RunningAction>,
+    tracker: Option<Arc<Tracker>>,
+}
+
+/// The attempt a `busy*` proc runs.
+pub fn busy_attempt() -> AttemptRef {
+    AttemptRef {
+        lsn: Lsn(7),
+        attempt: Attempt::FIRST,
+    }
 }
 
 impl Message<Request<AgentRequest>> for TestAgent {
@@ -165,7 +191,7 @@ impl Message<Request<AgentRequest>> for TestAgent {
             AgentRequest::Status => AgentReply::Status(AgentStatus {
                 proc_id: self.proc_id.clone(),
                 capacity,
-                actions: Vec::new(),
+                actions: self.running.clone(),
                 stopping: false,
             }),
             AgentRequest::Stop { .. } => {
@@ -176,7 +202,15 @@ impl Message<Request<AgentRequest>> for TestAgent {
                 }
                 AgentReply::Stopping { running: 0 }
             }
-            AgentRequest::Cancel { .. } => AgentReply::Cancelling { found: false },
+            AgentRequest::Cancel { lsn, attempt, .. } => {
+                let attempt = AttemptRef { lsn, attempt };
+                if let Some(tracker) = &self.tracker {
+                    tracker.cancelled.lock().unwrap().push(attempt);
+                }
+                AgentReply::Cancelling {
+                    found: self.running.iter().any(|r| r.action == attempt),
+                }
+            }
             _ => return Ok(Err(AgentError::Internal("not a test agent's job".into()))),
         }))
     }
@@ -189,6 +223,8 @@ pub fn test_agent(proc_id: procmesh_protocol::ProcId) -> kameo::actor::ActorRef<
         stop: None,
         stubborn: false,
         deaf: false,
+        running: Vec::new(),
+        tracker: None,
     })
 }
 
@@ -238,6 +274,16 @@ pub async fn run_proc(
         stop: Some(stop_tx),
         stubborn: behaviour == Behaviour::Stubborn,
         deaf: behaviour == Behaviour::Deaf,
+        running: if name.starts_with("busy") {
+            vec![RunningAction {
+                action: busy_attempt(),
+                state: ActionState::Running,
+                since: Timestamp::from_millis(1),
+            }]
+        } else {
+            Vec::new()
+        },
+        tracker: Some(tracker.clone()),
     });
     let agent = node.expose("agent", agent_ref).unwrap();
     let named_agent = match behaviour {
@@ -334,7 +380,15 @@ pub async fn test_host(tweak: impl FnOnce(&mut HostConfig)) -> TestHost {
 }
 
 pub async fn test_host_with(stop_delay: Duration, tweak: impl FnOnce(&mut HostConfig)) -> TestHost {
-    let (_, identity) = identity();
+    test_host_in(identity().1, stop_delay, tweak).await
+}
+
+/// A test host with this identity (to share a CA with other test nodes).
+pub async fn test_host_in(
+    identity: TlsIdentity,
+    stop_delay: Duration,
+    tweak: impl FnOnce(&mut HostConfig),
+) -> TestHost {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::ephemeral(dir.path().join("state"), identity.clone());
     config.ready_timeout_ms = 5_000;
@@ -355,10 +409,12 @@ pub async fn test_host_with(stop_delay: Duration, tweak: impl FnOnce(&mut HostCo
 /// Records what a host tells the orchestrator; answers like one would.
 #[derive(Actor)]
 pub struct TestOrchestrator {
-    pub events: mpsc::UnboundedSender<OrchestratorRequest>,
+    pub events: mpsc::UnboundedSender<Event>,
     /// While set, the next heartbeat is answered `UnknownHost` (and the flag cleared).
     pub forget: Arc<AtomicBool>,
     pub heartbeat_interval_ms: u64,
+    /// What every heartbeat ack names as orphans.
+    pub orphans: Arc<Mutex<Vec<AttemptRef>>>,
 }
 
 impl Message<Request<OrchestratorRequest>> for TestOrchestrator {
@@ -370,18 +426,23 @@ impl Message<Request<OrchestratorRequest>> for TestOrchestrator {
         _ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
         let message = req.message;
-        let _ = self.events.send(message.clone());
+        let forgotten = matches!(message, OrchestratorRequest::Heartbeat(_))
+            && self.forget.swap(false, Ordering::SeqCst);
+        let _ = self.events.send(Event {
+            request: message.clone(),
+            refused: forgotten,
+        });
         Ok(match message {
             OrchestratorRequest::RegisterHost(_) => Ok(OrchestratorReply::HostRegistered {
                 heartbeat_interval_ms: self.heartbeat_interval_ms,
                 lost_after_ms: 10 * self.heartbeat_interval_ms,
             }),
             OrchestratorRequest::Heartbeat(hb) => {
-                if self.forget.swap(false, Ordering::SeqCst) {
+                if forgotten {
                     Err(OrchestratorError::UnknownHost(hb.addr))
                 } else {
                     Ok(OrchestratorReply::HeartbeatAck {
-                        orphans: Vec::new(),
+                        orphans: self.orphans.lock().unwrap().clone(),
                     })
                 }
             }
@@ -390,12 +451,20 @@ impl Message<Request<OrchestratorRequest>> for TestOrchestrator {
     }
 }
 
+/// What the test orchestrator received, and whether it answered `UnknownHost`.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub request: OrchestratorRequest,
+    pub refused: bool,
+}
+
 /// A test orchestrator on its own QUIC node: its actor id, what it receives, its forget flag.
 pub struct Orchestrator {
     pub node: Node,
     pub actor: ActorId,
-    pub events: mpsc::UnboundedReceiver<OrchestratorRequest>,
+    pub events: mpsc::UnboundedReceiver<Event>,
     pub forget: Arc<AtomicBool>,
+    pub orphans: Arc<Mutex<Vec<AttemptRef>>>,
 }
 
 pub async fn orchestrator(id: &TlsIdentity, heartbeat_interval_ms: u64) -> Orchestrator {
@@ -406,6 +475,7 @@ pub async fn orchestrator(id: &TlsIdentity, heartbeat_interval_ms: u64) -> Orche
         .unwrap();
     let (tx, events) = mpsc::unbounded_channel();
     let forget = Arc::new(AtomicBool::new(false));
+    let orphans = Arc::new(Mutex::new(Vec::new()));
     let actor = node
         .expose(
             "orchestrator",
@@ -413,6 +483,7 @@ pub async fn orchestrator(id: &TlsIdentity, heartbeat_interval_ms: u64) -> Orche
                 events: tx,
                 forget: forget.clone(),
                 heartbeat_interval_ms,
+                orphans: orphans.clone(),
             }),
         )
         .unwrap();
@@ -421,12 +492,18 @@ pub async fn orchestrator(id: &TlsIdentity, heartbeat_interval_ms: u64) -> Orche
         actor,
         events,
         forget,
+        orphans,
     }
 }
 
 impl Orchestrator {
     /// The next event that `pick` selects, skipping others; panics after [`T`].
     pub async fn next<R>(&mut self, mut pick: impl FnMut(&OrchestratorRequest) -> Option<R>) -> R {
+        self.next_event(|e| pick(&e.request)).await
+    }
+
+    /// The next event that `pick` selects, skipping others; panics after [`T`].
+    pub async fn next_event<R>(&mut self, mut pick: impl FnMut(&Event) -> Option<R>) -> R {
         let deadline = tokio::time::Instant::now() + T;
         loop {
             let event = tokio::time::timeout_at(deadline, self.events.recv())

@@ -1,9 +1,12 @@
 //! Collecting an action's `Outputs/` into the blob store (PA-7).
 //!
 //! The tree is walked without following symbolic links: only regular files are taken. A
-//! symbolic link (which could point anywhere, `/etc/shadow` included), a FIFO, socket or device,
-//! and a name that is not UTF-8 are skipped and named in a note that the runner appends to the
-//! transition's reason; the action still completes. Each file is opened with `O_NOFOLLOW`, hashed
+//! symbolic link (which could point anywhere, `/etc/shadow` included) — `Outputs` itself
+//! included, if the action replaced it by one —, a FIFO, socket or device, and a name that is not
+//! UTF-8 are skipped and named in a note that the runner appends to the transition's reason; the
+//! action still completes. Directories are listed by path after their entry was seen as a
+//! directory (not a link); only a process that escaped the action's group could swap one in
+//! between, and files are opened with `O_NOFOLLOW` regardless. Each file is opened with `O_NOFOLLOW`, hashed
 //! from that descriptor and stored from it, so its path is not resolved twice.
 
 use std::fs::{self, OpenOptions};
@@ -12,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use procmesh_protocol::cas::{BlobHash, BlobHasher};
-use procmesh_protocol::spec::OutputFile;
+use procmesh_protocol::spec::{OutputFile, OUTPUTS_DIR};
 use procmesh_transport::BlobStore;
 
 use super::error::PrepareError;
@@ -66,15 +69,25 @@ type Found = (String, PathBuf);
 fn walk(dir: &Path) -> Result<(Vec<Found>, Vec<Skipped>), PrepareError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
+    // The action may have replaced Outputs/ itself: it must still be a real directory.
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            skipped.push((OUTPUTS_DIR.to_owned(), "symbolic link"));
+            return Ok((files, skipped));
+        }
+        Ok(meta) if !meta.is_dir() => {
+            skipped.push((OUTPUTS_DIR.to_owned(), "not a directory"));
+            return Ok((files, skipped));
+        }
+        Ok(_) => {}
+        // Removed by the action: nothing to collect.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((files, skipped)),
+        Err(e) => return Err(PrepareError::io(dir)(e)),
+    }
     let mut stack: Vec<Found> = vec![(String::new(), dir.to_path_buf())];
     let mut seen = 0usize;
     while let Some((prefix, path)) = stack.pop() {
-        let entries = match fs::read_dir(&path) {
-            Ok(entries) => entries,
-            // The action may have removed Outputs/ itself.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_empty() => continue,
-            Err(e) => return Err(PrepareError::io(&path)(e)),
-        };
+        let entries = fs::read_dir(&path).map_err(PrepareError::io(&path))?;
         for entry in entries {
             let entry = entry.map_err(PrepareError::io(&path))?;
             seen += 1;

@@ -39,11 +39,16 @@ pub(crate) struct Worker {
     pub(crate) dir: PathBuf,
 }
 
+/// Numbers temporary directories: process-wide, because several runners (in-process procs) may
+/// share one cache directory under one pid.
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+/// How many temporary names are tried (one may be a leftover of a dead process with our pid).
+const TMP_TRIES: u32 = 16;
+
 /// The workers this proc has resolved and materialised.
 #[derive(Debug)]
 pub(crate) struct WorkerCache {
     dir: PathBuf,
-    next_tmp: AtomicU64,
     /// Verified descriptors, by id.
     descriptors: Mutex<HashMap<WorkerId, Arc<WorkerDescriptor>>>,
     /// Workers known to be materialised.
@@ -61,7 +66,6 @@ impl WorkerCache {
     pub(crate) fn new(dir: PathBuf) -> WorkerCache {
         WorkerCache {
             dir,
-            next_tmp: AtomicU64::new(0),
             descriptors: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
             building: Mutex::new(HashMap::new()),
@@ -102,15 +106,10 @@ impl WorkerCache {
                         message,
                     })?;
             }
-            let tmp = self.dir.join(format!(
-                ".tmp-{id}-{}-{}",
-                std::process::id(),
-                self.next_tmp.fetch_add(1, Ordering::Relaxed)
-            ));
-            let (store, d, dest) = (store.clone(), descriptor.clone(), final_dir.clone());
+            let (store, d, dir) = (store.clone(), descriptor.clone(), self.dir.clone());
             // Runs to its end even if this future is dropped (a cancelled attempt): the
             // temporary directory is then renamed into place or deleted all the same.
-            tokio::task::spawn_blocking(move || materialise(&store, &d, &tmp, &dest))
+            tokio::task::spawn_blocking(move || materialise(&store, &d, &dir, id))
                 .await
                 .map_err(|e| PrepareError::Io {
                     path: final_dir.clone(),
@@ -179,15 +178,34 @@ fn is_real_dir(path: &Path) -> Result<bool, PrepareError> {
     }
 }
 
-/// Copies every file of `descriptor` from the store into `tmp`, verifying hash and size, then
-/// renames `tmp` to `dest`. On any error `tmp` is deleted and nothing appears at `dest`.
+/// Creates a fresh temporary directory `<dir>/.tmp-<id>-<pid>-<n>`.
+fn create_tmp(dir: &Path, id: WorkerId) -> Result<PathBuf, PrepareError> {
+    let pid = std::process::id();
+    let mut tries = 0;
+    loop {
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp-{id}-{pid}-{n}"));
+        match fs::create_dir(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < TMP_TRIES => {
+                tries += 1;
+            }
+            Err(e) => return Err(PrepareError::io(&tmp)(e)),
+        }
+    }
+}
+
+/// Copies every file of `descriptor` from the store into a fresh temporary directory in `dir`,
+/// verifying hash and size, then renames it to `<dir>/<id>`. On any error the temporary
+/// directory is deleted and nothing appears at `<dir>/<id>`.
 fn materialise(
     store: &BlobStore,
     descriptor: &WorkerDescriptor,
-    tmp: &Path,
-    dest: &Path,
+    dir: &Path,
+    id: WorkerId,
 ) -> Result<(), PrepareError> {
-    fs::create_dir(tmp).map_err(PrepareError::io(tmp))?;
+    let dest = &dir.join(id.to_string());
+    let tmp = &create_tmp(dir, id)?;
     let result = fill(store, descriptor, tmp).and_then(|()| match fs::rename(tmp, dest) {
         Ok(()) => {
             info!(worker = %dest.display(), files = descriptor.files.len(), "worker materialised");

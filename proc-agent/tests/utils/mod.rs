@@ -32,6 +32,8 @@ pub struct TestResolver {
     hold: watch::Sender<bool>,
     /// Blobs nobody has: `ensure_blobs` fails naming them.
     unobtainable: Mutex<HashSet<BlobHash>>,
+    /// Workers whose resolution panics (a buggy resolver).
+    panics: Mutex<HashSet<WorkerId>>,
     /// How many times `worker` was called.
     pub worker_calls: AtomicUsize,
     /// How many times `ensure_blobs` was called.
@@ -45,6 +47,7 @@ impl TestResolver {
             descriptors: Mutex::new(HashMap::new()),
             hold: watch::channel(false).0,
             unobtainable: Mutex::new(HashSet::new()),
+            panics: Mutex::new(HashSet::new()),
             worker_calls: AtomicUsize::new(0),
             blob_calls: AtomicUsize::new(0),
         }
@@ -65,6 +68,11 @@ impl TestResolver {
     /// Makes `ensure_blobs` fail for `hash`, as if no node had it.
     pub fn unobtainable(&self, hash: BlobHash) {
         self.unobtainable.lock().unwrap().insert(hash);
+    }
+
+    /// Makes `worker` panic for `id`.
+    pub fn panic_for(&self, id: WorkerId) {
+        self.panics.lock().unwrap().insert(id);
     }
 
     /// Holds (`true`) or releases every `worker` call.
@@ -89,6 +97,8 @@ impl Resolver for TestResolver {
             self.worker_calls.fetch_add(1, Ordering::SeqCst);
             let mut rx = self.hold.subscribe();
             let _ = rx.wait_for(|held| !held).await;
+            let panics = self.panics.lock().unwrap().contains(&id);
+            assert!(!panics, "test resolver told to panic for {id}");
             self.descriptors
                 .lock()
                 .unwrap()
@@ -144,13 +154,24 @@ impl Harness {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut RunnerConfig),
     ) -> Harness {
-        let store = BlobStore::open(dir.path().join("store")).expect("store");
+        let workers_dir = dir.path().join("workers");
+        Harness::with_workers_dir(dir, workers_dir, configure).await
+    }
+
+    /// A runner in `dir` whose worker cache is `workers_dir` (possibly elsewhere, possibly
+    /// shared with another runner).
+    pub async fn with_workers_dir(
+        dir: tempfile::TempDir,
+        workers_dir: PathBuf,
+        configure: impl FnOnce(&mut RunnerConfig),
+    ) -> Harness {
+        let store = BlobStore::open_shared(dir.path().join("store")).expect("store");
         let resolver = Arc::new(TestResolver::new());
         let proc_id = ProcId::new(HostAddr::Local("test-host".into()), "worker-1").unwrap();
         let mut config = RunnerConfig {
             proc_id,
             work_dir: dir.path().join("proc"),
-            workers_dir: dir.path().join("workers"),
+            workers_dir,
             max_actions: 4,
             cancel_grace: Duration::from_millis(500),
             tail_bytes: 64 * 1024,
@@ -187,7 +208,19 @@ impl Harness {
 
     /// The worker cache.
     pub fn workers_dir(&self) -> PathBuf {
-        self.dir.path().join("workers")
+        self.runner.config().workers_dir.clone()
+    }
+
+    /// Another runner (a sibling proc) in `<root>/<name>`, sharing this one's blob store,
+    /// worker cache and resolver, reporting to its own channel.
+    pub fn sibling(&self, name: &str) -> (Runner, mpsc::UnboundedReceiver<Report>) {
+        let mut config = self.runner.config().clone();
+        config.proc_id = ProcId::new(HostAddr::Local("test-host".into()), name).unwrap();
+        config.work_dir = self.dir.path().join(name);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runner =
+            Runner::start(config, self.store.clone(), self.resolver.clone(), tx).expect("start");
+        (runner, rx)
     }
 
     /// A worker file holding `content`, stored.

@@ -7,8 +7,8 @@
 //! host                                         child (proc-agent binary)
 //!  │ spawn with PROCMESH_PROC_ID=quic!10.0.0.5:7700,worker-3
 //!  │            PROCMESH_BACKEND_ADDR=unix!/run/procmesh/host.sock
-//!  │            PROCMESH_CALLBACK=unix!/run/procmesh/host.sock,service.bootstrap
-//!  │ ───────────────────────────────────────────▶ │ binds its own address, starts its agent
+//!  │            PROCMESH_CALLBACK=quic!10.0.0.5:7700,service.bootstrap
+//!  │ ───────────────────────────────────────────▶ │ connects to the backend, starts its agent
 //!  │ ◀── ask ProcReady { proc_id, addr, agent, pid } ──│
 //!  │ ── Ok(()) ─────────────────────────────────▶ │
 //!  ▼ the spawn resolves with ProcInfo (status Ready)
@@ -212,7 +212,8 @@ pub struct ProcInfo {
 pub struct ProcReady {
     /// The proc id it was given in [`ENV_PROC_ID`].
     pub proc_id: ProcId,
-    /// The backend address the proc answers at, e.g. `unix!/run/procmesh/worker-3.sock`.
+    /// An address the proc itself listens at, e.g. `unix!/var/lib/procmesh/procs/worker-3/agent.sock`
+    /// (the host reaches it through its backend route; this is for diagnostics and redials).
     pub addr: HostAddr,
     /// Its agent actor.
     pub agent: ActorId,

@@ -82,15 +82,13 @@ pub use table::check_spawn_name;
 /// host's frontend as its address and sends everything through the backend,
 /// `NodeBuilder::new(name).addr(frontend).default_route(backend)` (+ `.local(hub, name)` for
 /// an in-process proc); its first message over the backend — its `ProcReady` to
-/// `PROCMESH_CALLBACK` — installs the host's route to it. `ProcReady.addr` is that node's
-/// address (the frontend), `pid` its OS pid.
+/// `PROCMESH_CALLBACK` — installs the host's route to it. `ProcReady.addr` is an address the
+/// proc listens at itself (the OS proc agent: `<work dir>/agent.sock`), `pid` its OS pid.
 pub mod env {
-    /// The proc's own work directory (empty at start; deleted after it exits).
-    pub const WORK_DIR: &str = "PROCMESH_WORK_DIR";
-    /// The host's worker cache, shared by its procs (wiped when the host starts).
-    pub const WORKERS_DIR: &str = "PROCMESH_WORKERS_DIR";
-    /// The host's blob store, shared by its procs (`objects/<hash>`).
-    pub const BLOBS_DIR: &str = "PROCMESH_BLOBS_DIR";
-    /// Most actions the proc's runner runs at once, e.g. `8`; unset for the logical CPUs.
-    pub const MAX_ACTIONS: &str = "PROCMESH_MAX_ACTIONS";
+    //! The names live in the protocol, which the proc agent reads too.
+    pub use procmesh_protocol::messages::host::{
+        ENV_BACKEND_ADDR as BACKEND_ADDR, ENV_BLOBS_DIR as BLOBS_DIR, ENV_CALLBACK as CALLBACK,
+        ENV_MAX_ACTIONS as MAX_ACTIONS, ENV_PROC_ID as PROC_ID, ENV_WORKERS_DIR as WORKERS_DIR,
+        ENV_WORK_DIR as WORK_DIR,
+    };
 }

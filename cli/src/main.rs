@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the host agent of this machine.
-    Host(cmd::host::HostArgs),
+    Host(Box<cmd::host::HostArgs>),
     /// Run as a proc agent. The host starts this with the bootstrap environment; it is not a
     /// command for people.
     #[command(hide = true)]
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench { suite } => bench::run(suite),
         Command::ProcAgent => proc_agent(),
-        Command::Host(args) => cmd::host::run(args),
+        Command::Host(args) => cmd::host::run(*args),
     }
 }
 

@@ -85,7 +85,7 @@ pub use table::check_spawn_name;
 /// `PROCMESH_CALLBACK` — installs the host's route to it. `ProcReady.addr` is an address the
 /// proc listens at itself (the OS proc agent: `<work dir>/agent.sock`), `pid` its OS pid.
 pub mod env {
-    //! The names live in the protocol, which the proc agent reads too.
+    // The names live in the protocol, which the proc agent reads too.
     pub use procmesh_protocol::messages::host::{
         ENV_BACKEND_ADDR as BACKEND_ADDR, ENV_BLOBS_DIR as BLOBS_DIR, ENV_CALLBACK as CALLBACK,
         ENV_MAX_ACTIONS as MAX_ACTIONS, ENV_PROC_ID as PROC_ID, ENV_WORKERS_DIR as WORKERS_DIR,

@@ -17,6 +17,8 @@
 //!   (`SPEC-n`).
 //! - [`messages`] — the typed request, reply and event enums of host, proc agent, orchestrator
 //!   and client, and the [`RemoteMessage`] trait (`MSG-n`).
+//! - [`sched`] — the orchestrator's pure decisions: pending order, placement, retries, queue
+//!   bookkeeping, the [`sched::Book`] (`ORC-n`).
 #![deny(missing_docs)]
 
 pub mod action;
@@ -25,6 +27,7 @@ pub mod codec;
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+pub mod sched;
 pub mod spec;
 
 pub use action::{

@@ -111,11 +111,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
     }
 }
 
+/// Names of arrivals in `tmp/`, unique across every store of this process (two stores may
+/// share one directory: a host's and its in-process procs').
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
 /// A directory of blobs named by hash: `objects/<hex>`, with `tmp/` for arrivals.
 #[derive(Debug)]
 pub struct BlobStore {
     root: PathBuf,
-    next_tmp: AtomicU64,
 }
 
 impl BlobStore {
@@ -129,10 +132,7 @@ impl BlobStore {
         for dir in [root.join("objects"), tmp] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(Arc::new(BlobStore {
-            root,
-            next_tmp: AtomicU64::new(0),
-        }))
+        Ok(Arc::new(BlobStore { root }))
     }
 
     /// Opens (creating) a store another process also uses — a host's store, shared on disk
@@ -143,10 +143,7 @@ impl BlobStore {
         for dir in [root.join("objects"), root.join("tmp")] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(Arc::new(BlobStore {
-            root,
-            next_tmp: AtomicU64::new(0),
-        }))
+        Ok(Arc::new(BlobStore { root }))
     }
 
     /// The store's directory.
@@ -184,13 +181,19 @@ impl BlobStore {
         size: u64,
         mut source: R,
     ) -> Result<(), BlobError> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .root
             .join("tmp")
             .join(format!("{hash}.{}.{n}", std::process::id()));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
+            // create_new: never write into another arrival's file, whatever the names.
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .await
+                .map_err(io_err(&tmp))?;
             let mut hasher = BlobHasher::new();
             let mut buf = vec![0u8; CHUNK.min(size as usize).max(1)];
             let mut left = size;

@@ -30,6 +30,8 @@
 //! - [`retry`] — [`retry::decide`], [`retry::check_reschedule`].
 //! - [`queue`] — [`QueueBook`], one queue's counts, membership, flags and idempotency keys.
 //! - [`book`] — [`Book`], everything together.
+//! - [`outcome`] — what a [`Book`] takes and gives back: [`NewAction`], [`Dispatch`], [`Update`],
+//!   [`StopOrder`], [`BookError`], …
 //!
 //! # Invariants
 //! - **ORC-1** Dispatch order: pending actions leave the [`PendingIndex`] (and are offered by
@@ -80,14 +82,16 @@
 //! [`StateCounts`]: crate::messages::orchestrator::StateCounts
 
 pub mod book;
+pub mod outcome;
 pub mod pending;
 pub mod placement;
 pub mod queue;
 pub mod retry;
 mod store;
 
-pub use book::{
-    ActionEntry, ApplyError, Book, BookError, BookLimits, CancelOutcome, Dispatch, NewAction,
+pub use book::Book;
+pub use outcome::{
+    ActionEntry, ApplyError, BookError, BookLimits, CancelOutcome, Dispatch, NewAction,
     QueueCancel, StopOrder, Submitted, Update,
 };
 pub use pending::PendingIndex;

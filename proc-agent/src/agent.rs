@@ -96,31 +96,32 @@ impl Message<Request<AgentRequest>> for ProcAgent {
     }
 }
 
+/// Asks `target` one cheap question of type `M`; `Err` says why there was no answer.
+async fn ask_once<M, T, E>(node: &Node, target: &ActorId, question: M) -> Result<(), String>
+where
+    M: procmesh_protocol::RemoteMessage<Reply = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    match node
+        .remote_ref::<M>(target.clone())
+        .ask(question, PROBE_TIMEOUT)
+        .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn probe_route(node: Node, probe: Probe) -> AgentResult {
     let started = std::time::Instant::now();
     let (target, answered) = match probe {
         Probe::Agent(target) => {
-            let r = node
-                .remote_ref::<AgentRequest>(target.clone())
-                .ask(AgentRequest::Capacity, PROBE_TIMEOUT)
-                .await;
-            let answered = match r {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let answered = ask_once(&node, &target, AgentRequest::Capacity).await;
             (target, answered)
         }
         Probe::Host(target) => {
-            let r = node
-                .remote_ref::<HostRequest>(target.clone())
-                .ask(HostRequest::Status, PROBE_TIMEOUT)
-                .await;
-            let answered = match r {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let answered = ask_once(&node, &target, HostRequest::Status).await;
             (target, answered)
         }
     };

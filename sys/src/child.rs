@@ -231,13 +231,7 @@ impl Child {
             )
         };
         drop(state);
-        if r == 0 {
-            return Ok(true);
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-            e => Err(e),
-        }
+        delivered(r as libc::c_int)
     }
 
     /// Sends `sig` to the child's process group (spawned with `process_group(0)`), only while
@@ -250,13 +244,7 @@ impl Child {
         // SAFETY: kill with a negative pid signals that process group.
         let r = unsafe { libc::kill(-(self.inner.pid as libc::pid_t), sig as libc::c_int) };
         drop(state);
-        if r == 0 {
-            return Ok(true);
-        }
-        match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-            e => Err(e),
-        }
+        delivered(r)
     }
 
     /// Resolves once the child has exited and been reaped (SYS-2).
@@ -280,6 +268,17 @@ impl Child {
     /// The exit, if the child has been reaped.
     pub fn try_wait(&self) -> Option<ExitInfo> {
         *self.inner.done.borrow()
+    }
+}
+
+/// A signal syscall's result: sent, nobody left to receive it (ESRCH), or an error.
+fn delivered(r: libc::c_int) -> io::Result<bool> {
+    if r == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        e => Err(e),
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use procmesh_protocol::codec::{FrameCodec, Hello, DEFAULT_MAX_FRAME};
 use procmesh_protocol::{
-    ActorId, Body, Envelope, HostAddr, Payload, ProcId, RemoteError, Undeliverable,
+    ActorId, Body, Envelope, HostAddr, Payload, ProcId, RemoteError, TraceContext, Undeliverable,
 };
 use tokio::sync::{broadcast, oneshot};
 
@@ -238,6 +238,15 @@ impl std::fmt::Debug for Node {
             .field("proc_id", &self.inner.proc_id)
             .finish_non_exhaustive()
     }
+}
+
+/// A message and the handler of the actor it is for.
+struct Addressed {
+    handler: Arc<dyn ErasedHandler>,
+    dest: ActorId,
+    sender: ActorId,
+    message: Vec<u8>,
+    trace: Option<TraceContext>,
 }
 
 pub(crate) type ReplySlot = oneshot::Sender<Result<Payload, RemoteError>>;
@@ -524,20 +533,17 @@ impl NodeInner {
                 let _ = self.undeliverable.send(notice);
             }
             Body::Tell { message } => {
-                let handler = self.actors.get(dest.name()).map(|e| e.erased.clone());
-                let Some(handler) = handler else {
-                    let env = Envelope {
-                        dest,
-                        sender,
-                        body: Body::Tell { message },
-                        trace,
-                    };
-                    let reason = format!(
-                        "no actor named {:?} in proc {}",
-                        env.dest.name(),
-                        self.proc_id
-                    );
-                    return self.bounce(env, reason).await;
+                let Some(Addressed {
+                    handler,
+                    dest,
+                    sender,
+                    message,
+                    trace,
+                }) = self
+                    .handler_or_bounce(dest, sender, Body::Tell { message }, trace)
+                    .await
+                else {
+                    return;
                 };
                 let ctx = crate::remote::CallContext {
                     from: sender,
@@ -549,20 +555,17 @@ impl NodeInner {
                 }
             }
             Body::Ask { id, message } => {
-                let handler = self.actors.get(dest.name()).map(|e| e.erased.clone());
-                let Some(handler) = handler else {
-                    let env = Envelope {
-                        dest,
-                        sender,
-                        body: Body::Ask { id, message },
-                        trace,
-                    };
-                    let reason = format!(
-                        "no actor named {:?} in proc {}",
-                        env.dest.name(),
-                        self.proc_id
-                    );
-                    return self.bounce(env, reason).await;
+                let Some(Addressed {
+                    handler,
+                    dest,
+                    sender,
+                    message,
+                    trace,
+                }) = self
+                    .handler_or_bounce(dest, sender, Body::Ask { id, message }, trace)
+                    .await
+                else {
+                    return;
                 };
                 let ctx = crate::remote::CallContext {
                     from: sender.clone(),
@@ -587,6 +590,40 @@ impl NodeInner {
                     }
                     Err(e) => send(Err(e)).await,
                 }
+            }
+        }
+    }
+
+    /// The handler of the actor an envelope is for, with the envelope's parts; or `None`
+    /// after bouncing it when there is no such actor (NODE-2).
+    async fn handler_or_bounce(
+        self: &Arc<Self>,
+        dest: ActorId,
+        sender: ActorId,
+        body: Body,
+        trace: Option<TraceContext>,
+    ) -> Option<Addressed> {
+        let handler = self.actors.get(dest.name()).map(|e| e.erased.clone());
+        match (handler, body) {
+            (Some(handler), Body::Tell { message } | Body::Ask { message, .. }) => {
+                Some(Addressed {
+                    handler,
+                    dest,
+                    sender,
+                    message,
+                    trace,
+                })
+            }
+            (_, body) => {
+                let reason = format!("no actor named {:?} in proc {}", dest.name(), self.proc_id);
+                let env = Envelope {
+                    dest,
+                    sender,
+                    body,
+                    trace,
+                };
+                self.bounce(env, reason).await;
+                None
             }
         }
     }

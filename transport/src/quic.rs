@@ -21,13 +21,12 @@ use std::time::Duration;
 use dashmap::DashMap;
 use procmesh_protocol::codec::MAGIC;
 use procmesh_protocol::Envelope;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::blob::{self, BLOB_MAGIC};
 use crate::link::{Link, TransportKind};
-use crate::node::{NodeError, NodeInner, PeerInfo};
-use crate::stream::{fail_link, handshake_timed, run_link};
+use crate::node::{NodeError, NodeInner};
+use crate::stream::{handshake_timed, run_dialled, serve_control};
 use crate::tls::{quic_configs, TlsIdentity, NODE_SERVER_NAME};
 
 /// QUIC tunables.
@@ -221,24 +220,7 @@ async fn serve_stream(
         let _ = send.reset(1u32.into());
         return;
     }
-    let mut reader = std::io::Cursor::new(magic).chain(recv);
-    let hs = match handshake_timed(&node, &mut reader, &mut send).await {
-        Ok(hs) => hs,
-        Err(error) => {
-            tracing::warn!(%error, %remote, "QUIC handshake refused");
-            let _ = send.shutdown().await;
-            return;
-        }
-    };
-    let peer = Arc::new(PeerInfo {
-        transport: TransportKind::Quic,
-        hello: hs.hello,
-        version: hs.version,
-        remote: Some(remote),
-    });
-    let (link, rx) = Link::new(peer.hello.addr.to_string(), TransportKind::Quic);
-    node.adopt(&peer, &link);
-    run_link(node, link, rx, reader, send, hs.leftover, peer).await;
+    serve_control(node, recv, send, TransportKind::Quic, Some(remote)).await;
 }
 
 /// Dials `addr`, shakes hands on a fresh control stream and runs the link.
@@ -263,18 +245,8 @@ pub(crate) async fn run_outbound(
             .map_err(|e| format!("handshake with quic!{addr} failed: {e}"))?;
         Ok::<_, String>((send, recv, hs))
     };
-    match setup.await {
-        Ok((send, recv, hs)) => {
-            let peer = Arc::new(PeerInfo {
-                transport: TransportKind::Quic,
-                hello: hs.hello,
-                version: hs.version,
-                remote: Some(addr),
-            });
-            run_link(node, link, rx, recv, send, hs.leftover, peer).await;
-        }
-        Err(reason) => fail_link(node, link, rx, reason).await,
-    }
+    let setup = setup.await.map(|(send, recv, hs)| (recv, send, hs));
+    run_dialled(node, link, rx, setup, Some(addr)).await;
 }
 
 /// Opens a blob stream to `addr` (QUIC-1: on the shared connection).

@@ -22,7 +22,7 @@ use procmesh_protocol::Envelope;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::link::Link;
+use crate::link::{Link, TransportKind};
 use crate::node::{NodeInner, PeerInfo};
 
 /// Bytes encoded before a batch is written out.
@@ -276,5 +276,66 @@ where
     {
         Ok(result) => result,
         Err(_) => Err(HandshakeError::Timeout),
+    }
+}
+
+/// Serves an accepted control stream whose magic (already read) was `PMSH`: handshake, adopt
+/// the link for replies and later messages (NODE-3), then run it.
+pub(crate) async fn serve_control<R, W>(
+    node: Arc<NodeInner>,
+    reader: R,
+    mut writer: W,
+    transport: TransportKind,
+    remote: Option<std::net::SocketAddr>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = AsyncReadExt::chain(
+        std::io::Cursor::new(procmesh_protocol::codec::MAGIC),
+        reader,
+    );
+    let hs = match handshake_timed(&node, &mut reader, &mut writer).await {
+        Ok(hs) => hs,
+        Err(error) => {
+            tracing::warn!(%error, ?transport, ?remote, "handshake refused");
+            let _ = writer.shutdown().await;
+            return;
+        }
+    };
+    let peer = Arc::new(PeerInfo {
+        transport,
+        hello: hs.hello,
+        version: hs.version,
+        remote,
+    });
+    let (link, rx) = Link::new(peer.hello.addr.to_string(), transport);
+    node.adopt(&peer, &link);
+    run_link(node, link, rx, reader, writer, hs.leftover, peer).await;
+}
+
+/// Runs a dialled link once its transport is set up (`Ok`: the stream halves and the completed
+/// handshake), or fails it with the setup error (STR-2).
+pub(crate) async fn run_dialled<R, W>(
+    node: Arc<NodeInner>,
+    link: Link,
+    rx: mpsc::UnboundedReceiver<Envelope>,
+    setup: Result<(R, W, Handshaken), String>,
+    remote: Option<std::net::SocketAddr>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    match setup {
+        Ok((reader, writer, hs)) => {
+            let peer = Arc::new(PeerInfo {
+                transport: link.kind(),
+                hello: hs.hello,
+                version: hs.version,
+                remote,
+            });
+            run_link(node, link, rx, reader, writer, hs.leftover, peer).await;
+        }
+        Err(reason) => fail_link(node, link, rx, reason).await,
     }
 }

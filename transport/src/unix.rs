@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::blob::{self, BLOB_MAGIC};
 use crate::link::{Link, TransportKind};
-use crate::node::{NodeError, NodeInner, PeerInfo};
-use crate::stream::{fail_link, handshake_timed, run_link};
+use crate::node::{NodeError, NodeInner};
+use crate::stream::{handshake_timed, run_dialled, serve_control};
 
 pub(crate) fn listen(node: &Arc<NodeInner>, path: &Path) -> Result<(), NodeError> {
     let bind_err = |source| NodeError::Bind {
@@ -51,7 +51,7 @@ pub(crate) fn listen(node: &Arc<NodeInner>, path: &Path) -> Result<(), NodeError
 }
 
 async fn serve(node: Arc<NodeInner>, stream: UnixStream) {
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, write) = stream.into_split();
     let mut magic = [0u8; 4];
     if read.read_exact(&mut magic).await.is_err() {
         return;
@@ -63,24 +63,7 @@ async fn serve(node: Arc<NodeInner>, stream: UnixStream) {
         tracing::warn!(?magic, "closing a unix connection that is not procmesh");
         return;
     }
-    let mut reader = std::io::Cursor::new(magic).chain(read);
-    let hs = match handshake_timed(&node, &mut reader, &mut write).await {
-        Ok(hs) => hs,
-        Err(error) => {
-            tracing::warn!(%error, "unix handshake refused");
-            let _ = write.shutdown().await;
-            return;
-        }
-    };
-    let peer = Arc::new(PeerInfo {
-        transport: TransportKind::Unix,
-        hello: hs.hello,
-        version: hs.version,
-        remote: None,
-    });
-    let (link, rx) = Link::new(peer.hello.addr.to_string(), TransportKind::Unix);
-    node.adopt(&peer, &link);
-    run_link(node, link, rx, reader, write, hs.leftover, peer).await;
+    serve_control(node, read, write, TransportKind::Unix, None).await;
 }
 
 pub(crate) async fn run_outbound(
@@ -99,18 +82,8 @@ pub(crate) async fn run_outbound(
             .map_err(|e| format!("handshake with unix!{} failed: {e}", path.display()))?;
         Ok::<_, String>((read, write, hs))
     };
-    match setup.await {
-        Ok((read, write, hs)) => {
-            let peer = Arc::new(PeerInfo {
-                transport: TransportKind::Unix,
-                hello: hs.hello,
-                version: hs.version,
-                remote: None,
-            });
-            run_link(node, link, rx, read, write, hs.leftover, peer).await;
-        }
-        Err(reason) => fail_link(node, link, rx, reason).await,
-    }
+    let setup = setup.await;
+    run_dialled(node, link, rx, setup, None).await;
 }
 
 /// Opens a blob connection to the Unix socket at `path`.

@@ -9,12 +9,14 @@
 //! - **LNK-1** Envelopes sent on one link leave in the order they were sent.
 //! - **LNK-2** After [`Link::close`], [`Link::send`] refuses (handing the envelope back) and the
 //!   node removes the link from its route table, so the next message dials afresh.
+//! - **LNK-3** Closing flushes: what was queued before [`Link::close`] is still written, and
+//!   [`Link::flushed`] resolves only once it was (on QUIC: acknowledged by the peer) or bounced.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use procmesh_protocol::Envelope;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
@@ -42,6 +44,9 @@ struct Shared {
     tx: mpsc::UnboundedSender<Envelope>,
     closed: AtomicBool,
     on_close: Notify,
+    /// Set once the transport task is done: everything queued was written (and, where the
+    /// transport can tell, acknowledged) or bounced.
+    flushed: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Link {
@@ -69,6 +74,7 @@ impl Link {
             tx,
             closed: AtomicBool::new(false),
             on_close: Notify::new(),
+            flushed: watch::channel(false).0,
         });
         (Link { shared }, rx)
     }
@@ -107,6 +113,18 @@ impl Link {
                 _ = self.shared.tx.closed() => {}
             }
         }
+    }
+
+    /// Marks the transport task done (LNK-3).
+    pub(crate) fn mark_flushed(&self) {
+        self.shared.flushed.send_replace(true);
+    }
+
+    /// Resolves once the link's transport task is done: after [`close`](Self::close), every
+    /// envelope queued before it has been written and acknowledged, or bounced (LNK-3).
+    pub async fn flushed(&self) {
+        let mut rx = self.shared.flushed.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// A process-unique id of this link.

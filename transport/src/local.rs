@@ -67,6 +67,7 @@ async fn forward(
             None => break,
         }
     }
+    // fail_link marks the link flushed (LNK-3) once the rest is bounced.
     fail_link(from, link, rx, "in-process link closed".into()).await;
 }
 

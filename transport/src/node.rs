@@ -325,8 +325,9 @@ impl Node {
         self.inner.procs.iter().map(|e| e.key().clone()).collect()
     }
 
-    /// Closes every link and the QUIC endpoint, after letting queued messages drain for at most
-    /// `grace`. Pending asks fail as undeliverable.
+    /// Closes every link and then the QUIC endpoint. What was sent before the call is still
+    /// delivered (LNK-3), for at most `grace`; what cannot be is bounced. Pending asks then
+    /// fail as undeliverable.
     pub async fn shutdown(&self, grace: Duration) {
         let links: Vec<Link> = self
             .inner
@@ -336,11 +337,17 @@ impl Node {
             .chain(self.inner.procs.iter().map(|e| e.value().clone()))
             .chain(self.inner.default_route.read().expect("lock").clone())
             .collect();
-        if let Some(quic) = &self.inner.quic {
-            quic.close_gracefully(grace).await;
-        }
-        for link in links {
+        for link in &links {
             link.close();
+        }
+        let _ = tokio::time::timeout(grace, async {
+            for link in &links {
+                link.flushed().await;
+            }
+        })
+        .await;
+        if let Some(quic) = &self.inner.quic {
+            quic.close_gracefully(Duration::from_millis(100)).await;
         }
         self.inner.peers.clear();
         self.inner.procs.clear();

@@ -25,6 +25,33 @@ use tokio::sync::mpsc;
 use crate::link::{Link, TransportKind};
 use crate::node::{NodeInner, PeerInfo};
 
+/// How long a closing link waits for its peer to acknowledge what it wrote.
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A writer that can tell when what it wrote has reached the peer (LNK-3).
+pub(crate) trait Delivered: AsyncWrite + Unpin {
+    /// Resolves once everything written (and the end of the stream) was acknowledged.
+    fn delivered(&self) -> crate::remote::BoxFuture<'static, ()>;
+}
+
+impl Delivered for quinn::SendStream {
+    fn delivered(&self) -> crate::remote::BoxFuture<'static, ()> {
+        // After `finish` (our shutdown), `stopped` resolves when the peer acknowledged it all.
+        let stopped = self.stopped();
+        Box::pin(async move {
+            let _ = stopped.await;
+        })
+    }
+}
+
+impl Delivered for tokio::net::unix::OwnedWriteHalf {
+    fn delivered(&self) -> crate::remote::BoxFuture<'static, ()> {
+        // Written into the kernel's socket buffer is delivered: the peer reads it even after
+        // we close.
+        Box::pin(async {})
+    }
+}
+
 /// Bytes encoded before a batch is written out.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Initial read buffer.
@@ -144,7 +171,7 @@ pub(crate) async fn write_loop<W>(
     node: Arc<NodeInner>,
     link: Link,
 ) where
-    W: AsyncWrite + Unpin,
+    W: Delivered,
 {
     let peer = link.peer().to_owned();
     let mut buf = Vec::with_capacity(BATCH_BYTES);
@@ -202,7 +229,11 @@ pub(crate) async fn write_loop<W>(
     while let Ok(env) = rx.try_recv() {
         node.bounce(env, reason.clone()).await;
     }
-    let _ = writer.shutdown().await;
+    // LNK-3: finish the stream and wait (bounded) for the peer to have it all.
+    if writer.shutdown().await.is_ok() {
+        let _ = tokio::time::timeout(DELIVERY_WAIT, writer.delivered()).await;
+    }
+    link.mark_flushed();
 }
 
 /// Fails a link that never came up: everything queued is bounced with `reason` (STR-2).
@@ -219,6 +250,7 @@ pub(crate) async fn fail_link(
     while let Ok(env) = rx.try_recv() {
         node.bounce(env, reason.clone()).await;
     }
+    link.mark_flushed();
 }
 
 /// Runs an established link: a task reading inbound envelopes, and this task writing outbound
@@ -233,7 +265,7 @@ pub(crate) async fn run_link<R, W>(
     peer: Arc<PeerInfo>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
+    W: Delivered,
 {
     let codec = node.codec;
     let read_node = node.clone();
@@ -289,7 +321,7 @@ pub(crate) async fn serve_control<R, W>(
     remote: Option<std::net::SocketAddr>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
+    W: Delivered,
 {
     let mut reader = AsyncReadExt::chain(
         std::io::Cursor::new(procmesh_protocol::codec::MAGIC),
@@ -324,7 +356,7 @@ pub(crate) async fn run_dialled<R, W>(
     remote: Option<std::net::SocketAddr>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin,
+    W: Delivered,
 {
     match setup {
         Ok((reader, writer, hs)) => {

@@ -120,6 +120,32 @@ async fn unreachable_peer_is_undeliverable(kind: Kind) {
     );
 }
 
+// Attests LNK-3
+async fn shutdown_flushes_what_was_sent(kind: Kind) {
+    let (a, b, _dir) = pair(kind).await;
+    let id = b
+        .expose("rec", Recorder::spawn(Recorder::default()))
+        .unwrap();
+    let rec = a.remote_ref::<TestMsg>(id.clone());
+    const N: u64 = 2_000;
+    for i in 0..N {
+        rec.tell(TestMsg::Seq(i)).await.unwrap();
+    }
+    // Close at once: everything already sent must still arrive.
+    a.shutdown(Duration::from_secs(10)).await;
+    let local = b.remote_ref::<TestMsg>(id);
+    let complete = eventually(Duration::from_secs(10), || async {
+        local.ask(TestMsg::Count, T).await.unwrap() == N
+    })
+    .await;
+    assert!(
+        complete,
+        "got {} of {N}",
+        local.ask(TestMsg::Count, T).await.unwrap()
+    );
+    assert_eq!(local.ask(TestMsg::OrderViolations, T).await.unwrap(), 0);
+}
+
 async fn local_actor_same_api(kind: Kind) {
     let (a, _b, _dir) = pair(kind).await;
     let id = a
@@ -150,6 +176,8 @@ macro_rules! conformance {
             async fn unreachable() { unreachable_peer_is_undeliverable(Kind::$kind).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn local_same_api() { local_actor_same_api(Kind::$kind).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shutdown_flushes() { shutdown_flushes_what_was_sent(Kind::$kind).await }
         }
     )*};
 }

@@ -539,39 +539,30 @@ impl NodeInner {
                 tracing::warn!(dest = %notice.dest, reason = %notice.reason, "message undeliverable");
                 let _ = self.undeliverable.send(notice);
             }
-            Body::Tell { message } => {
+            body @ (Body::Tell { .. } | Body::Ask { .. }) => {
+                let ask = match &body {
+                    Body::Ask { id, .. } => Some(*id),
+                    _ => None,
+                };
                 let Some(Addressed {
                     handler,
                     dest,
                     sender,
                     message,
                     trace,
-                }) = self
-                    .handler_or_bounce(dest, sender, Body::Tell { message }, trace)
-                    .await
+                }) = self.handler_or_bounce(dest, sender, body, trace).await
                 else {
                     return;
                 };
-                let ctx = crate::remote::CallContext {
-                    from: sender,
-                    peer: from.cloned(),
-                    trace,
-                };
-                if let Err(error) = handler.tell(&message, ctx).await {
-                    tracing::warn!(%error, actor = %dest, "tell not delivered");
-                }
-            }
-            Body::Ask { id, message } => {
-                let Some(Addressed {
-                    handler,
-                    dest,
-                    sender,
-                    message,
-                    trace,
-                }) = self
-                    .handler_or_bounce(dest, sender, Body::Ask { id, message }, trace)
-                    .await
-                else {
+                let Some(id) = ask else {
+                    let ctx = crate::remote::CallContext {
+                        from: sender,
+                        peer: from.cloned(),
+                        trace,
+                    };
+                    if let Err(error) = handler.tell(&message, ctx).await {
+                        tracing::warn!(%error, actor = %dest, "tell not delivered");
+                    }
                     return;
                 };
                 let ctx = crate::remote::CallContext {

@@ -174,14 +174,6 @@ impl ProcControl for InProcessControl {
     }
 
     fn wait(&self) -> BoxFuture<'static, ExitStatus> {
-        let mut exit = self.exit.clone();
-        Box::pin(async move {
-            match exit.wait_for(Option::is_some).await {
-                Ok(status) => status.expect("checked by wait_for"),
-                // The monitor task always sends before it ends; a runtime shutting down is the
-                // only way here, and then the proc's task is gone too.
-                Err(_) => ExitStatus::Signal(libc::SIGKILL),
-            }
-        })
+        super::wait_exit(&self.exit)
     }
 }

@@ -131,6 +131,21 @@ pub trait ProcManager: Send + Sync + 'static {
     fn launch(&self, launch: Launch) -> BoxFuture<'_, Result<Arc<dyn ProcControl>, HostError>>;
 }
 
+/// Waits for the exit a monitor task publishes on `exit`. The monitor always publishes before
+/// it ends; only a runtime shutting down gets past it without a status, and then the proc is
+/// gone with it: reported as killed.
+pub(crate) fn wait_exit(
+    exit: &tokio::sync::watch::Receiver<Option<ExitStatus>>,
+) -> BoxFuture<'static, ExitStatus> {
+    let mut exit = exit.clone();
+    Box::pin(async move {
+        match exit.wait_for(Option::is_some).await {
+            Ok(status) => status.expect("checked by wait_for"),
+            Err(_) => ExitStatus::Signal(libc::SIGKILL),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

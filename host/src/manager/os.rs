@@ -269,13 +269,6 @@ impl ProcControl for OsControl {
     }
 
     fn wait(&self) -> BoxFuture<'static, ExitStatus> {
-        let mut exit = self.exit.clone();
-        Box::pin(async move {
-            match exit.wait_for(Option::is_some).await {
-                Ok(status) => status.expect("checked by wait_for"),
-                // The reaper task always sends; only a runtime shutting down gets here.
-                Err(_) => ExitStatus::Signal(libc::SIGKILL),
-            }
-        })
+        super::wait_exit(&self.exit)
     }
 }

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn proc_agent() -> anyhow::Result<()> {
-    let boot = procmesh_proc_agent::Bootstrap::from_env()?;
+    let boot = procmesh_proc_agent::from_env()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("proc-agent")

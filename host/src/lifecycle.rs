@@ -39,6 +39,7 @@ use crate::handle::{ProcHandle, ReadyInfo};
 use crate::host::{now, HostInner};
 use crate::manager::Launch;
 use crate::table::{Callback, Reservation};
+use procmesh_protocol::messages::host::ProcBootstrap;
 
 /// How a ready callback was judged.
 enum Check {
@@ -96,12 +97,15 @@ impl HostInner {
                 })?;
             let work_dir = self.fresh_work_dir(&name).await?;
             let launch = Launch {
-                proc_id: proc_id.clone(),
-                backend: self.backend.clone(),
-                callback: self.bootstrap_actor(),
-                work_dir,
-                workers_dir: self.paths.workers.clone(),
-                blobs_dir: self.paths.blobs.clone(),
+                bootstrap: ProcBootstrap {
+                    proc_id: proc_id.clone(),
+                    backend: self.backend.clone(),
+                    callback: self.bootstrap_actor(),
+                    work_dir,
+                    workers_dir: self.paths.workers.clone(),
+                    blobs_dir: self.paths.blobs.clone(),
+                    max_actions: spec.config.max_actions,
+                },
                 config: spec.config.clone(),
             };
             let control = self.manager.launch(launch).await?;

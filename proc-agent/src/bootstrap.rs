@@ -13,16 +13,12 @@
 //!      parent-death signal) ─▶ cancel actions, delete sandboxes, exit 0
 //! ```
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kameo::actor::Spawn;
-use procmesh_protocol::messages::host::{
-    ProcReady, ENV_BACKEND_ADDR, ENV_BLOBS_DIR, ENV_CALLBACK, ENV_MAX_ACTIONS, ENV_PROC_ID,
-    ENV_WORKERS_DIR, ENV_WORK_DIR,
-};
-use procmesh_protocol::{ActorId, HostAddr, ProcId, SERVICE_PROC};
+use procmesh_protocol::messages::host::{ProcBootstrap, ProcReady, ENV_PROC_ID, ENV_WORK_DIR};
+use procmesh_protocol::{HostAddr, SERVICE_PROC};
 use procmesh_transport::{BlobStore, NodeBuilder};
 use tokio::sync::{mpsc, Notify};
 
@@ -60,57 +56,14 @@ pub enum BootstrapError {
 }
 
 /// What the host told the child through its environment.
-#[derive(Debug, Clone)]
-pub struct Bootstrap {
-    /// The proc's id: (host frontend, name).
-    pub proc_id: ProcId,
-    /// The host's backend socket; everything outbound goes there.
-    pub backend: HostAddr,
-    /// The host actor to send `ProcReady` to.
-    pub callback: ActorId,
-    /// This proc's work directory.
-    pub work_dir: PathBuf,
-    /// The host-wide worker cache.
-    pub workers_dir: PathBuf,
-    /// The host's blob store, shared on disk.
-    pub blobs_dir: PathBuf,
-    /// Most actions at once; 0 = logical CPUs.
-    pub max_actions: u32,
-}
+pub type Bootstrap = ProcBootstrap;
 
-fn var(name: &'static str) -> Result<String, BootstrapError> {
-    std::env::var(name).map_err(|e| BootstrapError::Env {
-        var: name,
-        reason: e.to_string(),
+/// Reads the bootstrap variables the host set.
+pub fn from_env() -> Result<Bootstrap, BootstrapError> {
+    ProcBootstrap::from_vars(|name| std::env::var(name).ok()).map_err(|e| BootstrapError::Env {
+        var: e.var,
+        reason: e.reason,
     })
-}
-
-fn parsed<T: std::str::FromStr>(name: &'static str) -> Result<T, BootstrapError>
-where
-    T::Err: std::fmt::Display,
-{
-    var(name)?.parse().map_err(|e: T::Err| BootstrapError::Env {
-        var: name,
-        reason: e.to_string(),
-    })
-}
-
-impl Bootstrap {
-    /// Reads the bootstrap variables the host set.
-    pub fn from_env() -> Result<Bootstrap, BootstrapError> {
-        Ok(Bootstrap {
-            proc_id: parsed(ENV_PROC_ID)?,
-            backend: parsed(ENV_BACKEND_ADDR)?,
-            callback: parsed(ENV_CALLBACK)?,
-            work_dir: var(ENV_WORK_DIR)?.into(),
-            workers_dir: var(ENV_WORKERS_DIR)?.into(),
-            blobs_dir: var(ENV_BLOBS_DIR)?.into(),
-            max_actions: match std::env::var(ENV_MAX_ACTIONS) {
-                Ok(_) => parsed(ENV_MAX_ACTIONS)?,
-                Err(_) => 0,
-            },
-        })
-    }
 }
 
 /// Runs a proc agent until it is stopped. Returns once actions are cancelled and sandboxes
@@ -145,7 +98,7 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
         proc_id: boot.proc_id.clone(),
         work_dir: boot.work_dir.clone(),
         workers_dir: boot.workers_dir.clone(),
-        max_actions: boot.max_actions,
+        max_actions: boot.max_actions.unwrap_or(0),
         ..RunnerConfig::default()
     };
     let resolver = Arc::new(MeshResolver::new(node.clone(), host));

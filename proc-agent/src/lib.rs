@@ -20,4 +20,4 @@ pub mod agent;
 pub mod bootstrap;
 pub mod runner;
 
-pub use bootstrap::{run, Bootstrap, BootstrapError};
+pub use bootstrap::{from_env, run, Bootstrap, BootstrapError};

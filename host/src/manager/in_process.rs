@@ -34,7 +34,7 @@ pub type ProcFactory = Arc<dyn Fn(InProcessLaunch) -> BoxFuture<'static, ExitSta
 pub struct InProcessLaunch {
     /// The bootstrap values (those an OS child reads from [`Launch::env`]).
     pub launch: Launch,
-    /// The hub the host's backend is on (`launch.backend` is `local!<host's name>` on it).
+    /// The hub the host's backend is on (`launch.bootstrap.backend` is `local!<host's name>` on it).
     pub hub: LocalHub,
     /// A name on the hub no other node uses, for the proc's own node.
     pub local_name: String,

@@ -19,33 +19,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use procmesh_protocol::cas::BlobHash;
-use procmesh_protocol::messages::host::{ProcConfig, ENV_BACKEND_ADDR, ENV_CALLBACK, ENV_PROC_ID};
+use procmesh_protocol::messages::host::{ProcBootstrap, ProcConfig};
 use procmesh_protocol::messages::HostError;
-use procmesh_protocol::{ActorId, ExitStatus, HostAddr, ProcId};
+use procmesh_protocol::ExitStatus;
 use procmesh_transport::remote::BoxFuture;
 use procmesh_transport::LocalHub;
 
 pub use in_process::{InProcessLaunch, InProcessManager, ProcFactory, StopSignal};
 pub use os::{OsProcManager, OsProcManagerError};
 
-use crate::env;
-
 /// Everything a manager needs to start one proc: the bootstrap values the proc reads (as
 /// environment variables for an OS child, as this struct in-process) and its configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
-    /// The proc's id: the host's frontend address and the proc's name.
-    pub proc_id: ProcId,
-    /// The host backend the proc connects to and sends everything through.
-    pub backend: HostAddr,
-    /// The host's bootstrap actor, to which the proc sends its `ProcReady`.
-    pub callback: ActorId,
-    /// The proc's own work directory (created empty by the host).
-    pub work_dir: PathBuf,
-    /// The host's worker cache, shared by its procs.
-    pub workers_dir: PathBuf,
-    /// The host's blob store, shared by its procs.
-    pub blobs_dir: PathBuf,
+    /// What the proc reads at start (its work directory is created empty by the host;
+    /// `max_actions` comes from the spawn's configuration).
+    pub bootstrap: ProcBootstrap,
     /// How the spawn request asked for it to be started.
     pub config: ProcConfig,
 }
@@ -53,25 +42,12 @@ pub struct Launch {
 impl Launch {
     /// The proc's name.
     pub fn name(&self) -> &str {
-        self.proc_id.name()
+        self.bootstrap.proc_id.name()
     }
 
-    /// The bootstrap environment of the proc, in a fixed order: the protocol's
-    /// `PROCMESH_PROC_ID`, `PROCMESH_BACKEND_ADDR`, `PROCMESH_CALLBACK`, then the host's
-    /// [`env`](mod@crate::env) variables (`PROCMESH_MAX_ACTIONS` only when the spawn named a maximum).
+    /// The bootstrap environment of the proc ([`ProcBootstrap::env`]).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let mut vars = vec![
-            (ENV_PROC_ID, self.proc_id.to_string()),
-            (ENV_BACKEND_ADDR, self.backend.to_string()),
-            (ENV_CALLBACK, self.callback.to_string()),
-            (env::WORK_DIR, self.work_dir.display().to_string()),
-            (env::WORKERS_DIR, self.workers_dir.display().to_string()),
-            (env::BLOBS_DIR, self.blobs_dir.display().to_string()),
-        ];
-        if let Some(max) = self.config.max_actions {
-            vars.push((env::MAX_ACTIONS, max.to_string()));
-        }
-        vars
+        self.bootstrap.env()
     }
 }
 
@@ -149,6 +125,7 @@ pub(crate) fn wait_exit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procmesh_protocol::{ActorId, HostAddr, ProcId};
 
     // The bootstrap environment the proc agent reads: names, values and order pinned.
     #[test]
@@ -156,16 +133,19 @@ mod tests {
         let frontend: HostAddr = "quic!10.0.0.5:7700".parse().unwrap();
         let proc_id = frontend.proc("w-1").unwrap();
         let mut launch = Launch {
-            proc_id: proc_id.clone(),
-            backend: "unix!/var/lib/procmesh/host.sock".parse().unwrap(),
-            callback: frontend
-                .proc("service")
-                .unwrap()
-                .actor("bootstrap")
-                .unwrap(),
-            work_dir: "/var/lib/procmesh/procs/w-1".into(),
-            workers_dir: "/var/lib/procmesh/workers".into(),
-            blobs_dir: "/var/lib/procmesh/blobs".into(),
+            bootstrap: ProcBootstrap {
+                proc_id: proc_id.clone(),
+                backend: "unix!/var/lib/procmesh/host.sock".parse().unwrap(),
+                callback: frontend
+                    .proc("service")
+                    .unwrap()
+                    .actor("bootstrap")
+                    .unwrap(),
+                work_dir: "/var/lib/procmesh/procs/w-1".into(),
+                workers_dir: "/var/lib/procmesh/workers".into(),
+                blobs_dir: "/var/lib/procmesh/blobs".into(),
+                max_actions: None,
+            },
             config: ProcConfig::default(),
         };
         let expected = vec![
@@ -179,13 +159,16 @@ mod tests {
         let env = launch.env();
         let as_str: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert_eq!(as_str, expected);
-        launch.config.max_actions = Some(8);
+        launch.bootstrap.max_actions = Some(8);
         assert_eq!(
             launch.env().last().unwrap(),
             &("PROCMESH_MAX_ACTIONS", "8".to_owned())
         );
         // The values parse back to what they name.
         assert_eq!(env[0].1.parse::<ProcId>().unwrap(), proc_id);
-        assert_eq!(env[2].1.parse::<ActorId>().unwrap(), launch.callback);
+        assert_eq!(
+            env[2].1.parse::<ActorId>().unwrap(),
+            launch.bootstrap.callback
+        );
     }
 }

@@ -160,7 +160,7 @@ impl OsProcManager {
             .args(&launch.config.args)
             .envs(&launch.config.env)
             .envs(launch.env())
-            .current_dir(&launch.work_dir)
+            .current_dir(&launch.bootstrap.work_dir)
             .stdin(Stdio::null())
             .process_group(0);
         let parent = std::process::id() as libc::pid_t;

@@ -254,7 +254,7 @@ pub async fn run_proc(
         Behaviour::Silent => return std::future::pending::<ExitStatus>().await,
         _ => {}
     }
-    let frontend = launch.proc_id.addr().clone();
+    let frontend = launch.bootstrap.proc_id.addr().clone();
     let node_name = if behaviour == Behaviour::WrongNode {
         "someone-else"
     } else {
@@ -263,14 +263,14 @@ pub async fn run_proc(
     let node = NodeBuilder::new(node_name)
         .local(&hub, &local_name)
         .addr(frontend.clone())
-        .default_route(launch.backend.clone())
+        .default_route(launch.bootstrap.backend.clone())
         .start()
         .await
         .unwrap();
     guard.node = Some(node.clone());
     let (stop_tx, mut stop_rx) = oneshot::channel();
     let agent_ref = TestAgent::spawn(TestAgent {
-        proc_id: launch.proc_id.clone(),
+        proc_id: launch.bootstrap.proc_id.clone(),
         stop: Some(stop_tx),
         stubborn: behaviour == Behaviour::Stubborn,
         deaf: behaviour == Behaviour::Deaf,
@@ -290,15 +290,15 @@ pub async fn run_proc(
         Behaviour::AgentElsewhere => {
             ActorId::new(frontend.proc("some-other-proc").unwrap(), "agent").unwrap()
         }
-        Behaviour::NoAgent => ActorId::new(launch.proc_id.clone(), "nobody").unwrap(),
-        _ => launch.proc_id.actor("agent").unwrap(),
+        Behaviour::NoAgent => ActorId::new(launch.bootstrap.proc_id.clone(), "nobody").unwrap(),
+        _ => launch.bootstrap.proc_id.actor("agent").unwrap(),
     };
     let _ = agent;
     let (crash_tx, crash_rx) = oneshot::channel();
     tracker.crash.lock().unwrap().insert(name.clone(), crash_tx);
-    let callback = node.remote_ref::<ProcReady>(launch.callback.clone());
+    let callback = node.remote_ref::<ProcReady>(launch.bootstrap.callback.clone());
     let ready = |pid| ProcReady {
-        proc_id: launch.proc_id.clone(),
+        proc_id: launch.bootstrap.proc_id.clone(),
         addr: node.addr().clone(),
         agent: named_agent.clone(),
         pid,

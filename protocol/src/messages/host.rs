@@ -38,6 +38,91 @@ pub const ENV_BLOBS_DIR: &str = "PROCMESH_BLOBS_DIR";
 /// Environment variable holding the most actions the proc runs at once (`0` = logical CPUs).
 pub const ENV_MAX_ACTIONS: &str = "PROCMESH_MAX_ACTIONS";
 
+/// The bootstrap values of a proc: what the host hands a proc it starts (as the `ENV_*`
+/// environment variables for an OS child, as this value in-process) and what the proc reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcBootstrap {
+    /// The proc's id: the host's frontend address and the proc's name.
+    pub proc_id: ProcId,
+    /// The host backend the proc connects to and sends everything through.
+    pub backend: HostAddr,
+    /// The host's bootstrap actor, to which the proc sends its [`ProcReady`].
+    pub callback: ActorId,
+    /// The proc's own work directory.
+    pub work_dir: std::path::PathBuf,
+    /// The host's worker cache, shared by its procs.
+    pub workers_dir: std::path::PathBuf,
+    /// The host's blob store, shared by its procs.
+    pub blobs_dir: std::path::PathBuf,
+    /// Most actions the proc runs at once; `None` for the logical CPUs.
+    pub max_actions: Option<u32>,
+}
+
+/// A bootstrap variable that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct BootstrapVarError {
+    /// The variable.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ProcBootstrap {
+    /// The environment variables carrying these values, in a fixed order
+    /// (`PROCMESH_MAX_ACTIONS` only when a maximum is set).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
+            (ENV_PROC_ID, self.proc_id.to_string()),
+            (ENV_BACKEND_ADDR, self.backend.to_string()),
+            (ENV_CALLBACK, self.callback.to_string()),
+            (ENV_WORK_DIR, self.work_dir.display().to_string()),
+            (ENV_WORKERS_DIR, self.workers_dir.display().to_string()),
+            (ENV_BLOBS_DIR, self.blobs_dir.display().to_string()),
+        ];
+        if let Some(max) = self.max_actions {
+            vars.push((ENV_MAX_ACTIONS, max.to_string()));
+        }
+        vars
+    }
+
+    /// Reads the values back through `get` (e.g. `|name| std::env::var(name).ok()`).
+    pub fn from_vars(
+        get: impl Fn(&'static str) -> Option<String>,
+    ) -> Result<ProcBootstrap, BootstrapVarError> {
+        let text = |var: &'static str| {
+            get(var).ok_or(BootstrapVarError {
+                var,
+                reason: "not set".into(),
+            })
+        };
+        fn parsed<T: std::str::FromStr>(
+            var: &'static str,
+            text: String,
+        ) -> Result<T, BootstrapVarError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            text.parse().map_err(|e: T::Err| BootstrapVarError {
+                var,
+                reason: e.to_string(),
+            })
+        }
+        Ok(ProcBootstrap {
+            proc_id: parsed(ENV_PROC_ID, text(ENV_PROC_ID)?)?,
+            backend: parsed(ENV_BACKEND_ADDR, text(ENV_BACKEND_ADDR)?)?,
+            callback: parsed(ENV_CALLBACK, text(ENV_CALLBACK)?)?,
+            work_dir: text(ENV_WORK_DIR)?.into(),
+            workers_dir: text(ENV_WORKERS_DIR)?.into(),
+            blobs_dir: text(ENV_BLOBS_DIR)?.into(),
+            max_actions: match get(ENV_MAX_ACTIONS) {
+                Some(max) => Some(parsed(ENV_MAX_ACTIONS, max)?),
+                None => None,
+            },
+        })
+    }
+}
+
 /// A request to the host agent (the `service` proc's `host` actor).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostRequest {
@@ -375,5 +460,47 @@ impl HostError {
             HostError::ShuttingDown => "shutting_down",
             HostError::Internal(_) => "internal",
         }
+    }
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn bootstrap_values_round_trip_through_the_environment() {
+        let proc_id: ProcId = "quic!10.0.0.5:7700,worker-3".parse().unwrap();
+        let boot = ProcBootstrap {
+            callback: proc_id
+                .addr()
+                .proc("service")
+                .unwrap()
+                .actor("bootstrap")
+                .unwrap(),
+            proc_id,
+            backend: "unix!/var/lib/procmesh/host.sock".parse().unwrap(),
+            work_dir: "/var/lib/procmesh/procs/worker-3".into(),
+            workers_dir: "/var/lib/procmesh/workers".into(),
+            blobs_dir: "/var/lib/procmesh/blobs".into(),
+            max_actions: Some(8),
+        };
+        let vars: HashMap<_, _> = boot.env().into_iter().collect();
+        assert_eq!(
+            ProcBootstrap::from_vars(|k| vars.get(k).cloned()).unwrap(),
+            boot
+        );
+        let err =
+            ProcBootstrap::from_vars(|k| (k != ENV_CALLBACK).then(|| vars[k].clone())).unwrap_err();
+        assert_eq!(err.var, ENV_CALLBACK);
+        let err = ProcBootstrap::from_vars(|k| {
+            Some(if k == ENV_MAX_ACTIONS {
+                "many".into()
+            } else {
+                vars[k].clone()
+            })
+        })
+        .unwrap_err();
+        assert_eq!(err.var, ENV_MAX_ACTIONS);
     }
 }

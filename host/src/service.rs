@@ -22,12 +22,11 @@
 
 use std::sync::Weak;
 
-use kameo::error::Infallible;
 use kameo::message::{Context, Message};
 use kameo::reply::DelegatedReply;
 use kameo::Actor;
 use procmesh_protocol::messages::{HostError, HostReply, HostRequest, ProcReady};
-use procmesh_transport::Request;
+use procmesh_transport::{Request, WireReply};
 use tokio::sync::oneshot;
 
 use crate::host::{Host, HostInner};
@@ -40,7 +39,7 @@ pub const HOST_ACTOR: &str = "host";
 /// [`ENV_CALLBACK`]: procmesh_protocol::messages::host::ENV_CALLBACK
 pub const BOOTSTRAP_ACTOR: &str = "bootstrap";
 
-type Answer<T> = DelegatedReply<Result<Result<T, HostError>, Infallible>>;
+type Answer<T> = DelegatedReply<WireReply<Result<T, HostError>>>;
 
 /// Answers [`HostRequest`]s.
 #[derive(Actor)]

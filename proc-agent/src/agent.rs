@@ -14,7 +14,6 @@
 //! - **PA-AG-2** After `Stop`, every new submission is refused with `Stopping`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use procmesh_protocol::messages::orchestrator::{OrchestratorReply, OrchestratorR
 use procmesh_protocol::spec::{WorkerDescriptor, WorkerId};
 use procmesh_protocol::{ActorId, ProcId};
 use procmesh_transport::remote::BoxFuture;
-use procmesh_transport::{Node, RemoteRef, Request};
+use procmesh_transport::{Node, RemoteRef, Request, WireReply};
 use tokio::sync::{mpsc, Notify};
 
 use crate::runner::{Report, Resolver, Runner};
@@ -70,9 +69,7 @@ impl ProcAgent {
 type AgentResult = Result<AgentReply, AgentError>;
 
 impl Message<Request<AgentRequest>> for ProcAgent {
-    // The wire reply is the whole `Result`: wrapped so kameo does not treat `Err` as a failure
-    // of the handler.
-    type Reply = DelegatedReply<Result<AgentResult, Infallible>>;
+    type Reply = DelegatedReply<WireReply<AgentResult>>;
 
     async fn handle(
         &mut self,

@@ -18,7 +18,7 @@ use procmesh_protocol::messages::orchestrator::{
 };
 use procmesh_protocol::spec::{WorkerDescriptor, WorkerFile, WorkerId};
 use procmesh_protocol::{ActorId, HostAddr};
-use procmesh_transport::{BlobStore, MeshCa, Request, Role, TlsIdentity};
+use procmesh_transport::{BlobStore, MeshCa, Request, Role, TlsIdentity, WireReply};
 
 /// The `procmesh` binary under test.
 pub fn procmesh_bin() -> PathBuf {
@@ -170,7 +170,7 @@ pub struct FakeOrchestrator {
 }
 
 impl Message<Request<OrchestratorRequest>> for FakeOrchestrator {
-    type Reply = Result<Result<OrchestratorReply, OrchestratorError>, std::convert::Infallible>;
+    type Reply = WireReply<Result<OrchestratorReply, OrchestratorError>>;
 
     async fn handle(
         &mut self,

@@ -40,6 +40,6 @@ pub use link::{Link, TransportKind};
 pub use local::LocalHub;
 pub use node::{Node, NodeBuilder, NodeConfig, NodeError, PeerInfo};
 pub use quic::QuicOptions;
-pub use remote::{Handler, RemoteRef, Request, SendFailure};
+pub use remote::{Handler, RemoteRef, Request, SendFailure, WireReply};
 pub use stream::HandshakeError;
 pub use tls::{install_crypto_provider, MeshCa, Role, TlsIdentity};

@@ -31,6 +31,17 @@ pub enum TransportKind {
     Local,
 }
 
+impl TransportKind {
+    /// The transport that reaches `addr`.
+    pub fn of(addr: &procmesh_protocol::HostAddr) -> TransportKind {
+        match addr {
+            procmesh_protocol::HostAddr::Quic(_) => TransportKind::Quic,
+            procmesh_protocol::HostAddr::Unix(_) => TransportKind::Unix,
+            procmesh_protocol::HostAddr::Local(_) => TransportKind::Local,
+        }
+    }
+}
+
 /// An ordered channel of envelopes to one peer. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {

@@ -440,12 +440,7 @@ impl NodeInner {
 
     /// A new link to `addr` whose transport task dials in the background.
     fn dial(self: &Arc<Self>, addr: &HostAddr) -> Link {
-        let (kind, peer) = match addr {
-            HostAddr::Quic(_) => (TransportKind::Quic, addr.to_string()),
-            HostAddr::Unix(_) => (TransportKind::Unix, addr.to_string()),
-            HostAddr::Local(_) => (TransportKind::Local, addr.to_string()),
-        };
-        let (link, rx) = Link::new(peer, kind);
+        let (link, rx) = Link::new(addr.to_string(), TransportKind::of(addr));
         let node = self.clone();
         let target = addr.clone();
         let task_link = link.clone();

@@ -35,6 +35,12 @@ use procmesh_protocol::{ActorId, Body, Envelope, Payload, RemoteError, TraceCont
 
 use crate::node::{Entry, Node, PeerInfo};
 
+/// The kameo reply type of a handler whose wire reply is `R`. kameo splits a `Result` reply
+/// into its own success and failure paths (a failure of a `tell` even stops the actor); a
+/// protocol reply such as `Result<HostReply, HostError>` is an answer, not a failure, so it
+/// travels whole inside an infallible `Ok`.
+pub type WireReply<R> = Result<R, std::convert::Infallible>;
+
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -185,11 +185,6 @@ pub(crate) async fn write_loop<W>(
         let Some(first) = first else {
             break None;
         };
-        if rx.is_empty() {
-            // Let producers that are running right now add to this batch: one write (and one
-            // wake-up of the peer) for many messages under load, a no-op when idle.
-            tokio::task::yield_now().await;
-        }
         let mut next = Some(first);
         while let Some(env) = next.take() {
             match codec.encode(&env, &mut buf) {

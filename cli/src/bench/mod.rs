@@ -62,6 +62,21 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
     }
 }
 
+/// A fresh scratch directory for one suite's run, on tmpfs (`/dev/shm`) when there is one:
+/// the benchmarks create and delete files per operation (sockets, sandboxes), and a disk's
+/// directory operations are not what they measure. Returns the directory and what it is on.
+pub fn scratch_dir(suite: &str) -> anyhow::Result<(std::path::PathBuf, &'static str)> {
+    let (base, on) = match std::path::Path::new("/dev/shm") {
+        shm if shm.is_dir() => (shm.to_path_buf(), "/dev/shm (tmpfs)"),
+        _ => (std::env::temp_dir(), "the temporary directory"),
+    };
+    let dir = base.join(format!("procmesh-bench-{suite}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    Ok((dir, on))
+}
+
 /// One row of a results table.
 pub struct Row {
     pub what: &'static str,

@@ -9,9 +9,11 @@
 //! mux RTT       client ─ask─▶ host ─▶ proc agent           vs  client ─ask─▶ host service actor
 //! ```
 //! The raw baselines run before the host starts: a host reaps every child of its process.
+//!
+//! With `PROCMESH_BENCH_PHASES` set, it also prints (to stderr) where an action's time goes:
+//! Submitting → Running (preparation), Running → end, end → next submission.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use procmesh_protocol::messages::orchestrator::{
 };
 use procmesh_protocol::spec::{ActionDef, WorkerDescriptor, WorkerFile, WorkerId};
 use procmesh_protocol::{ActionState, SERVICE_PROC};
-use procmesh_transport::{BlobStore, MeshCa, NodeBuilder, RemoteRef, Request, Role};
+use procmesh_transport::{BlobStore, MeshCa, NodeBuilder, RemoteRef, Request, Role, WireReply};
 use tokio::sync::Semaphore;
 
 use super::{median, print_table, Row};
@@ -46,7 +48,7 @@ struct Sink {
 }
 
 impl Message<Request<OrchestratorRequest>> for Sink {
-    type Reply = Result<Result<OrchestratorReply, OrchestratorError>, Infallible>;
+    type Reply = WireReply<Result<OrchestratorReply, OrchestratorError>>;
 
     async fn handle(
         &mut self,
@@ -129,17 +131,8 @@ fn raw_spawn_rate(worker: &Path, concurrency: usize, budget: Duration) -> anyhow
 pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     let me = std::env::current_exe()?;
-    // The host's state (sandboxes, worker cache, blobs) on tmpfs when there is one: sandbox
-    // directories are created and deleted per action, and a disk-backed /tmp (ext4 with
-    // `discard`, say) makes that cost milliseconds that belong to the disk, not to procmesh.
-    let base = ["/dev/shm"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("procmesh-bench-runner-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    // The host's state (sandboxes, worker cache, blobs) goes on tmpfs when there is one.
+    let (dir, on) = super::scratch_dir("runner")?;
     let result = measure(&me, &dir, budget, concurrency).await;
     let _ = std::fs::remove_dir_all(&dir);
     let f = result?;
@@ -174,7 +167,7 @@ pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
         &format!("procmesh bench runner (one host, OS proc agents, {concurrency} actions at once)"),
         &rows,
     );
-    println!("state directory on {}", base_name());
+    println!("state directory on {on}");
     println!("elapsed {:.1}s", started.elapsed().as_secs_f64());
     let json = serde_json::json!({
         "suite": "runner",
@@ -399,13 +392,5 @@ impl Load {
         let all = tokio::time::timeout(T, self.slots.acquire_many(self.concurrency)).await??;
         all.forget();
         Ok(done as f64 / t.elapsed().as_secs_f64())
-    }
-}
-
-fn base_name() -> &'static str {
-    if Path::new("/dev/shm").is_dir() {
-        "/dev/shm (tmpfs)"
-    } else {
-        "the temporary directory"
     }
 }

@@ -95,7 +95,7 @@ pub async fn run(budget: Duration) -> anyhow::Result<()> {
         }
     };
 
-    let dir = tempfile_dir()?;
+    let (dir, _) = super::scratch_dir("transport")?;
     let unix = {
         let server = NodeBuilder::new("server")
             .unix(dir.join("server.sock"))
@@ -174,12 +174,6 @@ pub async fn run(budget: Duration) -> anyhow::Result<()> {
     });
     println!("{json}");
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("procmesh-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Ask RTT (median µs) and pipelined tells/s through the remote-actor layer, plus the bytes of

@@ -21,7 +21,7 @@ use procmesh_protocol::messages::{
 use procmesh_protocol::{
     ActionState, ActorId, Attempt, AttemptRef, ExitStatus, HostAddr, Lsn, Timestamp,
 };
-use procmesh_transport::{MeshCa, Node, NodeBuilder, Request, Role, TlsIdentity};
+use procmesh_transport::{MeshCa, Node, NodeBuilder, Request, Role, TlsIdentity, WireReply};
 use tokio::sync::{mpsc, oneshot};
 
 /// A bound for every wait of the tests.
@@ -175,7 +175,7 @@ pub fn busy_attempt() -> AttemptRef {
 }
 
 impl Message<Request<AgentRequest>> for TestAgent {
-    type Reply = Result<Result<AgentReply, AgentError>, kameo::error::Infallible>;
+    type Reply = WireReply<Result<AgentReply, AgentError>>;
 
     async fn handle(
         &mut self,

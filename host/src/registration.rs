@@ -46,7 +46,8 @@ pub(crate) async fn run(
         };
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await; // the first tick is immediate: registration just happened
+        // The first tick is immediate: the orchestrator learns the procs (and may place work)
+        // right after registering, not one interval later.
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}

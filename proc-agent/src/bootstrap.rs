@@ -23,7 +23,7 @@ use procmesh_transport::{BlobStore, NodeBuilder};
 use tokio::sync::{mpsc, Notify};
 
 use crate::agent::{pump_reports, MeshResolver, ProcAgent};
-use crate::runner::{Runner, RunnerConfig};
+use crate::runner::{Executor, Runner, RunnerConfig};
 
 /// How long the host has to acknowledge `ProcReady`.
 const READY_ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +66,22 @@ pub fn from_env() -> Result<Bootstrap, BootstrapError> {
     })
 }
 
+/// The variable choosing the runner's [`Executor`]: `process` (the default) or `noop` (actions
+/// complete at once without running anything; for `procmesh bench mesh`). Not part of the
+/// host's bootstrap contract: a benchmark sets it in the host's environment, which its procs
+/// inherit.
+pub const ENV_EXECUTOR: &str = "PROCMESH_EXECUTOR";
+
+fn executor_from_env() -> Result<Executor, BootstrapError> {
+    match std::env::var(ENV_EXECUTOR) {
+        Err(_) => Ok(Executor::Process),
+        Ok(text) => text.parse().map_err(|reason| BootstrapError::Env {
+            var: ENV_EXECUTOR,
+            reason,
+        }),
+    }
+}
+
 /// Runs a proc agent until it is stopped. Returns once actions are cancelled and sandboxes
 /// deleted.
 pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
@@ -99,6 +115,7 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
         work_dir: boot.work_dir.clone(),
         workers_dir: boot.workers_dir.clone(),
         max_actions: boot.max_actions.unwrap_or(0),
+        executor: executor_from_env()?,
         ..RunnerConfig::default()
     };
     let resolver = Arc::new(MeshResolver::new(node.clone(), host));

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::time::{Duration, Instant};
 
+use procmesh_proc_agent::runner::Executor;
 use procmesh_protocol::action::{ActionState, AttemptRef, ExitStatus};
 use procmesh_protocol::cas::BlobHash;
 use procmesh_protocol::messages::agent::{ActionSpec, AgentError, Capacity};
@@ -101,6 +102,27 @@ async fn a_failing_action_reports_its_exit_code_and_stderr() {
     // The outputs of a run that ended by itself are kept, failed or not.
     assert_eq!(last.detail.outputs.len(), 1);
     assert_eq!(last.detail.outputs[0].hash, BlobHash::of(b"partial\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_noop_executor_completes_without_a_worker_a_sandbox_or_a_process() {
+    let mut h = Harness::new(|c| c.executor = Executor::Noop).await;
+    // A worker nobody can resolve: the no-op executor never asks for it.
+    let worker = procmesh_protocol::spec::WorkerId::from_bytes([7; 32]);
+    let attempt = h.submit(ActionDef::new(worker)).unwrap();
+    let all = h.wait_final(attempt).await;
+    let states: Vec<_> = all.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            ActionState::Submitting,
+            ActionState::Running,
+            ActionState::Completed
+        ]
+    );
+    assert_eq!(all[2].detail.exit, Some(ExitStatus::Code(0)));
+    assert!(entries(&h.sandboxes()).is_empty());
+    assert_eq!(h.runner.capacity().free, h.runner.capacity().max);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,7 +727,7 @@ async fn the_environment_is_the_workers_overlaid_with_the_actions() {
     let tool = h
         .file(
             "bin/tool",
-            b"#!/bin/sh\necho \"A=$A B=$B C=$C HOME=${HOME-unset} ARG=$1\" > Outputs/env\npwd > Outputs/pwd\nreadlink /proc/$$/fd/0 > Outputs/stdin\n",
+            b"#!/bin/sh\necho \"A=$A B=$B C=$C HOME=${HOME-unset} ARG=$1 N=$PROCMESH_LSN#$PROCMESH_ATTEMPT\" > Outputs/env\npwd > Outputs/pwd\nreadlink /proc/$$/fd/0 > Outputs/stdin\n",
             true,
         )
         .await;
@@ -731,7 +753,7 @@ async fn the_environment_is_the_workers_overlaid_with_the_actions() {
     };
     assert_eq!(
         read("env"),
-        "A=worker B=action C=action HOME=unset ARG=first arg\n"
+        "A=worker B=action C=action HOME=unset ARG=first arg N=1#1\n"
     );
     let pwd = read("pwd");
     assert!(pwd.trim_end().ends_with("/proc/sandboxes/1-1"), "{pwd}");

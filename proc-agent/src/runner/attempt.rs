@@ -22,7 +22,7 @@ use super::exec::{self, CancelRequest, Ending, Finished};
 use super::outputs;
 use super::sandbox::Sandbox;
 use super::worker_cache::Worker;
-use super::{now, Shared};
+use super::{now, Executor, Shared};
 
 /// A detail carrying only the location.
 pub(super) fn located(proc_id: &ProcId) -> TransitionDetail {
@@ -182,6 +182,17 @@ async fn drive(
     cancel: &mut watch::Receiver<Option<CancelRequest>>,
     sandbox_slot: &mut Option<PathBuf>,
 ) -> Outcome {
+    if shared.config.executor == Executor::Noop {
+        shared.mark_running(spec.attempt_ref());
+        return Outcome {
+            state: ActionState::Completed,
+            detail: TransitionDetail {
+                exit: Some(ExitStatus::Code(0)),
+                ..TransitionDetail::default()
+            },
+        };
+    }
+
     // The worker.
     let worker = match unless_cancelled(
         cancel,
@@ -286,8 +297,13 @@ async fn drive(
     ended(shared, finished, &sandbox).await
 }
 
+/// The variable telling an action its LSN, e.g. `42`.
+pub const ENV_LSN: &str = "PROCMESH_LSN";
+/// The variable telling an action its attempt number, the first being `1`.
+pub const ENV_ATTEMPT: &str = "PROCMESH_ATTEMPT";
+
 /// The command of the action (PA-10): the worker's executable inside the sandbox, its arguments,
-/// exactly the worker's environment overlaid with the action's, in its own process group.
+/// the worker's environment overlaid with the action's and its numbers, in its own process group.
 fn command(worker: &Worker, spec: &ActionSpec, sandbox: &Sandbox) -> Command {
     let mut env: BTreeMap<&str, &str> = worker
         .descriptor
@@ -301,6 +317,9 @@ fn command(worker: &Worker, spec: &ActionSpec, sandbox: &Sandbox) -> Command {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
+    let (lsn, attempt) = (spec.lsn.to_string(), spec.attempt.to_string());
+    env.insert(ENV_LSN, &lsn);
+    env.insert(ENV_ATTEMPT, &attempt);
     let mut cmd = Command::new(sandbox.root().join(&worker.descriptor.executable));
     cmd.args(&spec.action.args)
         .env_clear()

@@ -56,8 +56,9 @@
 //!   deleted in the background with bounded, logged retries; `start` wipes what an earlier run
 //!   left; `shutdown` deletes every sandbox before it returns.
 //! - **PA-10** Environment: an action sees exactly its worker's environment overlaid with its
-//!   own (the action's entries win) — nothing of the agent's; stdin is `/dev/null`, the working
-//!   directory its sandbox.
+//!   own (the action's entries win), plus `PROCMESH_LSN` and `PROCMESH_ATTEMPT` (its action and
+//!   attempt numbers, the first attempt being 1) — nothing of the agent's; stdin is `/dev/null`,
+//!   the working directory its sandbox.
 //! - **PA-11** Timeout: an action running longer than its `timeout_ms` is stopped like a
 //!   cancelled one (SIGTERM, grace, SIGKILL) and ends `Failed` with a reason starting
 //!   "timed out after".
@@ -86,6 +87,7 @@ use procmesh_transport::BlobStore;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
+pub use attempt::{ENV_ATTEMPT, ENV_LSN};
 pub use error::RunnerError;
 
 use cleanup::{remove_tree, Cleaner};
@@ -112,6 +114,35 @@ pub struct RunnerConfig {
     pub cancel_grace: Duration,
     /// Bytes of stdout and of stderr kept (the last ones), e.g. 65536.
     pub tail_bytes: usize,
+    /// What runs an action: a real process, or nothing (for benchmarks of the dispatch path).
+    pub executor: Executor,
+}
+
+/// What runs an action's process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Executor {
+    /// The worker's executable in its sandbox: what production runs.
+    #[default]
+    Process,
+    /// Nothing: each accepted attempt reports `Running`, then `Completed` with exit code 0, at
+    /// once — no worker, no inputs, no sandbox, no process. Measures everything around the
+    /// runner (`procmesh bench mesh`); chosen by `PROCMESH_EXECUTOR=noop` in a proc's
+    /// environment.
+    Noop,
+}
+
+impl std::str::FromStr for Executor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Executor, String> {
+        match s {
+            "process" => Ok(Executor::Process),
+            "noop" => Ok(Executor::Noop),
+            other => Err(format!(
+                "unknown executor {other:?}: expected process or noop"
+            )),
+        }
+    }
 }
 
 impl Default for RunnerConfig {
@@ -125,6 +156,7 @@ impl Default for RunnerConfig {
             max_actions: 0,
             cancel_grace: Duration::from_secs(5),
             tail_bytes: 64 * 1024,
+            executor: Executor::Process,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use procmesh_proc_agent::runner::{BoxFuture, Report, Resolver, Runner, RunnerConfig};
+use procmesh_proc_agent::runner::{BoxFuture, Executor, Report, Resolver, Runner, RunnerConfig};
 use procmesh_protocol::action::{ActionState, Attempt, AttemptRef, Lsn, Transition};
 use procmesh_protocol::cas::BlobHash;
 use procmesh_protocol::ids::{ActorId, HostAddr, ProcId};
@@ -175,6 +175,7 @@ impl Harness {
             max_actions: 4,
             cancel_grace: Duration::from_millis(500),
             tail_bytes: 64 * 1024,
+            executor: Executor::Process,
         };
         configure(&mut config);
         let (tx, reports) = mpsc::unbounded_channel();

@@ -76,8 +76,15 @@ impl Drop for Proc {
 
 /// Starts `procmesh host` with `args` and waits (bounded) for its `ready <addr>` line.
 pub fn start_host(args: &[&str]) -> (Proc, HostAddr) {
+    let (proc, addr) = start_procmesh("host", args);
+    (proc, addr.parse().expect("host address"))
+}
+
+/// Starts `procmesh <command>` with `args` and waits (bounded) for its `ready <what>` line;
+/// returns the process and `<what>`.
+pub fn start_procmesh(command: &str, args: &[&str]) -> (Proc, String) {
     let mut child = Command::new(procmesh_bin())
-        .arg("host")
+        .arg(command)
         .args(args)
         .env(
             "RUST_LOG",
@@ -99,10 +106,10 @@ pub fn start_host(args: &[&str]) -> (Proc, HostAddr) {
         }
     });
     let proc = Proc(child);
-    let addr = rx
+    let ready = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("host did not print its ready line within 30 s");
-    (proc, addr.parse().expect("host address"))
+        .unwrap_or_else(|_| panic!("procmesh {command} did not print its ready line within 30 s"));
+    (proc, ready)
 }
 
 /// Every descendant of `pid` (scanning /proc).

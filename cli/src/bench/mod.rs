@@ -1,6 +1,7 @@
 //! `procmesh bench <suite>`: benchmarks that print a readable table and then one JSON line,
 //! every figure beside a raw baseline measured in the same run on the same machine.
 
+mod mesh;
 mod runner;
 mod transport;
 
@@ -27,6 +28,22 @@ pub enum Suite {
         /// Actions run at once (and raw spawners); default: logical CPUs.
         #[arg(long)]
         concurrency: Option<u32>,
+    },
+    /// End-to-end actions/s through client, orchestrator, host and proc beside raw spawning;
+    /// dispatch throughput with a no-op executor; orchestrator memory per pending action.
+    Mesh {
+        /// Seconds spent on the end-to-end and raw measurements.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Actions run at once (and raw spawners); default: logical CPUs.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Actions of the no-op dispatch measurement.
+        #[arg(long, default_value_t = 100_000)]
+        noop_actions: u64,
+        /// Pending actions of the memory measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        pending: u64,
     },
 }
 
@@ -58,6 +75,33 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
                 "--concurrency must be in 1..=256"
             );
             runtime.block_on(runner::run(Duration::from_secs_f64(seconds), concurrency))
+        }
+        Suite::Mesh {
+            seconds,
+            concurrency,
+            noop_actions,
+            pending,
+        } => {
+            anyhow::ensure!(
+                seconds > 0.0 && seconds <= 60.0,
+                "--seconds must be in (0, 60], got {seconds}"
+            );
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&noop_actions) && (1..=10_000_000).contains(&pending),
+                "--noop-actions and --pending must be in 1..=10000000"
+            );
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+            let concurrency = concurrency.unwrap_or(cpus);
+            anyhow::ensure!(
+                (1..=256).contains(&concurrency),
+                "--concurrency must be in 1..=256"
+            );
+            runtime.block_on(mesh::run(mesh::Options {
+                seconds,
+                concurrency,
+                noop_actions,
+                pending,
+            }))
         }
     }
 }

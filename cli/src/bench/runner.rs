@@ -102,7 +102,11 @@ fn raw_spawn_ready(bin: &Path, n: usize) -> anyhow::Result<f64> {
     Ok(median(&mut samples))
 }
 
-fn raw_spawn_rate(worker: &Path, concurrency: usize, budget: Duration) -> anyhow::Result<f64> {
+pub(super) fn raw_spawn_rate(
+    worker: &Path,
+    concurrency: usize,
+    budget: Duration,
+) -> anyhow::Result<f64> {
     let deadline = Instant::now() + budget;
     let started = Instant::now();
     let threads: Vec<_> = (0..concurrency)

@@ -85,6 +85,9 @@ impl HostArgs {
         if let Some(v) = &self.state_dir {
             config.state_dir = v.clone();
         }
+        // Procs get addresses inside the state directory: they must not depend on our cwd.
+        config.state_dir = std::path::absolute(&config.state_dir)
+            .with_context(|| format!("state directory {}", config.state_dir.display()))?;
         if let Some(v) = &self.orchestrator {
             config.orchestrator = Some(v.clone());
         }

@@ -1,3 +1,19 @@
 //! The operator-facing subcommands.
+//!
+//! - `demo` — the whole system on this machine with a sample workload.
+//! - `host` — the per-machine agent.
+//! - `orchestrator` — queues, scheduling, retries, results, events.
+//! - `orchestrator` — the orchestrator service.
+//! - `certs` — a mesh CA and identities signed by it.
+//! - `common` — what every client command shares: settings, connecting, argument parsers.
+//! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`) — client commands.
 
+pub mod certs;
+pub mod common;
+pub mod demo;
+pub mod exec;
 pub mod host;
+pub mod orchestrator;
+pub mod queue;
+pub mod submit;
+pub mod watch;

@@ -1,0 +1,408 @@
+//! `procmesh bench mesh`: the whole path, client → orchestrator → host → proc agent → action,
+//! beside raw process spawning measured in the same run.
+//!
+//! 1. **Raw**: `Command::output()` of a trivial binary (`true`) from `concurrency` threads.
+//! 2. **End to end**: an orchestrator, a host with OS proc agents (`concurrency` slots in all)
+//!    and a client, each its own QUIC node on loopback, in this process; the client submits
+//!    batches of actions running the same `true` and waits for each batch to complete.
+//! 3. **No-op dispatch**: the same mesh, but proc agents with the no-op executor
+//!    (`PROCMESH_EXECUTOR=noop`): 100,000 actions from submission to the last completion.
+//! 4. **Memory**: an orchestrator as its own OS process (`procmesh orchestrator`) with no hosts;
+//!    its resident memory before and after 1,000,000 trivial actions are pending, per action.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use procmesh_client::{Client, ClientConfig, Queue, WorkerBuilder};
+use procmesh_host::{Host, HostConfig, OsProcManager};
+use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
+use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
+use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
+use procmesh_protocol::spec::{ActionDef, WorkerId};
+use procmesh_transport::{MeshCa, Role, TlsIdentity};
+
+use super::{print_table, Row};
+
+/// What to measure.
+pub struct Options {
+    pub seconds: f64,
+    pub concurrency: u32,
+    pub noop_actions: u64,
+    pub pending: u64,
+}
+
+struct Identities {
+    node: TlsIdentity,
+    client: TlsIdentity,
+    node_dir: PathBuf,
+}
+
+fn identities(dir: &Path) -> anyhow::Result<Identities> {
+    let valid = Duration::from_secs(3600);
+    let ca = MeshCa::generate("bench", valid)?;
+    let node = ca.issue(Role::Node, "bench-node", &[], valid)?;
+    let client = ca.issue(Role::Client, "bench-client", &[], valid)?;
+    let node_dir = dir.join("certs/node");
+    node.save(&node_dir)?;
+    Ok(Identities {
+        node,
+        client,
+        node_dir,
+    })
+}
+
+/// An orchestrator, one host with its procs, and a client, in this process.
+struct Mesh {
+    orchestrator: Orchestrator,
+    host: Host,
+    client: Client,
+}
+
+impl Mesh {
+    async fn start(
+        dir: &Path,
+        ids: &Identities,
+        procs: u32,
+        max_actions: u32,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Mesh> {
+        let orchestrator = Orchestrator::start(
+            OrchestratorConfig {
+                heartbeat_interval_ms: 500,
+                lost_after_ms: 10_000,
+                ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
+            },
+            ids.node.clone(),
+        )
+        .await?;
+        let host = Host::start(
+            HostConfig {
+                orchestrator: Some(orchestrator.actor_id()),
+                heartbeat_interval_ms: 500,
+                ..HostConfig::ephemeral(dir.join("host"), ids.node.clone())
+            },
+            Arc::new(OsProcManager::new(None, None)?),
+        )
+        .await?;
+        for i in 1..=procs {
+            host.spawn(SpawnSpec {
+                name: format!("proc-{i}"),
+                config: ProcConfig {
+                    max_actions: Some(max_actions),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..ProcConfig::default()
+                },
+            })
+            .await?;
+        }
+        let mut config = ClientConfig::new(orchestrator.actor_id(), ids.client.clone());
+        config.cache_dir = Some(dir.join("client-cache"));
+        let client = Client::connect(config).await?;
+        // The orchestrator places work once it has heard the procs' capacity.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let hosts = client.hosts().await?;
+            let slots: u64 = hosts
+                .iter()
+                .flat_map(|h| &h.procs)
+                .map(|p| u64::from(p.capacity.max))
+                .sum();
+            if slots >= u64::from(procs * max_actions) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the host's procs did not reach the orchestrator within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Mesh {
+            orchestrator,
+            host,
+            client,
+        })
+    }
+
+    async fn stop(self) {
+        self.client.close().await;
+        self.host.shutdown(Duration::from_secs(5)).await;
+        self.orchestrator.shutdown().await;
+    }
+}
+
+fn trivial_binary() -> anyhow::Result<PathBuf> {
+    ["/bin/true", "/usr/bin/true"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("no `true` binary for the trivial worker")
+}
+
+fn trivial_actions(worker: WorkerId, n: u64) -> Vec<SubmitAction> {
+    (0..n)
+        .map(|_| SubmitAction {
+            action: ActionDef::new(worker),
+            priority: None,
+            idempotency_key: None,
+        })
+        .collect()
+}
+
+/// Submits `n` trivial actions and waits until the queue is complete; the queue's failures.
+async fn run_batch(queue: &Queue, worker: WorkerId, n: u64) -> anyhow::Result<u64> {
+    queue.submit(trivial_actions(worker, n)).await?;
+    let status = queue.wait_complete(Some(Duration::from_secs(120))).await?;
+    let lsns: Vec<_> = queue
+        .all_results()
+        .await?
+        .iter()
+        .map(|r| r.record.lsn())
+        .collect();
+    queue.retire(lsns).await?;
+    Ok(status.counts.failed + status.counts.abandoned + status.counts.cancelled)
+}
+
+/// Actions per second end to end through a real mesh running `true`.
+async fn e2e(
+    dir: &Path,
+    ids: &Identities,
+    concurrency: u32,
+    budget: Duration,
+) -> anyhow::Result<f64> {
+    let procs = concurrency.clamp(1, 2);
+    let per_proc = concurrency.div_ceil(procs);
+    let mesh = Mesh::start(&dir.join("e2e"), ids, procs, per_proc, &[]).await?;
+    let worker = mesh
+        .client
+        .register_worker(&WorkerBuilder::program(trivial_binary()?))
+        .await?;
+    let queue = mesh.client.create_queue(QueueConfig::default()).await?;
+    // Warm-up: every proc caches the worker.
+    run_batch(&queue, worker, u64::from(concurrency) * 4).await?;
+    let batch = u64::from(concurrency) * 50;
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut failed = 0u64;
+    while started.elapsed() < budget {
+        failed += run_batch(&queue, worker, batch).await?;
+        done += batch;
+    }
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    mesh.stop().await;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {done} trivial actions did not complete"
+    );
+    Ok(rate)
+}
+
+/// Actions per second from submission to completion with the no-op executor.
+async fn noop(dir: &Path, ids: &Identities, n: u64) -> anyhow::Result<f64> {
+    let mesh = Mesh::start(
+        &dir.join("noop"),
+        ids,
+        2,
+        2048,
+        &[("PROCMESH_EXECUTOR", "noop")],
+    )
+    .await?;
+    let worker = mesh
+        .client
+        .register_worker(&WorkerBuilder::program(trivial_binary()?))
+        .await?;
+    let queue = mesh.client.create_queue(QueueConfig::default()).await?;
+    run_batch(&queue, worker, 1000).await?;
+    let started = Instant::now();
+    let failed = run_batch(&queue, worker, n).await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    mesh.stop().await;
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {n} no-op actions did not complete"
+    );
+    Ok(rate)
+}
+
+/// Resident bytes of `pid`, from /proc.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    Ok(kb * 1024)
+}
+
+/// An OS child killed and reaped when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident bytes an orchestrator process grows by per pending trivial action.
+async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f64> {
+    use std::io::BufRead as _;
+    let me = std::env::current_exe()?;
+    let mut child = std::process::Command::new(me)
+        .args(["orchestrator", "--listen", "127.0.0.1:0", "--json"])
+        .arg("--tls-dir")
+        .arg(&ids.node_dir)
+        .arg("--state-dir")
+        .arg(dir.join("memory"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("starting `procmesh orchestrator`")?;
+    let stdout = child.stdout.take().context("orchestrator stdout")?;
+    let guard = ChildGuard(child);
+    let line = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .transpose()
+            .ok()
+            .flatten()
+    })
+    .await?
+    .context("the orchestrator exited before it was ready")?;
+    let ready: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+    let id = ready["ready"]
+        .as_str()
+        .context("no \"ready\" in the orchestrator's line")?
+        .parse()?;
+    let mut config = ClientConfig::new(id, ids.client.clone());
+    config.cache_dir = Some(dir.join("memory-client-cache"));
+    let client = Client::connect(config).await?;
+    let worker = client
+        .register_worker(&WorkerBuilder::program(trivial_binary()?))
+        .await?;
+    let queue = client.create_queue(QueueConfig::default()).await?;
+    // Warm up the orchestrator's allocator and maps a little, then measure the growth.
+    queue.submit(trivial_actions(worker, 1000)).await?;
+    let pid = guard.0.id();
+    let before = rss_bytes(pid)?;
+    let chunk = 10_000u64;
+    let mut sent = 0;
+    while sent < pending {
+        let n = chunk.min(pending - sent);
+        queue.submit(trivial_actions(worker, n)).await?;
+        sent += n;
+    }
+    let status = queue.status().await?;
+    anyhow::ensure!(
+        status.counts.pending >= pending,
+        "expected {pending} pending actions, the orchestrator counts {}",
+        status.counts.pending
+    );
+    let after = rss_bytes(pid)?;
+    client.close().await;
+    drop(guard);
+    Ok(after.saturating_sub(before) as f64 / pending as f64)
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (dir, on) = super::scratch_dir("mesh")?;
+    let result = measure(&dir, &options).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = result?;
+    let rows = [
+        Row {
+            what: "end-to-end actions/s (true)",
+            ours: f.e2e,
+            raw: f.raw,
+            unit: "1/s",
+            ratio: f.e2e / f.raw,
+            goal: ">= 0.6",
+        },
+        Row {
+            what: "no-op dispatch actions/s",
+            ours: f.noop,
+            raw: 50_000.0,
+            unit: "1/s",
+            ratio: f.noop / 50_000.0,
+            goal: ">= 1 (50k/s)",
+        },
+        Row {
+            what: "orchestrator bytes/pending action",
+            ours: f.bytes_per_pending,
+            raw: 512.0,
+            unit: "B",
+            ratio: f.bytes_per_pending / 512.0,
+            goal: "<= 1 (512 B)",
+        },
+    ];
+    print_table(
+        &format!(
+            "procmesh bench mesh (client -> orchestrator -> host -> proc, {} actions at once)",
+            options.concurrency
+        ),
+        &rows,
+    );
+    println!(
+        "raw: Command::output() of `true` from {} threads; no-op: {} actions; memory: {} pending, \
+         resident-set growth of a separate orchestrator process",
+        options.concurrency, options.noop_actions, options.pending
+    );
+    println!("state directory on {on}");
+    println!("elapsed {:.1}s", started.elapsed().as_secs_f64());
+    let json = serde_json::json!({
+        "suite": "mesh",
+        "concurrency": options.concurrency,
+        "e2e_actions_per_s": f.e2e,
+        "raw_spawn_per_s": f.raw,
+        "e2e_ratio": f.e2e / f.raw,
+        "noop_actions": options.noop_actions,
+        "noop_dispatch_per_s": f.noop,
+        "pending_actions": options.pending,
+        "bytes_per_pending_action": f.bytes_per_pending,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+struct Figures {
+    e2e: f64,
+    raw: f64,
+    noop: f64,
+    bytes_per_pending: f64,
+}
+
+async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
+    let budget = Duration::from_secs_f64(options.seconds);
+    // Raw first, before any host in this process reaps children.
+    let raw = tokio::task::spawn_blocking({
+        let w = trivial_binary()?;
+        let c = options.concurrency as usize;
+        move || super::runner::raw_spawn_rate(&w, c, budget)
+    })
+    .await??;
+    let ids = identities(dir)?;
+    let e2e = e2e(dir, &ids, options.concurrency, budget)
+        .await
+        .context("end-to-end phase")?;
+    let noop = noop(dir, &ids, options.noop_actions)
+        .await
+        .context("no-op dispatch phase")?;
+    let bytes_per_pending = memory(dir, &ids, options.pending)
+        .await
+        .context("memory phase")?;
+    Ok(Figures {
+        e2e,
+        raw,
+        noop,
+        bytes_per_pending,
+    })
+}

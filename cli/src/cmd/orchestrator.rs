@@ -1,0 +1,198 @@
+//! `procmesh orchestrator`: the fleet's orchestrator. Configuration comes from a TOML file, then
+//! the environment, then flags (each overriding the one before). Once it listens it prints one
+//! line, `ready <actor id>` (or a JSON object with `--json`), and serves until SIGTERM or SIGINT,
+//! when it ends every subscription and exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
+use procmesh_protocol::HostAddr;
+use procmesh_transport::TlsIdentity;
+
+/// Flags of `procmesh orchestrator`; each also reads an environment variable.
+#[derive(Debug, clap::Args)]
+pub struct OrchestratorArgs {
+    /// TOML configuration file (fields of OrchestratorConfig).
+    #[arg(long, env = "PROCMESH_ORCHESTRATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// QUIC frontend bind address, e.g. 0.0.0.0:7600.
+    #[arg(long, env = "PROCMESH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address hosts and clients reach the orchestrator at, e.g. quic!10.0.0.1:7600.
+    #[arg(long, env = "PROCMESH_ADVERTISE")]
+    advertise: Option<HostAddr>,
+    /// Directory with ca.pem, cert.pem, key.pem (from `procmesh certs`).
+    #[arg(long, env = "PROCMESH_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// State directory (the blob store lives in its blobs/).
+    #[arg(long, env = "PROCMESH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How often hosts heartbeat, in milliseconds.
+    #[arg(long, env = "PROCMESH_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// Silence after which a host is declared lost, in milliseconds.
+    #[arg(long, env = "PROCMESH_LOST_AFTER_MS")]
+    lost_after_ms: Option<u64>,
+    /// Print the ready line as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses an orchestrator configuration file's text; unknown fields are an error naming them.
+fn parse_config(text: &str) -> anyhow::Result<OrchestratorConfig> {
+    Ok(toml::from_str::<OrchestratorConfig>(text)?)
+}
+
+impl OrchestratorArgs {
+    /// The configuration: file < environment < flags (clap folds environment into flags),
+    /// validated.
+    pub fn config(&self) -> anyhow::Result<OrchestratorConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                parse_config(&text).with_context(|| {
+                    format!("bad orchestrator configuration in {}", path.display())
+                })?
+            }
+            None => OrchestratorConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &self.advertise {
+            config.advertise = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_dir {
+            config.tls_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.state_dir {
+            config.state_dir = v.clone();
+        }
+        if let Some(v) = self.heartbeat_interval_ms {
+            config.heartbeat_interval_ms = v;
+        }
+        if let Some(v) = self.lost_after_ms {
+            config.lost_after_ms = v;
+        }
+        config
+            .validate()
+            .context("bad orchestrator configuration")?;
+        Ok(config)
+    }
+}
+
+/// Loads the TLS identity named by the configuration.
+fn identity(config: &OrchestratorConfig) -> anyhow::Result<TlsIdentity> {
+    let dir = config
+        .tls_dir
+        .as_ref()
+        .context("no TLS identity: pass --tls-dir (create one with `procmesh certs`)")?;
+    TlsIdentity::load(dir).with_context(|| {
+        format!(
+            "cannot load the TLS identity in {} (create one with `procmesh certs`)",
+            dir.display()
+        )
+    })
+}
+
+/// Runs `procmesh orchestrator` until SIGTERM or SIGINT.
+pub fn run(args: OrchestratorArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let identity = identity(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orchestrator")
+        .build()?;
+    runtime.block_on(serve(args.json, config, identity))
+}
+
+async fn serve(
+    json: bool,
+    config: OrchestratorConfig,
+    identity: TlsIdentity,
+) -> anyhow::Result<()> {
+    procmesh_transport::install_crypto_provider();
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before the ready line, so a supervisor's signal right after it is not lost.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let listen = config.listen;
+    let orchestrator = Orchestrator::start(config, identity)
+        .await
+        .with_context(|| format!("starting the orchestrator on {listen}"))?;
+    if json {
+        let line = serde_json::json!({
+            "ready": orchestrator.actor_id().to_string(),
+            "addr": orchestrator.addr().to_string(),
+        });
+        println!("{line}");
+    } else {
+        println!("ready {}", orchestrator.actor_id());
+    }
+    tracing::info!(actor = %orchestrator.actor_id(), "orchestrator ready");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+    orchestrator.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_a_clear_error() {
+        let err = parse_config("lisen = \"0.0.0.0:7600\"").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("lisen"), "{text}");
+        assert!(text.contains("unknown field"), "{text}");
+    }
+
+    #[test]
+    fn a_configuration_file_parses_and_flags_win() {
+        let config = parse_config(
+            "listen = \"0.0.0.0:7600\"\nadvertise = \"quic!10.0.0.1:7600\"\nlost_after_ms = 9000\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 7600);
+        assert_eq!(config.lost_after_ms, 9_000);
+        assert_eq!(
+            config.heartbeat_interval_ms, 1_000,
+            "defaults fill the rest"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orchestrator.toml");
+        std::fs::write(&path, "heartbeat_interval_ms = 200\nlost_after_ms = 1000\n").unwrap();
+        let args = OrchestratorArgs {
+            config: Some(path),
+            listen: None,
+            advertise: None,
+            tls_dir: None,
+            state_dir: None,
+            heartbeat_interval_ms: None,
+            lost_after_ms: Some(150),
+            json: false,
+        };
+        let err = format!("{:#}", args.config().unwrap_err());
+        assert!(err.contains("lost_after_ms (150)"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_identity_says_how_to_make_one() {
+        let err = identity(&OrchestratorConfig::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("procmesh certs"), "{err:#}");
+        let config = OrchestratorConfig {
+            tls_dir: Some(PathBuf::from("/nonexistent/tls")),
+            ..OrchestratorConfig::default()
+        };
+        let err = identity(&config).unwrap_err();
+        assert!(format!("{err:#}").contains("procmesh certs"), "{err:#}");
+    }
+}

@@ -1,0 +1,455 @@
+//! [`Client`]: a QUIC node with a client certificate, talking to one orchestrator.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::actor::Spawn;
+use procmesh_protocol::messages::orchestrator::{
+    HostView, OrchestratorReply, OrchestratorRequest, QueueConfig, QueueRef, SubscriptionTarget,
+};
+use procmesh_protocol::spec::validate_path;
+use procmesh_protocol::{ActorId, BlobHash, InputFile, Lsn, OutputFile, ProcId, WorkerId};
+use procmesh_transport::{BlobStore, Node, NodeBuilder, RemoteRef};
+use tokio::sync::mpsc;
+
+use crate::error::ClientError;
+use crate::queue::Queue;
+use crate::watch::{EventSink, Watch, WATCH_BUFFER};
+use crate::worker::{distinct_hashes, input_file, BlobSource, PreparedWorker, WorkerBuilder};
+use crate::ClientConfig;
+
+/// A connection to one orchestrator. Cheap to clone; every clone shares the node.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub node: Node,
+    orchestrator: RemoteRef<OrchestratorRequest>,
+    timeout: Duration,
+    next_watch: AtomicU64,
+}
+
+/// A random proc name, so that two clients on one machine never share one.
+fn proc_name() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes[..4].copy_from_slice(&nanos.to_le_bytes());
+        bytes[4..].copy_from_slice(&(std::process::id() as u16).to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("client-{hex}")
+}
+
+impl Client {
+    /// Starts a QUIC node with the configured identity and checks that the orchestrator
+    /// answers (`ListHosts`).
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let bind = config.bind_addr()?;
+        let cache = config.cache_dir();
+        let store = BlobStore::open_shared(&cache)
+            .map_err(|e| ClientError::Config(format!("blob cache {}: {e}", cache.display())))?;
+        let node = NodeBuilder::new(&proc_name())
+            .quic(bind, config.identity.clone())
+            .blob_store(store)
+            .start()
+            .await?;
+        let client = Client::from_node(node, config.orchestrator.clone(), config.timeout);
+        let check = client
+            .inner
+            .orchestrator
+            .ask(OrchestratorRequest::ListHosts, config.timeout)
+            .await;
+        match check {
+            Ok(_) => Ok(client),
+            Err(error) => {
+                client.close().await;
+                Err(ClientError::Unreachable {
+                    orchestrator: config.orchestrator,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// A client on an existing node (one in the same process as the orchestrator, a test's).
+    /// Downloads need the node to keep a blob store.
+    pub fn from_node(node: Node, orchestrator: ActorId, timeout: Duration) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                orchestrator: node.remote_ref(orchestrator),
+                node,
+                timeout,
+                next_watch: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The client's node.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// The orchestrator's actor id.
+    pub fn orchestrator(&self) -> &ActorId {
+        self.inner.orchestrator.id()
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Stops the client's node: what was sent is still delivered for up to a second.
+    pub async fn close(&self) {
+        self.inner.node.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// Sends `request` and returns the orchestrator's reply, its refusal as
+    /// [`ClientError::Orchestrator`].
+    pub async fn request(
+        &self,
+        request: OrchestratorRequest,
+    ) -> Result<OrchestratorReply, ClientError> {
+        self.ask(request_name(&request), request).await
+    }
+
+    pub(crate) async fn ask(
+        &self,
+        name: &'static str,
+        request: OrchestratorRequest,
+    ) -> Result<OrchestratorReply, ClientError> {
+        self.ask_within(name, request, self.inner.timeout).await
+    }
+
+    pub(crate) async fn ask_within(
+        &self,
+        name: &'static str,
+        request: OrchestratorRequest,
+        timeout: Duration,
+    ) -> Result<OrchestratorReply, ClientError> {
+        match self.inner.orchestrator.ask(request, timeout).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(refusal)) => Err(ClientError::Orchestrator(refusal)),
+            Err(error) => Err(ClientError::Transport {
+                request: name,
+                error,
+            }),
+        }
+    }
+
+    /// Every host the orchestrator knows.
+    pub async fn hosts(&self) -> Result<Vec<HostView>, ClientError> {
+        match self
+            .ask("ListHosts", OrchestratorRequest::ListHosts)
+            .await?
+        {
+            OrchestratorReply::Hosts(hosts) => Ok(hosts),
+            other => Err(unexpected("ListHosts", &other)),
+        }
+    }
+
+    /// Creates a queue. The handle addresses it by token, so it works from anywhere.
+    pub async fn create_queue(&self, config: QueueConfig) -> Result<Queue, ClientError> {
+        match self
+            .ask("CreateQueue", OrchestratorRequest::CreateQueue(config))
+            .await?
+        {
+            OrchestratorReply::QueueCreated { id, token } => Ok(Queue::new(
+                self.clone(),
+                QueueRef::Token(token),
+                Some(id),
+                Some(token),
+            )),
+            other => Err(unexpected("CreateQueue", &other)),
+        }
+    }
+
+    /// A handle on an existing queue, checked by reading its status (a wrong token is
+    /// `unknown_queue`; an id from a remote client is `forbidden`).
+    pub async fn queue(&self, queue: QueueRef) -> Result<Queue, ClientError> {
+        let token = match queue {
+            QueueRef::Token(token) => Some(token),
+            QueueRef::Id(_) => None,
+        };
+        let mut handle = Queue::new(self.clone(), queue, None, token);
+        let status = handle.status().await?;
+        handle.id = Some(status.id);
+        Ok(handle)
+    }
+
+    /// Hashes and registers a worker, uploading only the blobs the orchestrator lacks.
+    pub async fn register_worker(&self, worker: &WorkerBuilder) -> Result<WorkerId, ClientError> {
+        let prepared = worker.prepare().await?;
+        self.register_prepared(&prepared).await
+    }
+
+    /// Registers an already prepared worker, uploading only the blobs the orchestrator lacks.
+    pub async fn register_prepared(
+        &self,
+        worker: &PreparedWorker,
+    ) -> Result<WorkerId, ClientError> {
+        let reply = self
+            .ask(
+                "RegisterWorker",
+                OrchestratorRequest::RegisterWorker(worker.descriptor().clone()),
+            )
+            .await?;
+        let (id, missing) = match reply {
+            OrchestratorReply::WorkerRegistered { id, missing } => (id, missing),
+            other => return Err(unexpected("RegisterWorker", &other)),
+        };
+        if id != worker.id() {
+            return Err(ClientError::WorkerIdMismatch {
+                ours: worker.id(),
+                theirs: id,
+            });
+        }
+        for hash in distinct_hashes(&missing) {
+            let source = worker
+                .source(&hash)
+                .ok_or_else(|| ClientError::UnexpectedReply {
+                    request: "RegisterWorker",
+                    reply: format!("asked for blob {hash}, which is not in the worker"),
+                })?;
+            self.push(hash, source).await?;
+        }
+        self.confirm_uploaded(missing).await?;
+        tracing::debug!(worker = %id, "worker registered");
+        Ok(id)
+    }
+
+    /// Hashes local files as action inputs (`(path in the sandbox, local file)`), uploads the
+    /// ones the orchestrator lacks, and returns them in order.
+    pub async fn upload_inputs<P: AsRef<Path>>(
+        &self,
+        files: &[(String, P)],
+    ) -> Result<Vec<InputFile>, ClientError> {
+        let mut inputs = Vec::with_capacity(files.len());
+        let mut sources = std::collections::BTreeMap::new();
+        for (path, local) in files {
+            let input = input_file(path, local.as_ref()).await?;
+            sources
+                .entry(input.hash)
+                .or_insert_with(|| BlobSource::File(local.as_ref().to_owned()));
+            inputs.push(input);
+        }
+        let hashes = distinct_hashes(inputs.iter().map(|i| &i.hash));
+        let missing = self.missing_blobs(hashes).await?;
+        for hash in &missing {
+            if let Some(source) = sources.get(hash) {
+                self.push(*hash, source).await?;
+            }
+        }
+        self.confirm_uploaded(missing).await?;
+        Ok(inputs)
+    }
+
+    /// Which of `hashes` the orchestrator lacks.
+    pub async fn missing_blobs(&self, hashes: Vec<BlobHash>) -> Result<Vec<BlobHash>, ClientError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self
+            .ask("MissingBlobs", OrchestratorRequest::MissingBlobs(hashes))
+            .await?
+        {
+            OrchestratorReply::MissingBlobs(missing) => Ok(missing),
+            other => Err(unexpected("MissingBlobs", &other)),
+        }
+    }
+
+    async fn confirm_uploaded(&self, uploaded: Vec<BlobHash>) -> Result<(), ClientError> {
+        let still = self.missing_blobs(uploaded).await?;
+        if still.is_empty() {
+            Ok(())
+        } else {
+            Err(ClientError::StillMissing(still))
+        }
+    }
+
+    async fn push(&self, hash: BlobHash, source: &BlobSource) -> Result<(), ClientError> {
+        let to = self.orchestrator().addr();
+        let result = match source {
+            BlobSource::File(path) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(ClientError::io(path))?;
+                let size = file.metadata().await.map_err(ClientError::io(path))?.len();
+                self.inner.node.push_blob(to, hash, size, file).await
+            }
+            BlobSource::Bytes(bytes) => {
+                self.inner
+                    .node
+                    .push_blob(to, hash, bytes.len() as u64, &bytes[..])
+                    .await
+            }
+        };
+        result.map_err(|e| ClientError::Upload {
+            path: source.describe(),
+            error: e,
+        })
+    }
+
+    /// Downloads an output file into `dest_dir`, at its path relative to `Outputs/`. It is
+    /// fetched from the host that ran the action (`location`), then from the orchestrator.
+    /// Returns the file written.
+    pub async fn download(
+        &self,
+        output: &OutputFile,
+        location: Option<&ProcId>,
+        dest_dir: &Path,
+    ) -> Result<PathBuf, ClientError> {
+        // An output path comes from a remote runner: never let it leave `dest_dir`.
+        validate_path(&output.path).map_err(|reason| ClientError::Path {
+            path: output.path.clone(),
+            reason,
+        })?;
+        let blob = self.fetch(output.hash, &output.path, location).await?;
+        let dest = dest_dir.join(&output.path);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(ClientError::io(parent))?;
+        }
+        let partial = dest.with_file_name(format!(
+            ".{}.partial",
+            dest.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ));
+        tokio::fs::copy(&blob, &partial)
+            .await
+            .map_err(ClientError::io(&partial))?;
+        tokio::fs::rename(&partial, &dest)
+            .await
+            .map_err(ClientError::io(&dest))?;
+        Ok(dest)
+    }
+
+    /// Fetches the blob `hash` into the client's cache, from `location`'s host, then from the
+    /// orchestrator. Returns where it lives.
+    pub async fn fetch(
+        &self,
+        hash: BlobHash,
+        what: &str,
+        location: Option<&ProcId>,
+    ) -> Result<PathBuf, ClientError> {
+        let mut sources = Vec::with_capacity(2);
+        if let Some(proc_id) = location {
+            sources.push(proc_id.addr().clone());
+        }
+        let orchestrator = self.orchestrator().addr().clone();
+        if !sources.contains(&orchestrator) {
+            sources.push(orchestrator);
+        }
+        let mut last = None;
+        for from in &sources {
+            match self.inner.node.fetch_blob(from, hash).await {
+                Ok(path) => return Ok(path),
+                Err(error) => {
+                    tracing::debug!(%error, %hash, %from, "blob not fetched");
+                    last = Some(error);
+                }
+            }
+        }
+        Err(ClientError::Download {
+            hash,
+            path: what.to_owned(),
+            error: last.expect("at least one source"),
+        })
+    }
+
+    /// Follows one action's transitions.
+    pub async fn action_watch(&self, queue: QueueRef, lsn: Lsn) -> Result<Watch, ClientError> {
+        self.subscribe(SubscriptionTarget::Action { queue, lsn })
+            .await
+    }
+
+    /// Subscribes to `target`: its events arrive on the returned [`Watch`].
+    pub async fn subscribe(&self, target: SubscriptionTarget) -> Result<Watch, ClientError> {
+        let name = format!(
+            "watch-{}",
+            self.inner.next_watch.fetch_add(1, Ordering::Relaxed)
+        );
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let sink = EventSink::spawn(EventSink::new(tx));
+        let subscriber = self
+            .inner
+            .node
+            .expose(&name, sink)
+            .map_err(|e| ClientError::Config(format!("watch actor name: {e}")))?;
+        let reply = self
+            .ask(
+                "Subscribe",
+                OrchestratorRequest::Subscribe { target, subscriber },
+            )
+            .await;
+        match reply {
+            Ok(OrchestratorReply::Subscribed { subscription }) => Ok(Watch {
+                client: self.clone(),
+                name,
+                subscription,
+                rx,
+                closed: false,
+            }),
+            Ok(other) => {
+                self.inner.node.unexpose(&name);
+                Err(unexpected("Subscribe", &other))
+            }
+            Err(e) => {
+                self.inner.node.unexpose(&name);
+                Err(e)
+            }
+        }
+    }
+}
+
+pub(crate) fn unexpected(request: &'static str, reply: &OrchestratorReply) -> ClientError {
+    let mut text = format!("{reply:?}");
+    if text.len() > 200 {
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    ClientError::UnexpectedReply {
+        request,
+        reply: text,
+    }
+}
+
+/// The variant name of a request, for error messages.
+fn request_name(request: &OrchestratorRequest) -> &'static str {
+    match request {
+        OrchestratorRequest::RegisterHost(_) => "RegisterHost",
+        OrchestratorRequest::Heartbeat(_) => "Heartbeat",
+        OrchestratorRequest::ProcLost { .. } => "ProcLost",
+        OrchestratorRequest::ActionUpdate(_) => "ActionUpdate",
+        OrchestratorRequest::GetWorker(_) => "GetWorker",
+        OrchestratorRequest::CreateQueue(_) => "CreateQueue",
+        OrchestratorRequest::QueueStatus(_) => "QueueStatus",
+        OrchestratorRequest::ListResults { .. } => "ListResults",
+        OrchestratorRequest::Retire { .. } => "Retire",
+        OrchestratorRequest::Drain(_) => "Drain",
+        OrchestratorRequest::CancelQueue(_) => "CancelQueue",
+        OrchestratorRequest::CancelAction { .. } => "CancelAction",
+        OrchestratorRequest::Reschedule { .. } => "Reschedule",
+        OrchestratorRequest::SetPriority { .. } => "SetPriority",
+        OrchestratorRequest::GetAction { .. } => "GetAction",
+        OrchestratorRequest::RegisterWorker(_) => "RegisterWorker",
+        OrchestratorRequest::MissingBlobs(_) => "MissingBlobs",
+        OrchestratorRequest::Submit { .. } => "Submit",
+        OrchestratorRequest::Subscribe { .. } => "Subscribe",
+        OrchestratorRequest::Unsubscribe { .. } => "Unsubscribe",
+        OrchestratorRequest::ListHosts => "ListHosts",
+    }
+}

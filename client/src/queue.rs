@@ -1,0 +1,314 @@
+//! [`Queue`]: a handle on one queue — submit, status, results, retire, drain, cancel,
+//! reschedule, priorities, events.
+
+use std::time::Duration;
+
+use procmesh_protocol::messages::orchestrator::{
+    ActionResult, ActionView, OrchestratorReply, OrchestratorRequest, QueueRef, QueueStatus,
+    QueueToken, SubmitAction, SubscriptionTarget,
+};
+use procmesh_protocol::{Attempt, ClientEvent, Lsn};
+use tokio::time::Instant;
+
+use crate::client::unexpected;
+use crate::{Client, ClientError, Watch};
+
+/// The largest batch one `Submit` carries; [`Queue::submit`] splits larger ones.
+pub const MAX_SUBMIT_BATCH: usize = 10_000;
+
+/// How often [`Queue::wait_complete`] re-reads the status when events have arrived.
+const RECHECK: Duration = Duration::from_millis(500);
+/// How often it re-reads the status when no event has arrived (events can be lost with a
+/// connection).
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+
+/// A handle on one queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    client: Client,
+    queue: QueueRef,
+    pub(crate) id: Option<u64>,
+    token: Option<QueueToken>,
+}
+
+impl Queue {
+    pub(crate) fn new(
+        client: Client,
+        queue: QueueRef,
+        id: Option<u64>,
+        token: Option<QueueToken>,
+    ) -> Queue {
+        Queue {
+            client,
+            queue,
+            id,
+            token,
+        }
+    }
+
+    /// How requests name the queue.
+    pub fn queue_ref(&self) -> QueueRef {
+        self.queue
+    }
+
+    /// The queue's integer id, once known.
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// The queue's token (the capability for remote access), if this handle has it.
+    pub fn token(&self) -> Option<QueueToken> {
+        self.token
+    }
+
+    /// The client the handle uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Submits actions, in batches of at most [`MAX_SUBMIT_BATCH`]; returns one LSN per
+    /// action, in order. Each batch is all or nothing: on an error, the batches before it
+    /// were accepted (resubmitting with idempotency keys is safe).
+    pub async fn submit(&self, actions: Vec<SubmitAction>) -> Result<Vec<Lsn>, ClientError> {
+        let mut lsns = Vec::with_capacity(actions.len());
+        let mut actions = actions.into_iter().peekable();
+        while actions.peek().is_some() {
+            let batch: Vec<SubmitAction> = actions.by_ref().take(MAX_SUBMIT_BATCH).collect();
+            let len = batch.len();
+            let reply = self
+                .client
+                .ask(
+                    "Submit",
+                    OrchestratorRequest::Submit {
+                        queue: self.queue,
+                        actions: batch,
+                    },
+                )
+                .await?;
+            match reply {
+                OrchestratorReply::Submitted { lsns: got } if got.len() == len => {
+                    lsns.extend(got);
+                }
+                other => return Err(unexpected("Submit", &other)),
+            }
+        }
+        Ok(lsns)
+    }
+
+    /// The queue's counts.
+    pub async fn status(&self) -> Result<QueueStatus, ClientError> {
+        match self
+            .client
+            .ask("QueueStatus", OrchestratorRequest::QueueStatus(self.queue))
+            .await?
+        {
+            OrchestratorReply::QueueStatus(status) => Ok(status),
+            other => Err(unexpected("QueueStatus", &other)),
+        }
+    }
+
+    /// Finished results not yet retired, in LSN order: those after `after`, at most `limit`
+    /// (`None`: the orchestrator's page size).
+    pub async fn results(
+        &self,
+        after: Option<Lsn>,
+        limit: Option<u32>,
+    ) -> Result<Vec<ActionResult>, ClientError> {
+        let request = OrchestratorRequest::ListResults {
+            queue: self.queue,
+            after,
+            limit,
+        };
+        match self.client.ask("ListResults", request).await? {
+            OrchestratorReply::Results(results) => Ok(results),
+            other => Err(unexpected("ListResults", &other)),
+        }
+    }
+
+    /// Every finished result not yet retired, paging through them.
+    pub async fn all_results(&self) -> Result<Vec<ActionResult>, ClientError> {
+        let mut all: Vec<ActionResult> = Vec::new();
+        loop {
+            let after = all.last().map(|r| r.record.lsn());
+            let page = self.results(after, None).await?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
+    /// The result of one finished action, if it is finished and not retired.
+    pub async fn result(&self, lsn: Lsn) -> Result<Option<ActionResult>, ClientError> {
+        let after = lsn.0.checked_sub(1).map(Lsn);
+        let page = self.results(after, Some(1)).await?;
+        Ok(page.into_iter().find(|r| r.record.lsn() == lsn))
+    }
+
+    /// Forgets finished results; returns how many were retired.
+    pub async fn retire(&self, lsns: Vec<Lsn>) -> Result<u64, ClientError> {
+        let request = OrchestratorRequest::Retire {
+            queue: self.queue,
+            lsns,
+        };
+        match self.client.ask("Retire", request).await? {
+            OrchestratorReply::Retired { count } => Ok(count),
+            other => Err(unexpected("Retire", &other)),
+        }
+    }
+
+    /// Accepts no new actions; the rest finish.
+    pub async fn drain(&self) -> Result<(), ClientError> {
+        match self
+            .client
+            .ask("Drain", OrchestratorRequest::Drain(self.queue))
+            .await?
+        {
+            OrchestratorReply::Ack => Ok(()),
+            other => Err(unexpected("Drain", &other)),
+        }
+    }
+
+    /// Cancels every pending and running action; returns how many.
+    pub async fn cancel(&self) -> Result<u64, ClientError> {
+        match self
+            .client
+            .ask("CancelQueue", OrchestratorRequest::CancelQueue(self.queue))
+            .await?
+        {
+            OrchestratorReply::Cancelled { count } => Ok(count),
+            other => Err(unexpected("CancelQueue", &other)),
+        }
+    }
+
+    /// Cancels one action; returns how many were cancelled (0 if it had already ended).
+    pub async fn cancel_action(&self, lsn: Lsn) -> Result<u64, ClientError> {
+        let request = OrchestratorRequest::CancelAction {
+            queue: self.queue,
+            lsn,
+        };
+        match self.client.ask("CancelAction", request).await? {
+            OrchestratorReply::Cancelled { count } => Ok(count),
+            other => Err(unexpected("CancelAction", &other)),
+        }
+    }
+
+    /// Retries a failed or abandoned action now; returns its new attempt.
+    pub async fn reschedule(&self, lsn: Lsn) -> Result<Attempt, ClientError> {
+        let request = OrchestratorRequest::Reschedule {
+            queue: self.queue,
+            lsn,
+        };
+        match self.client.ask("Reschedule", request).await? {
+            OrchestratorReply::Rescheduled { attempt } => Ok(attempt),
+            other => Err(unexpected("Reschedule", &other)),
+        }
+    }
+
+    /// Changes the priority of a pending action (higher runs first).
+    pub async fn set_priority(&self, lsn: Lsn, priority: i32) -> Result<(), ClientError> {
+        let request = OrchestratorRequest::SetPriority {
+            queue: self.queue,
+            lsn,
+            priority,
+        };
+        match self.client.ask("SetPriority", request).await? {
+            OrchestratorReply::Ack => Ok(()),
+            other => Err(unexpected("SetPriority", &other)),
+        }
+    }
+
+    /// One action's record.
+    pub async fn action(&self, lsn: Lsn) -> Result<ActionView, ClientError> {
+        let request = OrchestratorRequest::GetAction {
+            queue: self.queue,
+            lsn,
+        };
+        match self.client.ask("GetAction", request).await? {
+            OrchestratorReply::Action(view) => Ok(view),
+            other => Err(unexpected("GetAction", &other)),
+        }
+    }
+
+    /// Follows every action of the queue, and its completion.
+    pub async fn watch(&self) -> Result<Watch, ClientError> {
+        self.client
+            .subscribe(SubscriptionTarget::Queue(self.queue))
+            .await
+    }
+
+    /// Follows one action of the queue.
+    pub async fn watch_action(&self, lsn: Lsn) -> Result<Watch, ClientError> {
+        self.client.action_watch(self.queue, lsn).await
+    }
+
+    /// Waits until every action of the queue has reached a final state and returns the final
+    /// status; `None` waits without limit. Subscribes first, then reads the status, so no
+    /// completion is missed; re-reads it after a `Lagged` event and periodically, so lost
+    /// events only delay the answer.
+    pub async fn wait_complete(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<QueueStatus, ClientError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut watch = match self.watch().await {
+            Ok(watch) => Some(watch),
+            // A subscription is an optimisation here: polling alone still finishes.
+            Err(e @ ClientError::Orchestrator(_)) => return Err(e),
+            Err(error) => {
+                tracing::debug!(%error, "waiting without a subscription");
+                None
+            }
+        };
+        let mut status = self.status().await?;
+        let mut dirty = false;
+        let mut last_read = Instant::now();
+        loop {
+            if status.is_complete {
+                if let Some(watch) = watch.take() {
+                    let _ = watch.close().await;
+                }
+                return Ok(status);
+            }
+            let recheck_at = last_read + if dirty { RECHECK } else { IDLE_RECHECK };
+            let sleep_until = match deadline {
+                Some(d) if d < recheck_at => d,
+                _ => recheck_at,
+            };
+            let event = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = event => match event {
+                    Some(ClientEvent::QueueComplete { status: done, .. }) => status = done,
+                    Some(ClientEvent::Lagged { .. }) => {
+                        status = self.status().await?;
+                        last_read = Instant::now();
+                        dirty = false;
+                    }
+                    Some(ClientEvent::Transition { .. }) => dirty = true,
+                    Some(ClientEvent::Ended { reason, .. }) => {
+                        watch = None;
+                        status = self.status().await?;
+                        last_read = Instant::now();
+                        if !status.is_complete {
+                            return Err(ClientError::SubscriptionEnded(reason));
+                        }
+                    }
+                    None => watch = None,
+                },
+                _ = tokio::time::sleep_until(sleep_until) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(ClientError::Timeout(timeout.unwrap_or_default()));
+                    }
+                    status = self.status().await?;
+                    last_read = Instant::now();
+                    dirty = false;
+                }
+            }
+        }
+    }
+}

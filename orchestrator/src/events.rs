@@ -1,0 +1,323 @@
+//! Subscriptions: the transitions of a queue or of one action, told to a subscriber actor as
+//! [`ClientEvent`]s.
+//!
+//! ```text
+//!  Orchestrator ─ offer (try_send) ─▶ bounded channel ─▶ sender task ─ tell ─▶ subscriber
+//!      full: count the event as missed            channel empty and missed > 0: Lagged{missed}
+//!      closed / undeliverable: drop the subscription
+//! ```
+//!
+//! The orchestrator never waits for a subscriber (ORC-20): each subscription has its own
+//! bounded channel and sender task; when the channel is full the event is dropped and counted,
+//! and the subscriber is told `Lagged { missed }` as soon as the channel has drained. Events of
+//! one subscription keep the order in which the orchestrator applied them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use procmesh_protocol::messages::client::ClientEvent;
+use procmesh_protocol::messages::orchestrator::QueueStatus;
+use procmesh_protocol::{ActorId, Lsn, Transition};
+use procmesh_transport::{Node, RemoteRef};
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+use tokio::task::JoinHandle;
+
+/// Called with a subscription's id when its subscriber cannot be reached.
+pub(crate) type OnGone = Arc<dyn Fn(u64) + Send + Sync>;
+
+struct Sub {
+    queue: u64,
+    /// `Some` for a subscription to one action.
+    lsn: Option<Lsn>,
+    subscriber: ActorId,
+    tx: mpsc::Sender<ClientEvent>,
+    missed: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// Every live subscription.
+pub(crate) struct Subscriptions {
+    node: Node,
+    buffer: usize,
+    next: u64,
+    subs: BTreeMap<u64, Sub>,
+    by_queue: HashMap<u64, BTreeSet<u64>>,
+    on_gone: OnGone,
+}
+
+impl Subscriptions {
+    /// No subscription yet; events travel through `node`, `buffer` per subscription.
+    pub fn new(node: Node, buffer: usize, on_gone: OnGone) -> Subscriptions {
+        Subscriptions {
+            node,
+            buffer: buffer.max(1),
+            next: 0,
+            subs: BTreeMap::new(),
+            by_queue: HashMap::new(),
+            on_gone,
+        }
+    }
+
+    /// Starts a subscription of `subscriber` to `queue` (or one action of it); returns its id.
+    pub fn subscribe(&mut self, queue: u64, lsn: Option<Lsn>, subscriber: ActorId) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let missed = Arc::new(AtomicU64::new(0));
+        let to = self.node.remote_ref::<ClientEvent>(subscriber.clone());
+        let task = tokio::spawn(deliver(id, to, rx, missed.clone(), self.on_gone.clone()));
+        self.subs.insert(
+            id,
+            Sub {
+                queue,
+                lsn,
+                subscriber,
+                tx,
+                missed,
+                task,
+            },
+        );
+        self.by_queue.entry(queue).or_default().insert(id);
+        id
+    }
+
+    /// Ends a subscription; what it buffered is still delivered. `false` if unknown.
+    pub fn unsubscribe(&mut self, id: u64) -> bool {
+        let Some(sub) = self.subs.remove(&id) else {
+            return false;
+        };
+        if let Some(set) = self.by_queue.get_mut(&sub.queue) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_queue.remove(&sub.queue);
+            }
+        }
+        true
+    }
+
+    /// Ends every subscription of `subscriber` (it cannot be reached); returns how many.
+    pub fn drop_subscriber(&mut self, subscriber: &ActorId) -> usize {
+        let ids: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| &s.subscriber == subscriber)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(sub) = self.subs.get(id) {
+                sub.task.abort();
+            }
+            self.unsubscribe(*id);
+        }
+        ids.len()
+    }
+
+    /// Whether any subscription follows `queue`.
+    pub fn follows(&self, queue: u64) -> bool {
+        self.by_queue.contains_key(&queue)
+    }
+
+    /// Offers a transition of an action of `queue` to its subscriptions.
+    pub fn transition(&mut self, queue: u64, transition: &Transition) {
+        let Some(ids) = self.by_queue.get(&queue) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        for id in ids {
+            let Some(sub) = self.subs.get(id) else {
+                continue;
+            };
+            if sub.lsn.is_some_and(|lsn| lsn != transition.lsn) {
+                continue;
+            }
+            let event = ClientEvent::Transition {
+                subscription: *id,
+                queue,
+                transition: transition.clone(),
+            };
+            if !offer(sub, event) {
+                closed.push(*id);
+            }
+        }
+        for id in closed {
+            self.unsubscribe(id);
+        }
+    }
+
+    /// Offers a queue's completion to the subscriptions following the whole queue.
+    pub fn complete(&mut self, status: &QueueStatus) {
+        let Some(ids) = self.by_queue.get(&status.id) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        for id in ids {
+            let Some(sub) = self.subs.get(id) else {
+                continue;
+            };
+            if sub.lsn.is_some() {
+                continue;
+            }
+            let event = ClientEvent::QueueComplete {
+                subscription: *id,
+                status: status.clone(),
+            };
+            if !offer(sub, event) {
+                closed.push(*id);
+            }
+        }
+        for id in closed {
+            self.unsubscribe(id);
+        }
+    }
+
+    /// Ends every subscription with `Ended { reason }` and waits (up to `grace`) for what was
+    /// buffered to be handed to the mesh.
+    pub async fn end_all(&mut self, reason: &str, grace: Duration) {
+        let subs = std::mem::take(&mut self.subs);
+        self.by_queue.clear();
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut tasks = Vec::with_capacity(subs.len());
+        for (id, sub) in subs {
+            let ended = ClientEvent::Ended {
+                subscription: id,
+                reason: reason.to_owned(),
+            };
+            let _ = tokio::time::timeout_at(deadline, sub.tx.send(ended)).await;
+            drop(sub.tx);
+            tasks.push(sub.task);
+        }
+        for task in tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::debug!("a subscriber did not take its last events in time");
+            }
+        }
+    }
+}
+
+/// Queues `event` without waiting; a full channel counts it as missed. `false` once the
+/// sender task has ended.
+fn offer(sub: &Sub, event: ClientEvent) -> bool {
+    match sub.tx.try_send(event) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            sub.missed.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
+}
+
+/// One subscription's sender task: tells every event in order; tells `Lagged` once the channel
+/// has drained after drops; stops at the first event that cannot be handed over.
+async fn deliver(
+    id: u64,
+    to: RemoteRef<ClientEvent>,
+    mut rx: mpsc::Receiver<ClientEvent>,
+    missed: Arc<AtomicU64>,
+    on_gone: OnGone,
+) {
+    loop {
+        let event = match rx.try_recv() {
+            Ok(event) => event,
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => match missed.swap(0, Ordering::Relaxed) {
+                0 => match rx.recv().await {
+                    Some(event) => event,
+                    None => return,
+                },
+                n => ClientEvent::Lagged {
+                    subscription: id,
+                    missed: n,
+                },
+            },
+        };
+        if let Err(error) = to.tell(event).await {
+            tracing::info!(%error, subscriber = %to.id(), subscription = id, "subscriber gone");
+            on_gone(id);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kameo::actor::Spawn;
+    use kameo::message::{Context, Message};
+    use kameo::Actor;
+    use procmesh_protocol::{ActionState, Attempt};
+    use procmesh_transport::{LocalHub, NodeBuilder, Request};
+
+    use super::*;
+
+    /// A subscriber that takes 5 ms per event, behind a one-slot mailbox.
+    #[derive(Actor)]
+    struct Slow(mpsc::UnboundedSender<ClientEvent>);
+
+    impl Message<Request<ClientEvent>> for Slow {
+        type Reply = ();
+
+        async fn handle(&mut self, req: Request<ClientEvent>, _: &mut Context<Self, ()>) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let _ = self.0.send(req.message);
+        }
+    }
+
+    // Attests ORC-20
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_what_it_missed_in_order() {
+        let hub = LocalHub::new();
+        let node = NodeBuilder::new("service")
+            .local(&hub, "o")
+            .start()
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let slow = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::bounded(1));
+        let subscriber = node.expose("slow", slow).unwrap();
+        let mut subs = Subscriptions::new(node.clone(), 2, Arc::new(|_| {}));
+        let id = subs.subscribe(7, None, subscriber);
+        assert!(subs.follows(7) && !subs.follows(8));
+        let total = 50u64;
+        for n in 1..=total {
+            let t = Transition::new(
+                Lsn(n),
+                Attempt::FIRST,
+                ActionState::Pending,
+                Default::default(),
+            );
+            subs.transition(7, &t);
+            subs.transition(8, &t); // another queue: nobody follows it
+        }
+        let (mut delivered, mut missed, mut last) = (0u64, 0u64, 0u64);
+        while delivered + missed < total {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("events in time")
+                .expect("subscriber alive");
+            assert_eq!(event.subscription(), id);
+            match event {
+                ClientEvent::Transition {
+                    transition, queue, ..
+                } => {
+                    assert_eq!(queue, 7);
+                    assert!(transition.lsn.0 > last, "in order");
+                    last = transition.lsn.0;
+                    delivered += 1;
+                }
+                ClientEvent::Lagged { missed: n, .. } => missed += n,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(missed > 0, "a slow subscriber lags");
+        assert_eq!(delivered + missed, total);
+        subs.end_all("test over", Duration::from_secs(5)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(ended, ClientEvent::Ended { .. }), "{ended:?}");
+        assert!(!subs.follows(7));
+    }
+}

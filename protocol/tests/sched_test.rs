@@ -509,6 +509,9 @@ proptest! {
                     prop_assert_eq!(result.is_ok(), state.is_retryable() && !cancelled);
                     if result.is_ok() {
                         rescheduled.insert(lsn);
+                        // A cancellation stops the attempt it was asked for; the new attempt
+                        // a reschedule makes is retried by the limit again.
+                        stopping.remove(&lsn);
                     }
                 }
                 Event::SetPriority { pick: i, priority } => {

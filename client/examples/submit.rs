@@ -103,6 +103,8 @@ async fn main() -> anyhow::Result<()> {
                     println!("subscription ended: {reason}");
                     return None;
                 }
+                // A `Watch` unpacks batches: it never yields one.
+                ClientEvent::Batch { .. } => {}
             }
         }
         None

@@ -434,6 +434,7 @@ fn request_name(request: &OrchestratorRequest) -> &'static str {
         OrchestratorRequest::Heartbeat(_) => "Heartbeat",
         OrchestratorRequest::ProcLost { .. } => "ProcLost",
         OrchestratorRequest::ActionUpdate(_) => "ActionUpdate",
+        OrchestratorRequest::ActionUpdates(_) => "ActionUpdates",
         OrchestratorRequest::GetWorker(_) => "GetWorker",
         OrchestratorRequest::CreateQueue(_) => "CreateQueue",
         OrchestratorRequest::QueueStatus(_) => "QueueStatus",

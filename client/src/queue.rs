@@ -289,7 +289,8 @@ impl Queue {
                         last_read = Instant::now();
                         dirty = false;
                     }
-                    Some(ClientEvent::Transition { .. }) => dirty = true,
+                    // A watch unpacks batches; count one as progress all the same.
+                    Some(ClientEvent::Transition { .. } | ClientEvent::Batch { .. }) => dirty = true,
                     Some(ClientEvent::Ended { reason, .. }) => {
                         watch = None;
                         status = self.status().await?;

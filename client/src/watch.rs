@@ -41,6 +41,12 @@ impl EventSink {
     }
 
     fn offer(&mut self, event: ClientEvent) {
+        if let ClientEvent::Batch { events, .. } = event {
+            for event in events {
+                self.offer(event);
+            }
+            return;
+        }
         self.subscription = event.subscription();
         if self.missed > 0 {
             let lagged = ClientEvent::Lagged {

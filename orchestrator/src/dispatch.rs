@@ -4,7 +4,7 @@
 //! ```text
 //!  trigger (submit, heartbeat, an attempt ended, a retry) ─▶ flag set? no ─▶ tell self Dispatch
 //!  Dispatch ─▶ procs of alive hosts, free = max − placed (ORC-16) ─▶ Book::schedule
-//!           ─▶ per Dispatch: publish Submitting, spawn ask AgentRequest::Submit
+//!           ─▶ publish each Submitting; per proc, spawn one ask AgentRequest::SubmitBatch
 //!           ─▶ a full batch? tell self Dispatch again (other requests run in between)
 //!  ask refused / unreachable ─▶ Internal::SubmitFailed ─▶ Abandoned (attempt-fenced),
 //!                                 proc sidelined until its next heartbeat (ORC-17)
@@ -12,7 +12,9 @@
 
 use procmesh_protocol::messages::agent::{ActionSpec, AgentReply, AgentRequest};
 use procmesh_protocol::sched::StopOrder;
-use procmesh_protocol::{ActionState, AttemptRef, ProcId, Timestamp, Transition, TransitionDetail};
+use procmesh_protocol::{
+    ActionState, ActorId, AttemptRef, ProcId, Timestamp, Transition, TransitionDetail,
+};
 use tracing::Instrument as _;
 
 use crate::registry::free_slots;
@@ -47,6 +49,8 @@ impl Service {
         let batch = self.config.dispatch_batch as usize;
         let dispatches = self.book.schedule(&procs, batch, now);
         let full = dispatches.len() >= batch;
+        // One message per proc and pass: the specs placed there, in dispatch order.
+        let mut per_proc: Vec<(ProcId, ActorId, Vec<ActionSpec>)> = Vec::new();
         for d in dispatches {
             let proc = procs[d.proc].id.clone();
             self.subs.transition(d.queue, &d.transition);
@@ -70,42 +74,75 @@ impl Service {
                 priority: d.priority,
                 action: def,
             };
-            let agent_ref = self
-                .node
-                .remote_ref::<AgentRequest>(agent.clone())
-                .with_sender(self.me.clone());
-            let report_to = self.me.clone();
-            let timeout = self.config.agent_timeout();
-            let myself = self.myself.clone();
-            let span = tracing::debug_span!("submit", lsn = %attempt.lsn, attempt = %attempt.attempt, %agent);
-            tokio::spawn(
-                async move {
-                    let request = AgentRequest::Submit {
-                        action: spec,
-                        report_to,
+            match per_proc.iter_mut().find(|(p, _, _)| *p == proc) {
+                Some((_, _, specs)) => specs.push(spec),
+                None => per_proc.push((proc, agent, vec![spec])),
+            }
+        }
+        for (proc, agent, specs) in per_proc {
+            self.send_batch(proc, agent, specs);
+        }
+        if full {
+            self.trigger_dispatch();
+        }
+    }
+
+    /// Sends the specs placed on one proc as one `SubmitBatch` from a spawned task; every
+    /// attempt refused or lost comes back as `Internal::SubmitFailed` (ORC-17, ORC-21).
+    fn send_batch(&self, proc: ProcId, agent: ActorId, specs: Vec<ActionSpec>) {
+        let agent_ref = self
+            .node
+            .remote_ref::<AgentRequest>(agent.clone())
+            .with_sender(self.me.clone());
+        let report_to = self.me.clone();
+        let timeout = self.config.agent_timeout();
+        let myself = self.myself.clone();
+        let span = tracing::debug_span!("submit", n = specs.len(), %agent);
+        let attempts: Vec<AttemptRef> = specs.iter().map(ActionSpec::attempt_ref).collect();
+        tokio::spawn(
+            async move {
+                let request = AgentRequest::SubmitBatch {
+                    actions: specs,
+                    report_to,
+                };
+                let failures: Vec<(AttemptRef, String)> =
+                    match agent_ref.ask(request, timeout).await {
+                        Ok(Ok(AgentReply::Batch(answers))) if answers.len() == attempts.len() => {
+                            attempts
+                                .into_iter()
+                                .zip(answers)
+                                .filter_map(|(attempt, answer)| {
+                                    let error = answer.err()?;
+                                    Some((attempt, format!("refused by {agent}: {error}")))
+                                })
+                                .collect()
+                        }
+                        other => {
+                            let why = match other {
+                                Ok(Ok(reply)) => format!("unexpected answer to SubmitBatch: {reply:?}"),
+                                Ok(Err(error)) => format!("refused by {agent}: {error}"),
+                                Err(error) => format!("{agent} unreachable: {error}"),
+                            };
+                            attempts.into_iter().map(|a| (a, why.clone())).collect()
+                        }
                     };
-                    let reason = match agent_ref.ask(request, timeout).await {
-                        Ok(Ok(AgentReply::Accepted(_))) => return,
-                        Ok(Ok(other)) => format!("unexpected answer to Submit: {other:?}"),
-                        Ok(Err(error)) => format!("refused by {agent}: {error}"),
-                        Err(error) => format!("{agent} unreachable: {error}"),
-                    };
-                    tracing::info!(%reason, "submission failed");
-                    if let Some(me) = myself.upgrade() {
+                if failures.is_empty() {
+                    return;
+                }
+                tracing::info!(failed = failures.len(), reason = %failures[0].1, "submissions failed");
+                if let Some(me) = myself.upgrade() {
+                    for (attempt, reason) in failures {
                         let failed = Internal::SubmitFailed {
                             attempt,
-                            proc,
+                            proc: proc.clone(),
                             reason,
                         };
                         let _ = me.tell(failed).try_send();
                     }
                 }
-                .instrument(span),
-            );
-        }
-        if full {
-            self.trigger_dispatch();
-        }
+            }
+            .instrument(span),
+        );
     }
 
     /// A submission failed: the attempt, if the book still has it submitting on that proc, is

@@ -209,6 +209,9 @@ fn offer(sub: &Sub, event: ClientEvent) -> bool {
     }
 }
 
+/// Most events told in one message.
+const MAX_EVENT_BATCH: usize = 256;
+
 /// One subscription's sender task: tells every event in order; tells `Lagged` once the channel
 /// has drained after drops; stops at the first event that cannot be handed over.
 async fn deliver(
@@ -232,6 +235,24 @@ async fn deliver(
                     missed: n,
                 },
             },
+        };
+        // What piled up meanwhile goes along in one message (never a `Lagged`: that is only
+        // made once the channel is empty).
+        let mut more = Vec::new();
+        while more.len() < MAX_EVENT_BATCH {
+            match rx.try_recv() {
+                Ok(next) => more.push(next),
+                Err(_) => break,
+            }
+        }
+        let event = if more.is_empty() {
+            event
+        } else {
+            more.insert(0, event);
+            ClientEvent::Batch {
+                subscription: id,
+                events: more,
+            }
         };
         if let Err(error) = to.tell(event).await {
             tracing::info!(%error, subscriber = %to.id(), subscription = id, "subscriber gone");
@@ -260,7 +281,18 @@ mod tests {
 
         async fn handle(&mut self, req: Request<ClientEvent>, _: &mut Context<Self, ()>) {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let _ = self.0.send(req.message);
+            match req.message {
+                ClientEvent::Batch { events, .. } => {
+                    assert!(events.len() > 1, "a batch carries several events");
+                    for event in events {
+                        assert!(!matches!(event, ClientEvent::Batch { .. }), "never nested");
+                        let _ = self.0.send(event);
+                    }
+                }
+                event => {
+                    let _ = self.0.send(event);
+                }
+            }
         }
     }
 

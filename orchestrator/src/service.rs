@@ -279,6 +279,16 @@ impl Service {
                 Ok(OrchestratorReply::Ack)
             }
             R::ActionUpdate(t) => self.action_update(t, now),
+            R::ActionUpdates(transitions) => {
+                // Each on its own, in order: one refused (stale, unknown) does not hold up the
+                // rest.
+                for t in transitions {
+                    if let Err(error) = self.action_update(t, now) {
+                        tracing::debug!(%error, "update of a batch refused");
+                    }
+                }
+                Ok(OrchestratorReply::Ack)
+            }
             R::GetWorker(id) => self
                 .store
                 .worker(&id)

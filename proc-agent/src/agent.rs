@@ -27,7 +27,7 @@ use procmesh_protocol::messages::agent::{
 use procmesh_protocol::messages::host::{HostReply, HostRequest};
 use procmesh_protocol::messages::orchestrator::{OrchestratorReply, OrchestratorRequest};
 use procmesh_protocol::spec::{WorkerDescriptor, WorkerId};
-use procmesh_protocol::{ActorId, ProcId};
+use procmesh_protocol::{ActorId, ProcId, Transition};
 use procmesh_transport::remote::BoxFuture;
 use procmesh_transport::{Node, RemoteRef, Request, WireReply};
 use tokio::sync::{mpsc, Notify};
@@ -144,6 +144,17 @@ impl ProcAgent {
                     .submit(action, report_to)
                     .map(AgentReply::Accepted)
             }
+            AgentRequest::SubmitBatch { actions, report_to } => {
+                if self.stopping {
+                    return Err(AgentError::Stopping);
+                }
+                Ok(AgentReply::Batch(
+                    actions
+                        .into_iter()
+                        .map(|action| self.runner.submit(action, report_to.clone()))
+                        .collect(),
+                ))
+            }
             AgentRequest::Cancel {
                 lsn,
                 attempt,
@@ -185,22 +196,38 @@ fn unreachable_probe() -> AgentResult {
     Err(AgentError::Internal("probe handled out of line".into()))
 }
 
-/// Tells every reported transition to its `report_to`, in order (PA-AG-1).
+/// Most transitions told in one message.
+const MAX_REPORT_BATCH: usize = 512;
+
+/// Tells every reported transition to its `report_to`, in order (PA-AG-1). What piled up while
+/// the previous message was in flight goes as one `ActionUpdates` per destination.
 pub async fn pump_reports(node: Node, mut reports: mpsc::UnboundedReceiver<Report>) {
     let mut refs: HashMap<ActorId, RemoteRef<OrchestratorRequest>> = HashMap::new();
-    while let Some(Report {
-        report_to,
-        transition,
-    }) = reports.recv().await
-    {
-        let target = refs
-            .entry(report_to.clone())
-            .or_insert_with(|| node.remote_ref(report_to.clone()));
-        if let Err(error) = target
-            .tell(OrchestratorRequest::ActionUpdate(transition))
-            .await
+    let mut batch: Vec<Report> = Vec::new();
+    while reports.recv_many(&mut batch, MAX_REPORT_BATCH).await > 0 {
+        // Per destination, in the order reported (one destination in practice).
+        let mut by_dest: Vec<(ActorId, Vec<Transition>)> = Vec::new();
+        for Report {
+            report_to,
+            transition,
+        } in batch.drain(..)
         {
-            tracing::warn!(%error, %report_to, "transition not sent");
+            match by_dest.iter_mut().find(|(dest, _)| *dest == report_to) {
+                Some((_, ts)) => ts.push(transition),
+                None => by_dest.push((report_to, vec![transition])),
+            }
+        }
+        for (report_to, mut transitions) in by_dest {
+            let target = refs
+                .entry(report_to.clone())
+                .or_insert_with(|| node.remote_ref(report_to.clone()));
+            let message = match transitions.len() {
+                1 => OrchestratorRequest::ActionUpdate(transitions.remove(0)),
+                _ => OrchestratorRequest::ActionUpdates(transitions),
+            };
+            if let Err(error) = target.tell(message).await {
+                tracing::warn!(%error, %report_to, "transitions not sent");
+            }
         }
     }
 }

@@ -197,6 +197,10 @@ impl Message<Request<OrchestratorRequest>> for FakeOrchestrator {
                 seen.transitions.push(t);
                 Ok(OrchestratorReply::Ack)
             }
+            OrchestratorRequest::ActionUpdates(ts) => {
+                seen.transitions.extend(ts);
+                Ok(OrchestratorReply::Ack)
+            }
             _ => Ok(OrchestratorReply::Ack),
         })
     }

@@ -30,7 +30,7 @@ use procmesh_protocol::messages::orchestrator::{
     OrchestratorError, OrchestratorReply, OrchestratorRequest,
 };
 use procmesh_protocol::spec::{ActionDef, WorkerDescriptor, WorkerFile, WorkerId};
-use procmesh_protocol::{ActionState, SERVICE_PROC};
+use procmesh_protocol::{ActionState, Transition, SERVICE_PROC};
 use procmesh_transport::{BlobStore, MeshCa, NodeBuilder, RemoteRef, Request, Role, WireReply};
 use tokio::sync::Semaphore;
 
@@ -47,6 +47,26 @@ struct Sink {
     failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Sink {
+    /// Notes when an action entered each phase; frees its slot once it ends.
+    fn record(&self, t: Transition) {
+        let i = match t.state {
+            ActionState::Submitting => 0,
+            ActionState::Running => 1,
+            _ => 2,
+        };
+        self.phases.lock().unwrap().entry(t.lsn.0).or_default()[i] = t.at.as_millis();
+        if t.state.is_terminal() {
+            if t.state != ActionState::Completed {
+                self.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(?t, "bench action did not complete");
+            }
+            self.slots.add_permits(1);
+        }
+    }
+}
+
 impl Message<Request<OrchestratorRequest>> for Sink {
     type Reply = WireReply<Result<OrchestratorReply, OrchestratorError>>;
 
@@ -61,20 +81,11 @@ impl Message<Request<OrchestratorRequest>> for Sink {
             }
             OrchestratorRequest::GetWorker(id) => Err(OrchestratorError::UnknownWorker(id)),
             OrchestratorRequest::ActionUpdate(t) => {
-                let i = match t.state {
-                    ActionState::Submitting => 0,
-                    ActionState::Running => 1,
-                    _ => 2,
-                };
-                self.phases.lock().unwrap().entry(t.lsn.0).or_default()[i] = t.at.as_millis();
-                if t.state.is_terminal() {
-                    if t.state != ActionState::Completed {
-                        self.failed
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(?t, "bench action did not complete");
-                    }
-                    self.slots.add_permits(1);
-                }
+                self.record(t);
+                Ok(OrchestratorReply::Ack)
+            }
+            OrchestratorRequest::ActionUpdates(ts) => {
+                ts.into_iter().for_each(|t| self.record(t));
                 Ok(OrchestratorReply::Ack)
             }
             _ => Ok(OrchestratorReply::Ack),

@@ -74,7 +74,9 @@ async fn watch_on(client: &procmesh_client::Client, args: &WatchArgs) -> anyhow:
                             tracing::warn!(%reason, "subscription ended; polling");
                             open = false;
                         }
-                        ClientEvent::Lagged { .. } | ClientEvent::Transition { .. } => dirty = true,
+                        ClientEvent::Lagged { .. }
+                        | ClientEvent::Transition { .. }
+                        | ClientEvent::Batch { .. } => dirty = true,
                     }
                 }
                 None => open = false,

@@ -141,6 +141,53 @@ fn detail_at(node: &Node) -> TransitionDetail {
     }
 }
 
+impl FakeAgent {
+    /// One submission, as the real agent would take it.
+    fn submit_one(
+        &self,
+        log: &mut std::sync::MutexGuard<'_, AgentLog>,
+        action: procmesh_protocol::messages::agent::ActionSpec,
+        report_to: procmesh_protocol::ActorId,
+    ) -> Result<AttemptRef, AgentError> {
+        let attempt = action.attempt_ref();
+        log.submits.push(attempt);
+        if log.held.len() >= self.max as usize {
+            return Err(AgentError::NoCapacity { max: self.max });
+        }
+        let running = Transition::new(attempt.lsn, attempt.attempt, ActionState::Running, now())
+            .with_detail(detail_at(&self.node));
+        let _ = self.reports.send((report_to.clone(), running));
+        match (self.plan)(attempt.lsn, attempt.attempt) {
+            Outcome::Hang => {
+                log.held.insert(attempt, report_to);
+            }
+            outcome => {
+                let (state, exit) = match outcome {
+                    Outcome::Complete => (ActionState::Completed, 0),
+                    _ => (ActionState::Failed, 1),
+                };
+                let text = format!("lsn {} attempt {}", attempt.lsn, attempt.attempt);
+                let end = Transition::new(attempt.lsn, attempt.attempt, state, now()).with_detail(
+                    TransitionDetail {
+                        exit: Some(ExitStatus::Code(exit)),
+                        cpu_ms: Some(1),
+                        outputs: vec![OutputFile {
+                            path: "out.txt".into(),
+                            hash: BlobHash::of(text.as_bytes()),
+                            size: text.len() as u64,
+                        }],
+                        stdout_tail: text.clone().into_bytes(),
+                        stderr_tail: b"err".to_vec(),
+                        ..TransitionDetail::default()
+                    },
+                );
+                let _ = self.reports.send((report_to, end));
+            }
+        }
+        Ok(attempt)
+    }
+}
+
 impl Message<Request<AgentRequest>> for FakeAgent {
     type Reply = WireReply<Result<AgentReply, AgentError>>;
 
@@ -151,44 +198,15 @@ impl Message<Request<AgentRequest>> for FakeAgent {
     ) -> Self::Reply {
         let mut log = self.log.lock().unwrap();
         Ok(match req.message {
-            AgentRequest::Submit { action, report_to } => {
-                let attempt = action.attempt_ref();
-                log.submits.push(attempt);
-                if log.held.len() >= self.max as usize {
-                    return Ok(Err(AgentError::NoCapacity { max: self.max }));
-                }
-                let running =
-                    Transition::new(attempt.lsn, attempt.attempt, ActionState::Running, now())
-                        .with_detail(detail_at(&self.node));
-                let _ = self.reports.send((report_to.clone(), running));
-                match (self.plan)(attempt.lsn, attempt.attempt) {
-                    Outcome::Hang => {
-                        log.held.insert(attempt, report_to);
-                    }
-                    outcome => {
-                        let (state, exit) = match outcome {
-                            Outcome::Complete => (ActionState::Completed, 0),
-                            _ => (ActionState::Failed, 1),
-                        };
-                        let text = format!("lsn {} attempt {}", attempt.lsn, attempt.attempt);
-                        let end = Transition::new(attempt.lsn, attempt.attempt, state, now())
-                            .with_detail(TransitionDetail {
-                                exit: Some(ExitStatus::Code(exit)),
-                                cpu_ms: Some(1),
-                                outputs: vec![OutputFile {
-                                    path: "out.txt".into(),
-                                    hash: BlobHash::of(text.as_bytes()),
-                                    size: text.len() as u64,
-                                }],
-                                stdout_tail: text.clone().into_bytes(),
-                                stderr_tail: b"err".to_vec(),
-                                ..TransitionDetail::default()
-                            });
-                        let _ = self.reports.send((report_to, end));
-                    }
-                }
-                Ok(AgentReply::Accepted(attempt))
-            }
+            AgentRequest::Submit { action, report_to } => self
+                .submit_one(&mut log, action, report_to)
+                .map(AgentReply::Accepted),
+            AgentRequest::SubmitBatch { actions, report_to } => Ok(AgentReply::Batch(
+                actions
+                    .into_iter()
+                    .map(|action| self.submit_one(&mut log, action, report_to.clone()))
+                    .collect(),
+            )),
             AgentRequest::Cancel {
                 lsn,
                 attempt,
@@ -371,7 +389,16 @@ impl Message<Request<ClientEvent>> for Subscriber {
     type Reply = ();
 
     async fn handle(&mut self, req: Request<ClientEvent>, _ctx: &mut Context<Self, Self::Reply>) {
-        let _ = self.events.send(req.message);
+        match req.message {
+            ClientEvent::Batch { events, .. } => {
+                for event in events {
+                    let _ = self.events.send(event);
+                }
+            }
+            event => {
+                let _ = self.events.send(event);
+            }
+        }
     }
 }
 

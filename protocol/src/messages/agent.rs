@@ -52,6 +52,18 @@ pub enum AgentRequest {
         /// Why.
         reason: String,
     },
+    /// Run several attempts: each is accepted or refused on its own, as one [`Submit`] would
+    /// be. Answered by [`AgentReply::Batch`], one answer per action, in order; `Stopping` refuses
+    /// the whole batch. One message instead of many when the orchestrator places several actions
+    /// on one proc in the same pass.
+    ///
+    /// [`Submit`]: AgentRequest::Submit
+    SubmitBatch {
+        /// What to run.
+        actions: Vec<ActionSpec>,
+        /// Where to send their transitions (the orchestrator).
+        report_to: ActorId,
+    },
 }
 
 /// What a [`AgentRequest::Probe`] asks.
@@ -119,6 +131,8 @@ pub enum AgentReply {
         /// How many actions it is cancelling.
         running: u32,
     },
+    /// The answers to a [`AgentRequest::SubmitBatch`], one per action, in order.
+    Batch(Vec<Result<AttemptRef, AgentError>>),
 }
 
 impl RemoteMessage for AgentRequest {

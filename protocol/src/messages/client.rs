@@ -43,6 +43,14 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
+    /// Several events of the subscription, in order (what piled up while the previous message
+    /// was in flight). Never nested.
+    Batch {
+        /// The subscription.
+        subscription: u64,
+        /// The events.
+        events: Vec<ClientEvent>,
+    },
 }
 
 impl ClientEvent {
@@ -52,7 +60,8 @@ impl ClientEvent {
             ClientEvent::Transition { subscription, .. }
             | ClientEvent::QueueComplete { subscription, .. }
             | ClientEvent::Lagged { subscription, .. }
-            | ClientEvent::Ended { subscription, .. } => *subscription,
+            | ClientEvent::Ended { subscription, .. }
+            | ClientEvent::Batch { subscription, .. } => *subscription,
         }
     }
 }

@@ -52,6 +52,9 @@ pub enum OrchestratorRequest {
     },
     /// An action moved. Answered by [`OrchestratorReply::Updated`].
     ActionUpdate(Transition),
+    /// Several transitions, in the order they happened (a proc agent batches what piled up
+    /// while the previous message was in flight). Answered by [`OrchestratorReply::Ack`].
+    ActionUpdates(Vec<Transition>),
     /// A proc agent needs a worker's descriptor. Answered by [`OrchestratorReply::Worker`].
     GetWorker(WorkerId),
     /// Create a queue. Answered by [`OrchestratorReply::QueueCreated`].

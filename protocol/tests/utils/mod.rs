@@ -462,6 +462,8 @@ pub fn agent_request() -> impl Strategy<Value = AgentRequest> {
         Just(AgentRequest::Capacity),
         Just(AgentRequest::Status),
         text().prop_map(|reason| AgentRequest::Stop { reason }),
+        (vec(action_spec(), 0..3), actor_id())
+            .prop_map(|(actions, report_to)| AgentRequest::SubmitBatch { actions, report_to }),
     ]
 }
 
@@ -489,6 +491,14 @@ pub fn agent_result() -> impl Strategy<Value = Result<AgentReply, AgentError>> {
             })
         ),
         any::<u32>().prop_map(|running| AgentReply::Stopping { running }),
+        vec(
+            prop_oneof![
+                attempt_ref().prop_map(Ok),
+                any::<u32>().prop_map(|max| Err(AgentError::NoCapacity { max })),
+            ],
+            0..3
+        )
+        .prop_map(AgentReply::Batch),
     ];
     let error = prop_oneof![
         any::<u32>().prop_map(|max| AgentError::NoCapacity { max }),
@@ -547,6 +557,7 @@ pub fn orchestrator_request() -> impl Strategy<Value = OrchestratorRequest> {
             }
         }),
         transition().prop_map(R::ActionUpdate),
+        vec(transition(), 0..3).prop_map(R::ActionUpdates),
         worker_id().prop_map(R::GetWorker),
         (any::<u32>(), any::<i32>(), text()).prop_map(|(retry_limit, default_priority, name)| {
             R::CreateQueue(QueueConfig {
@@ -744,6 +755,19 @@ pub fn client_event() -> impl Strategy<Value = ClientEvent> {
             subscription,
             reason
         }),
+        (any::<u64>(), any::<u64>(), vec(transition(), 0..3)).prop_map(
+            |(subscription, queue, transitions)| ClientEvent::Batch {
+                subscription,
+                events: transitions
+                    .into_iter()
+                    .map(|transition| ClientEvent::Transition {
+                        subscription,
+                        queue,
+                        transition,
+                    })
+                    .collect(),
+            }
+        ),
     ]
 }
 

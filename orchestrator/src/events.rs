@@ -84,6 +84,13 @@ impl Subscriptions {
     }
 
     /// Ends a subscription; what it buffered is still delivered. `false` if unknown.
+    /// Whether subscription `id` delivers to an actor of `proc` (the proc that subscribed).
+    pub fn owned_by(&self, id: u64, proc: &procmesh_protocol::ProcId) -> bool {
+        self.subs
+            .get(&id)
+            .is_some_and(|sub| sub.subscriber.proc_id() == proc)
+    }
+
     pub fn unsubscribe(&mut self, id: u64) -> bool {
         let Some(sub) = self.subs.remove(&id) else {
             return false;

@@ -66,6 +66,9 @@
 //! - **ORC-24** Cancelling a placed attempt sends `Cancel` to its agent; if no agent is known, it
 //!   refuses, or does not hold the attempt, the orchestrator records `Cancelled` itself (a copy
 //!   still running is then an orphan, stopped through the host's heartbeat).
+//! - **ORC-25** A subscription is stopped only at the request of the proc that made it (its
+//!   subscriber's proc); anyone else is told it is unknown, so ids cannot be probed or
+//!   cancelled across clients.
 //!
 //! # Decisions where the architecture is silent
 //! - A refused or failed submission is `Abandoned` (not `Failed`): the work never ran.

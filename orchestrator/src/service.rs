@@ -219,7 +219,7 @@ impl Message<Request<OrchestratorRequest>> for Service {
             return Ok(Err(OrchestratorError::ShuttingDown));
         }
         let loopback = req.is_loopback();
-        let result = self.handle_request(req.message, loopback, now());
+        let result = self.handle_request(req.message, &req.from, loopback, now());
         if let Err(error) = &result {
             tracing::debug!(%error, code = error.code(), from = %req.from, "request refused");
         }
@@ -265,6 +265,7 @@ impl Service {
     fn handle_request(
         &mut self,
         message: OrchestratorRequest,
+        from: &ActorId,
         loopback: bool,
         now: Timestamp,
     ) -> Answer {
@@ -375,7 +376,10 @@ impl Service {
                 Ok(OrchestratorReply::Subscribed { subscription })
             }
             R::Unsubscribe { subscription } => {
-                if self.subs.unsubscribe(subscription) {
+                // ORC-25: only the proc that subscribed may stop the subscription.
+                if self.subs.owned_by(subscription, from.proc_id())
+                    && self.subs.unsubscribe(subscription)
+                {
                     Ok(OrchestratorReply::Ack)
                 } else {
                     Err(OrchestratorError::UnknownSubscription(subscription))

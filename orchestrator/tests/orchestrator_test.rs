@@ -495,5 +495,16 @@ async fn an_action_subscription_follows_one_action() {
         .ask(OrchestratorRequest::Unsubscribe { subscription: 999 })
         .await;
     assert_eq!(answer, Err(OrchestratorError::UnknownSubscription(999)));
+    // ORC-25: another client cannot end this client's subscription; its owner can.
+    let mine = client.subscribe(SubscriptionTarget::Queue(queue)).await;
+    let other = Client::connect(&id, orch.actor_id()).await;
+    let answer = other
+        .ask(OrchestratorRequest::Unsubscribe { subscription: mine })
+        .await;
+    assert_eq!(answer, Err(OrchestratorError::UnknownSubscription(mine)));
+    let answer = client
+        .ask(OrchestratorRequest::Unsubscribe { subscription: mine })
+        .await;
+    assert_eq!(answer, Ok(OrchestratorReply::Ack));
     orch.shutdown().await;
 }

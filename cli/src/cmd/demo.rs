@@ -425,7 +425,7 @@ async fn workload(
     }
 
     // Show one output, downloaded from where it was made.
-    let sample = results.iter().find(|r| !r.outputs.is_empty());
+    let sample = results.iter().rev().find(|r| !r.outputs.is_empty());
     let mut sample_text = None;
     if let Some(r) = sample {
         let dir = root.join("downloads");

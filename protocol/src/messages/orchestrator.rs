@@ -615,6 +615,14 @@ pub enum OrchestratorError {
     /// No such subscription.
     #[error("unknown subscription {0}")]
     UnknownSubscription(u64),
+    /// An idempotency key is longer than the orchestrator remembers.
+    #[error("idempotency key of {len} bytes exceeds the maximum of {max}")]
+    KeyTooLong {
+        /// The key's length in bytes.
+        len: u64,
+        /// The maximum.
+        max: u64,
+    },
     /// The journal could not record the change.
     #[error("journal error: {0}")]
     Journal(String),
@@ -644,6 +652,7 @@ impl OrchestratorError {
             OrchestratorError::InvalidAction { .. } => "invalid_action",
             OrchestratorError::BatchTooLarge { .. } => "batch_too_large",
             OrchestratorError::UnknownSubscription(_) => "unknown_subscription",
+            OrchestratorError::KeyTooLong { .. } => "key_too_long",
             OrchestratorError::Journal(_) => "journal",
             OrchestratorError::ShuttingDown => "shutting_down",
             OrchestratorError::Internal(_) => "internal",

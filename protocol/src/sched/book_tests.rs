@@ -488,6 +488,7 @@ fn errors_map_onto_the_wire() {
     assert_eq!(e, OrchestratorError::UnknownAction(Lsn(4)));
     let e: OrchestratorError = BookError::KeyTooLong { len: 300, max: 256 }.into();
     assert!(e.to_string().contains("300 bytes"));
+    assert_eq!(e.code(), "key_too_long");
 }
 
 #[test]

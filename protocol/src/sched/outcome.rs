@@ -216,7 +216,10 @@ impl From<BookError> for OrchestratorError {
             BookError::QueueCancelled(id) => OrchestratorError::QueueCancelled(id),
             BookError::NotPending { lsn, state } => OrchestratorError::NotPending { lsn, state },
             BookError::Retry(e) => OrchestratorError::Retry(e),
-            e @ BookError::KeyTooLong { .. } => OrchestratorError::Internal(e.to_string()),
+            BookError::KeyTooLong { len, max } => OrchestratorError::KeyTooLong {
+                len: len as u64,
+                max: max as u64,
+            },
         }
     }
 }

@@ -723,6 +723,8 @@ pub fn orchestrator_result() -> impl Strategy<Value = Result<OrchestratorReply, 
         (any::<u64>(), any::<u64>())
             .prop_map(|(len, max)| OrchestratorError::BatchTooLarge { len, max }),
         any::<u64>().prop_map(OrchestratorError::UnknownSubscription),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(len, max)| OrchestratorError::KeyTooLong { len, max }),
         text().prop_map(OrchestratorError::Journal),
         Just(OrchestratorError::ShuttingDown),
         text().prop_map(OrchestratorError::Internal),

@@ -199,6 +199,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_client_settings_parse() {
+        let file: ClientFile = toml::from_str(include_str!("../../../deploy/client.toml")).unwrap();
+        assert_eq!(file.timeout_ms, Some(30_000));
+        assert!(file.orchestrator.is_some() && file.tls_dir.is_some());
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));

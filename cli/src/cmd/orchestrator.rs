@@ -147,6 +147,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_configuration_parses_and_validates() {
+        let config = parse_config(include_str!("../../../deploy/orchestrator.toml")).unwrap();
+        assert_eq!(config.listen.port(), 7600);
+        assert_eq!(config.lost_after_ms, 5000);
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn unknown_fields_are_a_clear_error() {
         let err = parse_config("lisen = \"0.0.0.0:7600\"").unwrap_err();
         let text = format!("{err:#}");

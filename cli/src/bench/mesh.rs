@@ -135,14 +135,6 @@ impl Mesh {
     }
 }
 
-fn trivial_binary() -> anyhow::Result<PathBuf> {
-    ["/bin/true", "/usr/bin/true"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("no `true` binary for the trivial worker")
-}
-
 fn trivial_actions(worker: WorkerId, n: u64) -> Vec<SubmitAction> {
     (0..n)
         .map(|_| SubmitAction {
@@ -184,7 +176,7 @@ async fn e2e(
     let mesh = Mesh::start(&dir.join("e2e"), ids, 1, concurrency, &[]).await?;
     let worker = mesh
         .client
-        .register_worker(&WorkerBuilder::program(trivial_binary()?))
+        .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
         .await?;
     let queue = mesh.client.create_queue(QueueConfig::default()).await?;
     // Warm-up: every proc caches the worker.
@@ -220,7 +212,7 @@ async fn noop(dir: &Path, ids: &Identities, n: u64) -> anyhow::Result<f64> {
     .await?;
     let worker = mesh
         .client
-        .register_worker(&WorkerBuilder::program(trivial_binary()?))
+        .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
         .await?;
     let queue = mesh.client.create_queue(QueueConfig::default()).await?;
     run_batch(&queue, worker, 1000).await?;
@@ -292,7 +284,7 @@ async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f6
     config.cache_dir = Some(dir.join("memory-client-cache"));
     let client = Client::connect(config).await?;
     let worker = client
-        .register_worker(&WorkerBuilder::program(trivial_binary()?))
+        .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
         .await?;
     let queue = client.create_queue(QueueConfig::default()).await?;
     // Warm up the orchestrator's allocator and maps a little, then measure the growth.
@@ -390,7 +382,7 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
     let budget = Duration::from_secs_f64(options.seconds);
     // Raw first, before any host in this process reaps children.
     let raw = tokio::task::spawn_blocking({
-        let w = trivial_binary()?;
+        let w = super::runner::trivial_binary()?;
         let c = options.concurrency as usize;
         move || super::runner::raw_spawn_rate(&w, c, budget)
     })

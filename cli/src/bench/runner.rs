@@ -94,7 +94,7 @@ impl Message<Request<OrchestratorRequest>> for Sink {
 }
 
 /// The trivial worker: a copy of `true`, run by path.
-fn trivial_binary() -> anyhow::Result<PathBuf> {
+pub(super) fn trivial_binary() -> anyhow::Result<PathBuf> {
     ["/bin/true", "/usr/bin/true"]
         .iter()
         .map(PathBuf::from)

@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kameo::actor::Spawn;
 use procmesh_protocol::messages::{
@@ -110,14 +110,7 @@ pub(crate) struct HostInner {
     registration: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Now, by the host's clock.
-pub(crate) fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Timestamp::from_millis(ms)
-}
+pub(crate) use procmesh_transport::now;
 
 fn state_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::State {

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::Infallible;
@@ -39,14 +39,7 @@ use crate::events::Subscriptions;
 use crate::registry::Registry;
 use crate::store::{ResultDetail, Store, StoreError};
 
-/// Now, by the orchestrator's wall clock.
-pub(crate) fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Timestamp::from_millis(ms)
-}
+pub(crate) use procmesh_transport::now;
 
 /// What the actor is started with.
 pub(crate) struct ServiceArgs {

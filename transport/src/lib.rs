@@ -43,3 +43,14 @@ pub use quic::QuicOptions;
 pub use remote::{Handler, RemoteRef, Request, SendFailure, WireReply};
 pub use stream::HandshakeError;
 pub use tls::{install_crypto_provider, MeshCa, Role, TlsIdentity};
+
+/// Now, by this machine's wall clock, as the protocol's [`Timestamp`]: the one clock the
+/// runtime crates stamp transitions and heartbeats with (`procmesh_protocol` itself has none).
+///
+/// [`Timestamp`]: procmesh_protocol::Timestamp
+pub fn now() -> procmesh_protocol::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    procmesh_protocol::Timestamp::from_millis(ms)
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
@@ -23,7 +23,7 @@ use procmesh_protocol::messages::orchestrator::{
 };
 use procmesh_protocol::spec::{ActionDef, OutputFile, WorkerDescriptor, WorkerFile, WorkerId};
 use procmesh_protocol::{
-    ActionState, ActorId, Attempt, AttemptRef, BlobHash, ExitStatus, Lsn, Timestamp, Transition,
+    ActionState, ActorId, Attempt, AttemptRef, BlobHash, ExitStatus, Lsn, Transition,
     TransitionDetail,
 };
 use procmesh_transport::{
@@ -34,14 +34,7 @@ use tokio::sync::mpsc;
 /// The bound of every wait.
 pub const T: Duration = Duration::from_secs(20);
 
-pub fn now() -> Timestamp {
-    Timestamp::from_millis(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-    )
-}
+pub use procmesh_transport::now;
 
 pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()

@@ -76,7 +76,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use procmesh_protocol::action::{ActionState, AttemptRef, Timestamp, Transition};
 use procmesh_protocol::cas::BlobHash;
@@ -199,13 +199,7 @@ pub struct Report {
     pub transition: Transition,
 }
 
-/// The time now, by this machine's clock.
-pub(crate) fn now() -> Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Timestamp::from_millis(ms)
-}
+pub(crate) use procmesh_transport::now;
 
 /// An attempt held by the runner.
 #[derive(Debug)]

@@ -8,6 +8,7 @@
 
 mod bench;
 mod cmd;
+mod local_mesh;
 
 use std::process::ExitCode;
 

@@ -10,20 +10,16 @@
 //! 4. **Memory**: an orchestrator as its own OS process (`procmesh orchestrator`) with no hosts;
 //!    its resident memory before and after 1,000,000 trivial actions are pending, per action.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use procmesh_client::{Client, ClientConfig, Queue, WorkerBuilder};
-use procmesh_host::{Host, HostConfig, OsProcManager};
-use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
-use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
-use procmesh_transport::{MeshCa, Role, TlsIdentity};
 
 use super::{print_table, Row};
+use crate::local_mesh::{Identities, LocalMesh, Procs};
 
 /// What to measure.
 pub struct Options {
@@ -31,108 +27,6 @@ pub struct Options {
     pub concurrency: u32,
     pub noop_actions: u64,
     pub pending: u64,
-}
-
-struct Identities {
-    node: TlsIdentity,
-    client: TlsIdentity,
-    node_dir: PathBuf,
-}
-
-fn identities(dir: &Path) -> anyhow::Result<Identities> {
-    let valid = Duration::from_secs(3600);
-    let ca = MeshCa::generate("bench", valid)?;
-    let node = ca.issue(Role::Node, "bench-node", &[], valid)?;
-    let client = ca.issue(Role::Client, "bench-client", &[], valid)?;
-    let node_dir = dir.join("certs/node");
-    node.save(&node_dir)?;
-    Ok(Identities {
-        node,
-        client,
-        node_dir,
-    })
-}
-
-/// An orchestrator, one host with its procs, and a client, in this process.
-struct Mesh {
-    orchestrator: Orchestrator,
-    host: Host,
-    client: Client,
-}
-
-impl Mesh {
-    async fn start(
-        dir: &Path,
-        ids: &Identities,
-        procs: u32,
-        max_actions: u32,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Mesh> {
-        let orchestrator = Orchestrator::start(
-            OrchestratorConfig {
-                heartbeat_interval_ms: 500,
-                lost_after_ms: 10_000,
-                ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
-            },
-            ids.node.clone(),
-        )
-        .await?;
-        let host = Host::start(
-            HostConfig {
-                orchestrator: Some(orchestrator.actor_id()),
-                heartbeat_interval_ms: 500,
-                ..HostConfig::ephemeral(dir.join("host"), ids.node.clone())
-            },
-            Arc::new(OsProcManager::new(None, None)?),
-        )
-        .await?;
-        for i in 1..=procs {
-            host.spawn(SpawnSpec {
-                name: format!("proc-{i}"),
-                config: ProcConfig {
-                    max_actions: Some(max_actions),
-                    env: env
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                    ..ProcConfig::default()
-                },
-            })
-            .await?;
-        }
-        let mut config = ClientConfig::new(orchestrator.actor_id(), ids.client.clone());
-        config.cache_dir = Some(dir.join("client-cache"));
-        let client = Client::connect(config).await?;
-        // The orchestrator places work once it has heard the procs' capacity.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let hosts = client.hosts().await?;
-            let slots: u64 = hosts
-                .iter()
-                .flat_map(|h| &h.procs)
-                .map(|p| u64::from(p.capacity.max))
-                .sum();
-            if slots >= u64::from(procs * max_actions) {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the host's procs did not reach the orchestrator within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Mesh {
-            orchestrator,
-            host,
-            client,
-        })
-    }
-
-    async fn stop(self) {
-        self.client.close().await;
-        self.host.shutdown(Duration::from_secs(5)).await;
-        self.orchestrator.shutdown().await;
-    }
 }
 
 fn trivial_actions(worker: WorkerId, n: u64) -> Vec<SubmitAction> {
@@ -173,7 +67,16 @@ async fn e2e(
     budget: Duration,
 ) -> anyhow::Result<f64> {
     // One proc with every slot, as `bench runner` measures the runner alone.
-    let mesh = Mesh::start(&dir.join("e2e"), ids, 1, concurrency, &[]).await?;
+    let mesh = LocalMesh::start(
+        &dir.join("e2e"),
+        ids,
+        Procs {
+            count: 1,
+            max_actions: Some(concurrency),
+            env: &[],
+        },
+    )
+    .await?;
     let worker = mesh
         .client
         .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
@@ -202,12 +105,14 @@ async fn e2e(
 
 /// Actions per second from submission to completion with the no-op executor.
 async fn noop(dir: &Path, ids: &Identities, n: u64) -> anyhow::Result<f64> {
-    let mesh = Mesh::start(
+    let mesh = LocalMesh::start(
         &dir.join("noop"),
         ids,
-        2,
-        2048,
-        &[("PROCMESH_EXECUTOR", "noop")],
+        Procs {
+            count: 2,
+            max_actions: Some(2048),
+            env: &[("PROCMESH_EXECUTOR", "noop")],
+        },
     )
     .await?;
     let worker = mesh
@@ -255,7 +160,7 @@ async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f6
     let mut child = std::process::Command::new(me)
         .args(["orchestrator", "--listen", "127.0.0.1:0", "--json"])
         .arg("--tls-dir")
-        .arg(&ids.node_dir)
+        .arg(ids.node_dir())
         .arg("--state-dir")
         .arg(dir.join("memory"))
         .stdout(std::process::Stdio::piped())
@@ -387,7 +292,7 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
         move || super::runner::raw_spawn_rate(&w, c, budget)
     })
     .await??;
-    let ids = identities(dir)?;
+    let ids = Identities::generate(dir, "bench", Duration::from_secs(3600))?;
     let e2e = e2e(dir, &ids, options.concurrency, budget)
         .await
         .context("end-to-end phase")?;

@@ -9,20 +9,17 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use procmesh_client::{Client, ClientConfig, WorkerBuilder};
-use procmesh_host::{Host, HostConfig, OsProcManager};
-use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
+use procmesh_client::{Client, WorkerBuilder};
 use procmesh_protocol::action::ActionState;
 use procmesh_protocol::cas::BlobHash;
 use procmesh_protocol::messages::client::ClientEvent;
-use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
 use procmesh_protocol::messages::orchestrator::{ActionResult, QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
-use procmesh_transport::{MeshCa, Role};
+
+use crate::local_mesh::{Identities, LocalMesh, Procs};
 
 /// Flags of `procmesh demo`.
 #[derive(Debug, clap::Args)]
@@ -143,66 +140,33 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         }
     };
 
-    // An ephemeral mesh: one CA, a node identity for the orchestrator and host, one client.
-    let valid = Duration::from_secs(7 * 24 * 3600);
-    let ca = MeshCa::generate("procmesh-demo", valid).context("creating the demo CA")?;
-    let node_identity = ca.issue(Role::Node, "demo-node", &[], valid)?;
-    let client_identity = ca.issue(Role::Client, "demo-client", &[], valid)?;
-    let certs = root.join("certs");
-    node_identity.save(&certs.join("node"))?;
-    client_identity.save(&certs.join("client"))?;
-
-    // The orchestrator.
-    let orchestrator = Orchestrator::start(
-        OrchestratorConfig {
-            heartbeat_interval_ms: 250,
-            lost_after_ms: 3000,
-            ..OrchestratorConfig::ephemeral(root.join("orchestrator"))
+    // An ephemeral mesh: a CA, an orchestrator, a host and its proc agents, a client.
+    let ids = Identities::generate(&root, "procmesh-demo", Duration::from_secs(7 * 24 * 3600))?;
+    let mesh = LocalMesh::start(
+        &root,
+        &ids,
+        Procs {
+            count: args.procs,
+            max_actions: args.max_actions,
+            env: &[],
         },
-        node_identity.clone(),
     )
-    .await
-    .context("starting the orchestrator")?;
-    let orchestrator_id = orchestrator.actor_id();
+    .await?;
+    let orchestrator_id = mesh.orchestrator.actor_id();
     say(format!("orchestrator  {orchestrator_id}"));
-
-    // The host and its proc agents (this binary, re-executed as `procmesh proc-agent`).
-    let exe = std::env::current_exe().context("locating the procmesh binary")?;
-    let allowed = exe.parent().map(Path::to_path_buf);
-    let manager = OsProcManager::new(Some(exe.clone()), allowed).context("proc manager")?;
-    let host_config = HostConfig {
-        orchestrator: Some(orchestrator_id.clone()),
-        heartbeat_interval_ms: 250,
-        ..HostConfig::ephemeral(root.join("host"), node_identity)
-    };
-    let grace = host_config.terminate_grace();
-    let host = Host::start(host_config, Arc::new(manager))
-        .await
-        .context("starting the host")?;
-    for i in 1..=args.procs {
-        host.spawn(SpawnSpec {
-            name: format!("proc-{i}"),
-            config: ProcConfig {
-                max_actions: args.max_actions,
-                ..ProcConfig::default()
-            },
-        })
-        .await
-        .with_context(|| format!("starting proc-{i}"))?;
-    }
     say(format!(
         "host          {} with {} proc agents",
-        host.addr(),
+        mesh.host.addr(),
         args.procs
     ));
 
-    let outcome = workload(&args, &root, &orchestrator_id, client_identity).await;
+    let outcome = workload(&args, &root, &mesh.client).await;
 
     if args.keep {
         if let Ok(true) = outcome {
             println!();
         }
-        let client_dir = certs.join("client");
+        let client_dir = ids.client_dir();
         println!("The mesh keeps running (Ctrl-C stops it). From another terminal:");
         println!(
             "  export PROCMESH_ORCHESTRATOR='{orchestrator_id}' PROCMESH_TLS_DIR='{}'",
@@ -219,8 +183,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             _ = int.recv() => {}
         }
     }
-    host.shutdown(grace).await;
-    orchestrator.shutdown().await;
+    mesh.stop().await;
     if !args.json {
         eprintln!("stopped after {:.1} s", started.elapsed().as_secs_f64());
     }
@@ -275,18 +238,8 @@ impl Progress {
     }
 }
 
-async fn workload(
-    args: &DemoArgs,
-    root: &Path,
-    orchestrator: &procmesh_protocol::ActorId,
-    identity: procmesh_transport::TlsIdentity,
-) -> anyhow::Result<bool> {
-    let mut config = ClientConfig::new(orchestrator.clone(), identity);
-    config.cache_dir = Some(root.join("client-cache"));
-    let client = Client::connect(config)
-        .await
-        .context("connecting to the orchestrator")?;
-
+async fn workload(args: &DemoArgs, root: &Path, client: &Client) -> anyhow::Result<bool> {
+    let orchestrator = client.orchestrator().clone();
     let worker = client
         .register_worker(
             &WorkerBuilder::new()
@@ -491,7 +444,6 @@ async fn workload(
             }
         }
     }
-    client.close().await;
     Ok(wrong.is_empty())
 }
 

@@ -1,0 +1,140 @@
+//! A whole mesh inside this process, on loopback: an ephemeral CA, an orchestrator, one host
+//! with OS-process proc agents, and a connected client — what `procmesh demo` runs and
+//! `procmesh bench mesh` measures.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use procmesh_client::{Client, ClientConfig};
+use procmesh_host::{Host, HostConfig, OsProcManager};
+use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
+use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
+use procmesh_transport::{MeshCa, Role, TlsIdentity};
+
+/// An ephemeral mesh CA's node and client identities, saved under `<dir>/certs/{node,client}`.
+pub struct Identities {
+    pub node: TlsIdentity,
+    pub client: TlsIdentity,
+    pub dir: PathBuf,
+}
+
+impl Identities {
+    /// A fresh CA named `mesh`, valid for `valid`, and one identity of each role.
+    pub fn generate(dir: &Path, mesh: &str, valid: Duration) -> anyhow::Result<Identities> {
+        let ca = MeshCa::generate(mesh, valid).context("creating the mesh CA")?;
+        let node = ca.issue(Role::Node, &format!("{mesh}-node"), &[], valid)?;
+        let client = ca.issue(Role::Client, &format!("{mesh}-client"), &[], valid)?;
+        let dir = dir.join("certs");
+        node.save(&dir.join("node"))?;
+        client.save(&dir.join("client"))?;
+        Ok(Identities { node, client, dir })
+    }
+
+    /// Where the node identity is saved (a `--tls-dir`).
+    pub fn node_dir(&self) -> PathBuf {
+        self.dir.join("node")
+    }
+
+    /// Where the client identity is saved (a `--tls-dir`).
+    pub fn client_dir(&self) -> PathBuf {
+        self.dir.join("client")
+    }
+}
+
+/// The procs the host starts.
+pub struct Procs<'a> {
+    /// How many, named `proc-1` … `proc-N`.
+    pub count: u32,
+    /// Actions each runs at once; `None` for the logical CPUs.
+    pub max_actions: Option<u32>,
+    /// Extra environment of each proc agent.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+/// An orchestrator, one host with its procs, and a client, all in this process.
+pub struct LocalMesh {
+    pub orchestrator: Orchestrator,
+    pub host: Host,
+    pub client: Client,
+}
+
+impl LocalMesh {
+    /// Starts everything with state under `dir` and waits (at most 20 s) until the
+    /// orchestrator has heard every proc, so work submitted next is placed at once.
+    pub async fn start(
+        dir: &Path,
+        ids: &Identities,
+        procs: Procs<'_>,
+    ) -> anyhow::Result<LocalMesh> {
+        let orchestrator = Orchestrator::start(
+            OrchestratorConfig {
+                heartbeat_interval_ms: 500,
+                lost_after_ms: 10_000,
+                ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
+            },
+            ids.node.clone(),
+        )
+        .await
+        .context("starting the orchestrator")?;
+        // The proc agents are this binary, re-executed as `procmesh proc-agent`.
+        let host = Host::start(
+            HostConfig {
+                orchestrator: Some(orchestrator.actor_id()),
+                heartbeat_interval_ms: 500,
+                ..HostConfig::ephemeral(dir.join("host"), ids.node.clone())
+            },
+            Arc::new(OsProcManager::new(None, None).context("proc manager")?),
+        )
+        .await
+        .context("starting the host")?;
+        let env: std::collections::BTreeMap<String, String> = procs
+            .env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        for i in 1..=procs.count {
+            host.spawn(SpawnSpec {
+                name: format!("proc-{i}"),
+                config: ProcConfig {
+                    max_actions: procs.max_actions,
+                    env: env.clone(),
+                    ..ProcConfig::default()
+                },
+            })
+            .await
+            .with_context(|| format!("starting proc-{i}"))?;
+        }
+        let mut config = ClientConfig::new(orchestrator.actor_id(), ids.client.clone());
+        config.cache_dir = Some(dir.join("client-cache"));
+        let client = Client::connect(config)
+            .await
+            .context("connecting to the orchestrator")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let hosts = client.hosts().await?;
+            if hosts.iter().flat_map(|h| &h.procs).count() >= procs.count as usize {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the host's procs did not reach the orchestrator within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(LocalMesh {
+            orchestrator,
+            host,
+            client,
+        })
+    }
+
+    /// Closes the client, stops the procs and the host, then the orchestrator.
+    pub async fn stop(self) {
+        self.client.close().await;
+        let grace = Duration::from_secs(5);
+        self.host.shutdown(grace).await;
+        self.orchestrator.shutdown().await;
+    }
+}

@@ -637,3 +637,29 @@ fn replacing_a_big_snapshot_gives_the_space_back() {
     );
     assert_eq!(recovery.records.len(), 5);
 }
+
+#[test]
+fn durability_none_commits_reach_the_file_at_close() {
+    // Attests JNL-3: without fsync a commit is visible at once and written at the latest by a
+    // clean close (drop); only a crash may lose it.
+    let d = dir();
+    let path = d.path().join("journal.redb");
+    let none = JournalOptions {
+        durability: Durability::None,
+    };
+    let (mut j, _) = Journal::open(&path, none).unwrap();
+    j.append(&batch(1, 20, 32)).unwrap();
+    j.snapshot(10, b"ten").unwrap();
+    j.append(&batch(21, 1, 32)).unwrap();
+    drop(j);
+    let (_, recovery) = Journal::open(&path, none).unwrap();
+    assert_eq!(recovery.snapshot.unwrap().covers, 10);
+    assert_eq!(recovery.records.len(), 11);
+}
+
+#[test]
+fn journal_can_move_to_another_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Journal>();
+    assert_send::<JournalError>();
+}

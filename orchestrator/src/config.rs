@@ -14,15 +14,19 @@
 //! The state directory holds:
 //!
 //! ```text
-//! <state_dir>/blobs/    the orchestrator's blob store: worker files and action inputs that
-//!                       clients push, and that hosts fetch before running an action
+//! <state_dir>/blobs/          the orchestrator's blob store: worker files and action inputs
+//!                             that clients push, and that hosts fetch before running an action
+//! <state_dir>/journal.redb    the journal: every accepted input, and snapshots (redb)
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use procmesh_orchestrator_core::CoreConfig;
 use procmesh_protocol::HostAddr;
+
+use crate::journal::Durability;
 use serde::{Deserialize, Serialize};
 
 /// An orchestrator's configuration.
@@ -63,6 +67,21 @@ pub struct OrchestratorConfig {
     /// Events buffered per subscription before the subscriber is counted as lagging, e.g.
     /// `4096`.
     pub subscriber_buffer: u32,
+    /// Whether the state is journaled in `<state_dir>/journal.redb` (default `true`). `false`
+    /// keeps it in memory only — a restart then forgets every queue; for benchmarks.
+    ///
+    /// ```toml
+    /// journal = true
+    /// ```
+    pub journal: bool,
+    /// When a journal commit is durable: `"fsync"` (default: every group commit is fsynced)
+    /// or `"none"` (the OS writes it back; a machine crash may lose the last commits, a process
+    /// crash loses nothing).
+    ///
+    /// ```toml
+    /// durability = "fsync"
+    /// ```
+    pub durability: Durability,
 }
 
 impl Default for OrchestratorConfig {
@@ -79,6 +98,8 @@ impl Default for OrchestratorConfig {
             result_page: 1_000,
             agent_timeout_ms: 10_000,
             subscriber_buffer: 4_096,
+            journal: true,
+            durability: Durability::Fsync,
         }
     }
 }
@@ -143,6 +164,22 @@ impl OrchestratorConfig {
         Ok(())
     }
 
+    /// Where the journal lives: `<state_dir>/journal.redb`.
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir.join("journal.redb")
+    }
+
+    /// The settings the core decides by.
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            lost_after_ms: self.lost_after_ms,
+            max_submit_batch: self.max_submit_batch,
+            dispatch_batch: self.dispatch_batch,
+            result_page: self.result_page,
+        }
+    }
+
     /// Where the blob store lives: `<state_dir>/blobs`.
     pub fn blobs_dir(&self) -> PathBuf {
         self.state_dir.join("blobs")
@@ -181,6 +218,9 @@ mod tests {
         assert_eq!(c.result_page, 1_000);
         assert_eq!(c.agent_timeout_ms, 10_000);
         assert_eq!(c.subscriber_buffer, 4_096);
+        assert!(c.journal);
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.journal_path(), c.state_dir.join("journal.redb"));
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.blobs_dir(), c.state_dir.join("blobs"));
     }

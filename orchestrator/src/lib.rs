@@ -2,73 +2,39 @@
 //!
 //! The orchestrator: takes actions from clients into queues, dispatches them onto procs across
 //! hosts by free capacity, follows every transition, retries what fails, cancels, keeps results
-//! until they are retired, and streams events to subscribers. Its decisions — which proc gets
-//! which pending action, whether a failure is retried, queue bookkeeping — are pure code in
-//! [`procmesh_protocol::sched`] (the [`Book`](procmesh_protocol::sched::Book)) that this crate's
-//! one kameo actor only drives (STYLE §2). It is not a client library (that is
-//! `procmesh-client`) and holds no journal yet: state is in memory ([`MemoryStore`]); a durable
-//! [`Store`] is a later issue, so a restart forgets every queue.
+//! until they are retired, streams events to subscribers, and keeps everything it accepted
+//! across restarts. Its decisions are the pure [`procmesh_orchestrator_core::Core`]; this crate
+//! is the thin shell that drives it (STYLE §2): one kameo actor that feeds it inputs, the
+//! journal (redb) those inputs are committed to first, and the effects carried out after.
 //!
 //! ```text
 //!  client ─ CreateQueue, RegisterWorker, MissingBlobs, Submit, Subscribe … ─┐
 //!  host   ─ RegisterHost, Heartbeat (procs, running) ─▶ HeartbeatAck{orphans}│
-//!  agent  ─ ActionUpdate(Transition) (told), GetWorker ──────────────────────┤
+//!  agent  ─ ActionUpdate(s) (asked, re-sent until answered), GetWorker ──────┤
 //!                                                                            ▼
-//!                                      service.orchestrator  (Book + Store + Registry)
-//!                                         │ Book::schedule ─▶ AgentRequest::Submit{spec, report_to}
-//!                                         │ StopOrder      ─▶ AgentRequest::Cancel{lsn, attempt}
-//!                                         └ ClientEvent (Transition, QueueComplete, Lagged, Ended)
+//!                          service.orchestrator ─▶ Core::handle ─▶ journal (group commit)
+//!                                 │ after the commit: replies, SubmitBatch / Cancel to agents,
+//!                                 └ ClientEvents (Transition, QueueComplete, Lagged, Ended)
 //! ```
-//!
-//! One action's life as this crate drives it: `Submit` checks everything, then the book gives it
-//! an LSN (`Pending`); a dispatch pass places it (`Submitting`, published) and a spawned task
-//! asks the proc's agent to run it with this actor as `report_to`; the agent tells `Running`,
-//! then `Completed`/`Failed`/`Cancelled` with outputs and tails, which the book applies
-//! (retrying `Failed` by the queue's limit); the result stays listed until retired.
 //!
 //! # Layout
 //! - [`config`] — [`OrchestratorConfig`], validated.
-//! - [`store`] — [`Store`]: tokens, workers, action definitions, result details; [`MemoryStore`].
-//! - `registry` — hosts: registration, heartbeats, loss after a timeout, ready procs.
+//! - [`journal`] — the redb command log and snapshots ([`Journal`]), opaque bytes (JNL-n).
+//! - `durable` — recovery (snapshot + tail replayed through the core) and the committer thread.
+//! - `service` — the `service.orchestrator` actor: inputs in, effects out after their commit.
+//! - `effects` — submissions and stop orders to proc agents from spawned tasks.
 //! - `events` — subscriptions: bounded per-subscriber channels, `Lagged`, `Ended`.
-//! - `service` — the `service.orchestrator` actor answering every `OrchestratorRequest`.
-//! - `hosts` — registration, heartbeats, lost procs, silent hosts.
-//! - `dispatch` — scheduling passes, submissions and stop orders to proc agents.
 //!
-//! # Invariants (continuing the book's ORC-1 … ORC-14)
-//! - **ORC-15** Queue access: a queue named by its integer id is served only to a loopback
-//!   requester (this process, Unix or in-process peers, QUIC peers on a loopback address);
-//!   anyone else gets `Forbidden`, whether or not the queue exists. Tokens are 12 bytes from the
-//!   OS CSPRNG, distinct per queue; a wrong token is `UnknownQueue` and never echoed whole.
-//! - **ORC-16** Free capacity: a proc's free slots are its heartbeat's `max` minus the actions
-//!   the book has placed on it (`Submitting` or `Running`), so consecutive passes between two
-//!   heartbeats never overfill a proc.
-//! - **ORC-17** A proc agent that refuses a submission or cannot be reached gets no placement
-//!   until its host's next heartbeat; the attempt — if the book still has it `Submitting` on
-//!   that proc — becomes `Abandoned` with the reason, which consumes a retry (ORC-6).
-//! - **ORC-18** Hosts: a host silent for more than `lost_after_ms` is `Lost`, its placed actions
-//!   `Abandoned` (then retried), and its heartbeats answered `UnknownHost` until it registers
-//!   again; a host that registers while `Alive` has restarted, and its placed actions are
-//!   abandoned likewise.
-//! - **ORC-19** The store holds exactly one entry per unretired action of the book (its
-//!   definition, and its result details once finished); retiring removes it.
-//! - **ORC-20** Events: a subscriber never slows the orchestrator. Each subscription's events
-//!   are delivered in the order applied; when its buffer is full, events are dropped and counted,
-//!   and `Lagged { missed }` follows once the buffer has drained; an undeliverable subscriber
-//!   loses its subscriptions; shutdown sends `Ended`.
-//! - **ORC-21** The actor never awaits the network in a request handler: asks to agents run in
-//!   spawned tasks that report back as private messages.
-//! - **ORC-22** Dispatch is coalesced: any number of triggers before a pass runs make one pass;
-//!   a pass places at most `dispatch_batch` actions, and a full pass queues the next, so requests
-//!   interleave with a large backlog and no action waits while capacity is free (ORC-3).
-//! - **ORC-23** Submission is all or nothing: batch size, every action's validity, its worker
-//!   and every blob (worker files and inputs) are checked before the book changes.
-//! - **ORC-24** Cancelling a placed attempt sends `Cancel` to its agent; if no agent is known, it
-//!   refuses, or does not hold the attempt, the orchestrator records `Cancelled` itself (a copy
-//!   still running is then an orphan, stopped through the host's heartbeat).
-//! - **ORC-25** A subscription is stopped only at the request of the proc that made it (its
-//!   subscriber's proc); anyone else is told it is unknown, so ids cannot be probed or
-//!   cancelled across clients.
+//! # Invariants
+//! The core's ORC-1 … ORC-29 hold here; the shell adds:
+//! - **ORC-30** Write-ahead: an input that changed state is committed to the journal before
+//!   any of its effects leaves the process — a client's `Submitted`, a dispatch to an agent, a
+//!   listed result, a published event — and the effects of later inputs wait behind it, so no
+//!   reply ever shows state a crash could take back. A journal that cannot commit stops the
+//!   orchestrator; what was held is answered with `journal` errors and never carried out.
+//! - **ORC-31** Recovery is exact or refused: start-up replays the snapshot and the log tail;
+//!   a journal that cannot be opened or decoded stops start-up with an error naming the file,
+//!   and the file is left untouched (JNL-2). It is never replaced by an empty state.
 //!
 //! # Decisions where the architecture is silent
 //! - A refused or failed submission is `Abandoned` (not `Failed`): the work never ran.
@@ -80,23 +46,25 @@
 #![deny(missing_docs)]
 
 pub mod config;
-mod dispatch;
+mod durable;
+mod effects;
 mod events;
-mod hosts;
-mod registry;
+pub mod journal;
 mod service;
-pub mod store;
 
 use std::time::Duration;
 
 use kameo::actor::{ActorRef, Spawn};
+use procmesh_orchestrator_core::Core;
 use procmesh_protocol::{ActorId, HostAddr, SERVICE_PROC};
 use procmesh_transport::{BlobStore, Node, NodeBuilder, NodeError, TlsIdentity};
 use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, OrchestratorConfig};
-pub use store::{MemoryStore, ResultDetail, Store, StoreError};
+pub use durable::{RecoverError, Recovered};
+pub use journal::{Durability, Journal, JournalError, JournalOptions};
 
+use durable::Log;
 use service::{Audit, Internal, Service, ServiceArgs, Shutdown};
 
 /// The name of the orchestrator actor in its node's `service` proc.
@@ -119,6 +87,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The journal could not be recovered (ORC-31); the file is untouched.
+    #[error(transparent)]
+    Journal(#[from] RecoverError),
     /// The blob store could not be opened.
     #[error("blob store: {0}")]
     Blobs(#[from] procmesh_transport::BlobError),
@@ -141,22 +112,68 @@ pub struct Orchestrator {
     actor_id: ActorId,
     tasks: Vec<JoinHandle<()>>,
     owns_node: bool,
+    recovered: Recovered,
+}
+
+/// The state an orchestrator starts from: recovered from its journal, or empty in memory.
+struct Start {
+    core: Core,
+    log: Option<Log>,
+    recovered: Recovered,
+}
+
+fn state_dir(path: &std::path::Path) -> Result<(), StartError> {
+    std::fs::create_dir_all(path).map_err(|source| StartError::State {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Recovers the journal (ORC-31) or, with `journal = false`, starts empty.
+fn open_state(config: &OrchestratorConfig) -> Result<Start, StartError> {
+    if !config.journal {
+        return Ok(Start {
+            core: Core::new(config.core()),
+            log: None,
+            recovered: Recovered::default(),
+        });
+    }
+    state_dir(&config.state_dir)?;
+    let path = config.journal_path();
+    let options = JournalOptions {
+        durability: config.durability,
+    };
+    let began = std::time::Instant::now();
+    let (core, log, recovered) = durable::recover(&path, options, config.core(), service::now())?;
+    tracing::info!(
+        journal = %path.display(),
+        snapshot = recovered.snapshot,
+        records = recovered.records,
+        actions = recovered.actions,
+        ms = began.elapsed().as_millis() as u64,
+        "journal recovered"
+    );
+    Ok(Start {
+        core,
+        log: Some(log),
+        recovered,
+    })
 }
 
 impl Orchestrator {
-    /// Starts an orchestrator: validates `config`, opens the blob store in
+    /// Starts an orchestrator: validates `config`, recovers the journal
+    /// `<state_dir>/journal.redb` (unless `journal = false`), opens the blob store in
     /// `<state_dir>/blobs`, starts a QUIC node on `config.listen` with `identity`, and exposes
-    /// the actor as `service.orchestrator`.
+    /// the actor as `service.orchestrator`. A journal that cannot be recovered stops here,
+    /// before anything listens (ORC-31).
     pub async fn start(
         config: OrchestratorConfig,
         identity: TlsIdentity,
     ) -> Result<Orchestrator, StartError> {
         config.validate()?;
+        let state = open_state(&config)?;
         let blobs_dir = config.blobs_dir();
-        std::fs::create_dir_all(&blobs_dir).map_err(|source| StartError::State {
-            path: blobs_dir.display().to_string(),
-            source,
-        })?;
+        state_dir(&blobs_dir)?;
         let store = BlobStore::open(&blobs_dir)?;
         let mut builder = NodeBuilder::new(SERVICE_PROC)
             .quic(config.listen, identity)
@@ -165,28 +182,29 @@ impl Orchestrator {
             builder = builder.addr(addr.clone());
         }
         let node = builder.start().await?;
-        let mut orchestrator = Self::on_node(node, config).await?;
+        let mut orchestrator = Self::spawn(node, config, state)?;
         orchestrator.owns_node = true;
         Ok(orchestrator)
     }
 
     /// Runs the orchestrator on an existing node (which must keep a blob store), e.g. over
-    /// in-process transports in benchmarks and tests, with a [`MemoryStore`]. Its
+    /// in-process transports in benchmarks and tests, journaled in `config.state_dir` as by
+    /// [`start`](Self::start) (or in memory with `journal = false`). Its
     /// [`shutdown`](Self::shutdown) leaves the node running.
     pub async fn on_node(
         node: Node,
         config: OrchestratorConfig,
     ) -> Result<Orchestrator, StartError> {
-        Self::with_store(node, config, Box::new(MemoryStore::new())).await
+        config.validate()?;
+        let state = open_state(&config)?;
+        Self::spawn(node, config, state)
     }
 
-    /// [`on_node`](Self::on_node) with the given store.
-    pub async fn with_store(
+    fn spawn(
         node: Node,
         config: OrchestratorConfig,
-        store: Box<dyn Store>,
+        state: Start,
     ) -> Result<Orchestrator, StartError> {
-        config.validate()?;
         let blobs = node.blob_store().cloned().ok_or(StartError::NoBlobStore)?;
         let actor_id = node.actor_id(ORCHESTRATOR_ACTOR)?;
         let tick = config.tick_interval();
@@ -195,7 +213,8 @@ impl Orchestrator {
             node: node.clone(),
             me: actor_id.clone(),
             blobs,
-            store,
+            core: state.core,
+            log: state.log,
         };
         // Unbounded: the actor tells itself, and its own inbound stream must never stall.
         let actor = Service::spawn_with_mailbox(args, kameo::mailbox::unbounded());
@@ -211,7 +230,19 @@ impl Orchestrator {
             actor_id,
             tasks,
             owns_node: false,
+            recovered: state.recovered,
         })
+    }
+
+    /// What start-up recovered from the journal.
+    pub fn recovered(&self) -> Recovered {
+        self.recovered
+    }
+
+    /// Resolves once the actor has stopped (after [`shutdown`](Self::shutdown), or because its
+    /// journal failed, ORC-30).
+    pub async fn stopped(&self) {
+        self.actor.wait_for_shutdown().await;
     }
 
     /// The address hosts and clients reach the orchestrator at.

@@ -1,45 +1,40 @@
-//! The `service.orchestrator` actor: one kameo actor owns the [`Book`], the [`Store`], the host
-//! [`Registry`] and the [`Subscriptions`], answers every [`OrchestratorRequest`], and carries out
-//! what the book decides. It never waits on the network inside a handler (ORC-21): submissions
-//! and stop orders to proc agents run in spawned tasks that report failures back to the actor
-//! as private messages ([`Internal`]).
+//! The `service.orchestrator` actor: a thin shell around [`Core`] (STYLE §2, §11). It turns
+//! every message into an [`Input`], journals the inputs that changed state, and carries out the
+//! [`Effect`]s of each input only once that input is committed (ORC-30): replies, submissions and
+//! stop orders to proc agents, events to subscribers, the next dispatch pass.
 //!
 //! ```text
-//!  clients ── CreateQueue / Submit / Cancel… ─┐
-//!  hosts   ── RegisterHost / Heartbeat / ProcLost ─┤           ┌─▶ spawned ask: AgentRequest::Submit
-//!  agents  ── ActionUpdate / GetWorker ───────┼─▶ Service ─┼─▶ spawned ask: AgentRequest::Cancel
-//!  tick    ── Internal::Tick (silent hosts) ──┤   (Book)   └─▶ Subscriptions ─▶ ClientEvents
-//!  tasks   ── Internal::SubmitFailed / StopFailed ─┘
+//!  Request<OrchestratorRequest> ─┐                       changed ─▶ Log::push(record) ─▶ committer thread
+//!  Internal::{Dispatch, Tick,    ├─▶ Core::handle ─▶ Outcome                               │ one redb
+//!   SubmitFailed, StopFailed}   ─┘                       effects ─▶ held until ◀─ Committed(seq) transaction
+//!                                                                   then: reply, SubmitBatch / Cancel
+//!                                                                   (spawned asks), publish, dispatch
 //! ```
-//!
-//! Request handlers live here; placement and stop orders in [`crate::dispatch`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kameo::actor::{ActorRef, WeakActorRef};
 use kameo::error::Infallible;
 use kameo::message::{Context, Message};
+use kameo::reply::{DelegatedReply, ReplySender};
 use kameo::Actor;
+use procmesh_orchestrator_core::{Core, Effect, Env, Input, Outcome};
 use procmesh_protocol::messages::orchestrator::{
-    ActionResult, OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueConfig, QueueRef,
-    QueueToken, SubmitAction, SubscriptionTarget, UpdateOutcome, QUEUE_TOKEN_LEN,
+    OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueToken, QUEUE_TOKEN_LEN,
 };
-use procmesh_protocol::sched::{ApplyError, Book, BookLimits, CancelOutcome, NewAction, Update};
-use procmesh_protocol::spec::{WorkerDescriptor, WorkerId};
-use procmesh_protocol::{
-    ActionState, ActorId, Attempt, AttemptRef, BlobHash, Lsn, ProcId, Timestamp, Transition,
-    TransitionDetail,
-};
+use procmesh_protocol::{ActorId, AttemptRef, BlobHash, ProcId};
 use procmesh_transport::{BlobStore, Node, Request, WireReply};
 
 use crate::config::OrchestratorConfig;
+use crate::durable::Log;
 use crate::events::Subscriptions;
-use crate::registry::Registry;
-use crate::store::{ResultDetail, Store, StoreError};
 
 pub(crate) use procmesh_transport::now;
+
+/// The wire reply of a request.
+pub(crate) type Reply = WireReply<Result<OrchestratorReply, OrchestratorError>>;
 
 /// What the actor is started with.
 pub(crate) struct ServiceArgs {
@@ -47,7 +42,16 @@ pub(crate) struct ServiceArgs {
     pub node: Node,
     pub me: ActorId,
     pub blobs: Arc<BlobStore>,
-    pub store: Box<dyn Store>,
+    pub core: Core,
+    /// The journal's writer; `None` keeps the state in memory only.
+    pub log: Option<Log>,
+}
+
+/// Effects waiting for the commit of the input with sequence number `seq` (or an earlier one).
+struct Held {
+    seq: u64,
+    reply: Option<ReplySender<Reply>>,
+    outcome: Outcome,
 }
 
 /// The orchestrator actor.
@@ -57,14 +61,19 @@ pub(crate) struct Service {
     /// This actor's id: the `report_to` of every submission.
     pub(crate) me: ActorId,
     pub(crate) myself: WeakActorRef<Service>,
-    pub(crate) blobs: Arc<BlobStore>,
-    pub(crate) book: Book,
-    pub(crate) store: Box<dyn Store>,
-    pub(crate) registry: Registry,
+    blobs: Arc<BlobStore>,
+    core: Core,
+    log: Option<Log>,
+    /// Effects in input order, each waiting for its commit (ORC-30).
+    held: VecDeque<Held>,
+    /// The highest sequence number committed.
+    committed: u64,
     pub(crate) subs: Subscriptions,
+    /// Queues whose subscription is decided but not yet started (its effect is held).
+    following: HashSet<u64>,
     /// A dispatch pass is queued in the mailbox (ORC-22).
-    pub(crate) dispatch_queued: bool,
-    pub(crate) shutting_down: bool,
+    dispatch_queued: bool,
+    shutting_down: bool,
 }
 
 impl std::fmt::Debug for Service {
@@ -94,23 +103,31 @@ impl Actor for Service {
             args.config.subscriber_buffer as usize,
             on_gone,
         );
-        Ok(Service {
+        let mut log = args.log;
+        if let Some(log) = &mut log {
+            log.start(weak.clone());
+        }
+        let mut service = Service {
             config: args.config,
             node: args.node,
             me: args.me,
             myself: weak,
             blobs: args.blobs,
-            book: Book::new(BookLimits::default()),
-            store: args.store,
-            registry: Registry::default(),
+            core: args.core,
+            log,
+            held: VecDeque::new(),
+            committed: 0,
             subs,
+            following: HashSet::new(),
             dispatch_queued: false,
             shutting_down: false,
-        })
+        };
+        service.trigger_dispatch();
+        Ok(service)
     }
 }
 
-/// The actor's own messages: from itself, its tick, and the tasks it spawned.
+/// The actor's own messages: from itself, its tick, the journal and the tasks it spawned.
 #[derive(Debug)]
 pub(crate) enum Internal {
     /// Run a scheduling pass (ORC-22).
@@ -119,20 +136,16 @@ pub(crate) enum Internal {
     Tick,
     /// A proc agent refused a submission or could not be reached (ORC-17).
     SubmitFailed {
-        /// The attempt.
         attempt: AttemptRef,
-        /// Where it was placed.
         proc: ProcId,
-        /// Why.
         reason: String,
     },
     /// A stop order did not reach an agent running the attempt.
-    StopFailed {
-        /// The attempt.
-        attempt: AttemptRef,
-        /// Why.
-        reason: String,
-    },
+    StopFailed { attempt: AttemptRef, reason: String },
+    /// The journal committed every input up to this sequence number.
+    Committed(u64),
+    /// The journal cannot commit: nothing more may leave (ORC-30).
+    JournalFailed(String),
     /// A subscription's sender task could not hand an event over.
     SubscriptionGone(u64),
     /// A message to this actor could not be delivered (a bounce notice of the node).
@@ -142,30 +155,90 @@ pub(crate) enum Internal {
 impl Message<Internal> for Service {
     type Reply = ();
 
-    async fn handle(&mut self, msg: Internal, _ctx: &mut Context<Self, Self::Reply>) {
+    async fn handle(&mut self, msg: Internal, ctx: &mut Context<Self, Self::Reply>) {
         if self.shutting_down {
             return;
         }
-        let now = now();
-        match msg {
-            Internal::Dispatch => self.dispatch(now),
-            Internal::Tick => self.tick(now),
+        let input = match msg {
+            Internal::Dispatch => {
+                self.dispatch_queued = false;
+                Input::Dispatch
+            }
+            Internal::Tick => Input::Tick,
             Internal::SubmitFailed {
                 attempt,
                 proc,
                 reason,
-            } => self.submit_failed(attempt, proc, reason, now),
-            Internal::StopFailed { attempt, reason } => self.stop_failed(attempt, reason, now),
+            } => Input::SubmitFailed {
+                attempt,
+                proc,
+                reason,
+            },
+            Internal::StopFailed { attempt, reason } => Input::StopFailed { attempt, reason },
+            Internal::Committed(seq) => {
+                self.committed = self.committed.max(seq);
+                self.release();
+                return;
+            }
+            Internal::JournalFailed(error) => {
+                tracing::error!(%error, "the journal cannot commit; the orchestrator stops");
+                self.fail_held(&error);
+                self.shutting_down = true;
+                ctx.stop();
+                return;
+            }
             Internal::SubscriptionGone(id) => {
                 self.subs.unsubscribe(id);
+                return;
             }
             Internal::Undeliverable(dest) => {
                 let dropped = self.subs.drop_subscriber(&dest);
                 if dropped > 0 {
                     tracing::info!(subscriber = %dest, dropped, "subscriber undeliverable");
                 }
+                return;
             }
+        };
+        self.feed(input, None);
+    }
+}
+
+impl Message<Request<OrchestratorRequest>> for Service {
+    type Reply = DelegatedReply<Reply>;
+
+    async fn handle(
+        &mut self,
+        req: Request<OrchestratorRequest>,
+        ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        let (delegated, sender) = ctx.reply_sender();
+        if self.shutting_down {
+            if let Some(sender) = sender {
+                sender.send(Ok(Err(OrchestratorError::ShuttingDown)));
+            }
+            return delegated;
         }
+        let loopback = req.is_loopback();
+        let token = match &req.message {
+            OrchestratorRequest::CreateQueue(_) => match draw_token() {
+                Ok(token) => Some(token),
+                Err(error) => {
+                    if let Some(sender) = sender {
+                        sender.send(Ok(Err(error)));
+                    }
+                    return delegated;
+                }
+            },
+            _ => None,
+        };
+        let input = Input::Request(procmesh_orchestrator_core::Request {
+            message: req.message,
+            from: req.from,
+            loopback,
+            token,
+        });
+        self.feed(input, sender);
+        delegated
     }
 }
 
@@ -181,6 +254,16 @@ impl Message<Shutdown> for Service {
 
     async fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self, Self::Reply>) {
         self.shutting_down = true;
+        if let Some(log) = self.log.take() {
+            // What was accepted is committed before the actor goes (ORC-30).
+            match log.finish() {
+                Ok(seq) => {
+                    self.committed = self.committed.max(seq);
+                    self.release();
+                }
+                Err(error) => self.fail_held(&error),
+            }
+        }
         self.subs
             .end_all("the orchestrator is shutting down", msg.grace)
             .await;
@@ -188,7 +271,7 @@ impl Message<Shutdown> for Service {
     }
 }
 
-/// Recount the book (ORC-8, ORC-12) and check the store against it (ORC-19).
+/// Recount the core (ORC-8, ORC-12, ORC-19).
 #[derive(Debug)]
 pub(crate) struct Audit;
 
@@ -196,53 +279,24 @@ impl Message<Audit> for Service {
     type Reply = WireReply<Result<(), String>>;
 
     async fn handle(&mut self, _: Audit, _ctx: &mut Context<Self, Self::Reply>) -> Self::Reply {
-        Ok(self.audit())
+        Ok(self.core.audit())
     }
 }
 
-impl Message<Request<OrchestratorRequest>> for Service {
-    type Reply = WireReply<Result<OrchestratorReply, OrchestratorError>>;
+/// What the core may ask of the world while it handles an input.
+struct ShellEnv<'a> {
+    blobs: &'a BlobStore,
+    subs: &'a Subscriptions,
+    following: &'a HashSet<u64>,
+}
 
-    async fn handle(
-        &mut self,
-        req: Request<OrchestratorRequest>,
-        _ctx: &mut Context<Self, Self::Reply>,
-    ) -> Self::Reply {
-        if self.shutting_down {
-            return Ok(Err(OrchestratorError::ShuttingDown));
-        }
-        let loopback = req.is_loopback();
-        let result = self.handle_request(req.message, &req.from, loopback, now());
-        if let Err(error) = &result {
-            tracing::debug!(%error, code = error.code(), from = %req.from, "request refused");
-        }
-        Ok(result)
+impl Env for ShellEnv<'_> {
+    fn has_blob(&self, hash: &BlobHash) -> bool {
+        self.blobs.contains(hash)
     }
-}
 
-pub(crate) type Answer = Result<OrchestratorReply, OrchestratorError>;
-
-fn journal(e: StoreError) -> OrchestratorError {
-    OrchestratorError::Journal(e.0)
-}
-
-/// Which queue `queue` names, for a request from loopback or not (ORC-15): an integer id only
-/// from loopback, a token from anywhere; a wrong token or id is an unknown queue.
-pub(crate) fn resolve_queue(
-    book: &Book,
-    store: &dyn Store,
-    queue: QueueRef,
-    loopback: bool,
-) -> Result<u64, OrchestratorError> {
-    match queue {
-        QueueRef::Id(_) if !loopback => Err(OrchestratorError::Forbidden),
-        QueueRef::Id(id) => book
-            .queue(id)
-            .map(|_| id)
-            .map_err(|_| OrchestratorError::UnknownQueue(queue.to_string())),
-        QueueRef::Token(token) => store
-            .queue_by_token(&token)
-            .ok_or_else(|| OrchestratorError::UnknownQueue(queue.to_string())),
+    fn follows(&self, queue: u64) -> bool {
+        self.subs.follows(queue) || self.following.contains(&queue)
     }
 }
 
@@ -255,503 +309,127 @@ fn draw_token() -> Result<QueueToken, OrchestratorError> {
 }
 
 impl Service {
-    fn handle_request(
-        &mut self,
-        message: OrchestratorRequest,
-        from: &ActorId,
-        loopback: bool,
-        now: Timestamp,
-    ) -> Answer {
-        use OrchestratorRequest as R;
-        match message {
-            R::RegisterHost(info) => Ok(self.register_host(info, now)),
-            R::Heartbeat(heartbeat) => self.heartbeat(heartbeat, now),
-            R::ProcLost {
-                proc_id, reason, ..
-            } => {
-                self.proc_lost(&proc_id, &reason, now);
-                Ok(OrchestratorReply::Ack)
-            }
-            R::ActionUpdate(t) => self.action_update(t, now),
-            R::ActionUpdates(transitions) => {
-                // Each on its own, in order: one refused (stale, unknown) does not hold up the
-                // rest.
-                for t in transitions {
-                    if let Err(error) = self.action_update(t, now) {
-                        tracing::debug!(%error, "update of a batch refused");
+    /// Hands one input to the core; journals it if it changed state; holds its effects until
+    /// that commit (ORC-30), or carries them out at once when nothing is waiting.
+    fn feed(&mut self, input: Input, reply: Option<ReplySender<Reply>>) {
+        let now = now();
+        let record = match &mut self.log {
+            Some(log) if input.may_change_state() => match log.encode(now, &input) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode an input for the journal");
+                    if let Some(reply) = reply {
+                        reply.send(Ok(Err(OrchestratorError::Journal(error))));
                     }
+                    return;
                 }
-                Ok(OrchestratorReply::Ack)
-            }
-            R::GetWorker(id) => self
-                .store
-                .worker(&id)
-                .cloned()
-                .map(OrchestratorReply::Worker)
-                .ok_or(OrchestratorError::UnknownWorker(id)),
-            R::CreateQueue(config) => self.create_queue(config),
-            R::QueueStatus(queue) => {
-                let id = self.queue(queue, loopback)?;
-                Ok(OrchestratorReply::QueueStatus(self.book.status(id)?))
-            }
-            R::ListResults {
-                queue,
-                after,
-                limit,
-            } => {
-                let id = self.queue(queue, loopback)?;
-                Ok(OrchestratorReply::Results(self.results(id, after, limit)?))
-            }
-            R::Retire { queue, lsns } => {
-                let id = self.queue(queue, loopback)?;
-                self.retire(id, &lsns)
-            }
-            R::Drain(queue) => {
-                let id = self.queue(queue, loopback)?;
-                self.book.drain(id)?;
-                let status = self.book.status(id)?;
-                if status.is_complete {
-                    self.subs.complete(&status);
-                }
-                Ok(OrchestratorReply::Ack)
-            }
-            R::CancelQueue(queue) => {
-                let id = self.queue(queue, loopback)?;
-                self.cancel_queue(id, now)
-            }
-            R::CancelAction { queue, lsn } => {
-                let id = self.queue(queue, loopback)?;
-                self.cancel_action(id, lsn, now)
-            }
-            R::Reschedule { queue, lsn } => {
-                let id = self.queue(queue, loopback)?;
-                let t = self.book.reschedule(id, lsn, now)?;
-                self.subs.transition(id, &t);
-                self.trigger_dispatch();
-                Ok(OrchestratorReply::Rescheduled { attempt: t.attempt })
-            }
-            R::SetPriority {
-                queue,
-                lsn,
-                priority,
-            } => {
-                let id = self.queue(queue, loopback)?;
-                self.book.set_priority(id, lsn, priority)?;
-                Ok(OrchestratorReply::Ack)
-            }
-            R::GetAction { queue, lsn } => {
-                let id = self.queue(queue, loopback)?;
-                Ok(OrchestratorReply::Action(
-                    self.book.action_in(id, lsn)?.view(),
-                ))
-            }
-            R::RegisterWorker(descriptor) => self.register_worker(descriptor),
-            R::MissingBlobs(hashes) => Ok(OrchestratorReply::MissingBlobs(
-                hashes
-                    .into_iter()
-                    .filter(|h| !self.blobs.contains(h))
-                    .collect(),
-            )),
-            R::Submit { queue, actions } => {
-                let id = self.queue(queue, loopback)?;
-                self.submit(id, actions, now)
-            }
-            R::Subscribe { target, subscriber } => {
-                let (queue, lsn) = match target {
-                    SubscriptionTarget::Queue(queue) => (self.queue(queue, loopback)?, None),
-                    SubscriptionTarget::Action { queue, lsn } => {
-                        let id = self.queue(queue, loopback)?;
-                        self.book.action_in(id, lsn)?;
-                        (id, Some(lsn))
-                    }
-                };
-                let subscription = self.subs.subscribe(queue, lsn, subscriber);
-                Ok(OrchestratorReply::Subscribed { subscription })
-            }
-            R::Unsubscribe { subscription } => {
-                // ORC-25: only the proc that subscribed may stop the subscription.
-                if self.subs.owned_by(subscription, from.proc_id())
-                    && self.subs.unsubscribe(subscription)
-                {
-                    Ok(OrchestratorReply::Ack)
-                } else {
-                    Err(OrchestratorError::UnknownSubscription(subscription))
-                }
-            }
-            R::ListHosts => Ok(OrchestratorReply::Hosts(self.registry.views(&self.book))),
-        }
-    }
-
-    fn queue(&self, queue: QueueRef, loopback: bool) -> Result<u64, OrchestratorError> {
-        resolve_queue(&self.book, &*self.store, queue, loopback)
-    }
-
-    // ---- actions --------------------------------------------------------------------------
-
-    fn action_update(&mut self, t: Transition, now: Timestamp) -> Answer {
-        match self.book.apply(&t, now) {
-            Ok(update) => {
-                if update.finished {
-                    let detail = ResultDetail {
-                        outputs: t.detail.outputs.clone(),
-                        stdout_tail: t.detail.stdout_tail.clone(),
-                        stderr_tail: t.detail.stderr_tail.clone(),
-                    };
-                    self.store.put_result(t.lsn, detail).map_err(journal)?;
-                }
-                let applied = Transition {
-                    at: update.applied.at,
-                    ..t
-                };
-                self.publish(&update, &applied);
-                Ok(OrchestratorReply::Updated(UpdateOutcome::Applied(
-                    update.applied,
-                )))
-            }
-            Err(ApplyError::Ignored(ignored)) => {
-                if ignored.is_violation() {
-                    tracing::warn!(%ignored, lsn = %t.lsn, attempt = %t.attempt, "update refused");
-                } else {
-                    tracing::debug!(%ignored, lsn = %t.lsn, attempt = %t.attempt, "update ignored");
-                }
-                Ok(OrchestratorReply::Updated(UpdateOutcome::Ignored(ignored)))
-            }
-            Err(ApplyError::UnknownAction(lsn)) => Err(OrchestratorError::UnknownAction(lsn)),
-        }
-    }
-
-    /// Publishes an applied update: the transition, the retry's `Pending`, the queue's
-    /// completion; and lets the dispatcher use what it freed.
-    pub(crate) fn publish(&mut self, update: &Update, applied: &Transition) {
-        self.subs.transition(update.queue, applied);
-        if let Some(retry) = &update.retry {
-            self.subs.transition(update.queue, retry);
-        }
-        if update.applied.to.is_terminal() {
-            self.trigger_dispatch();
-        }
-        if update.finished && update.queue_complete && self.subs.follows(update.queue) {
-            if let Ok(status) = self.book.status(update.queue) {
-                self.subs.complete(&status);
-            }
-        }
-    }
-
-    /// Publishes updates the book made itself (losses, cancellations): their transitions carry
-    /// `reason`.
-    pub(crate) fn publish_updates(&mut self, updates: &[Update], reason: &str) {
-        for update in updates {
-            let t = Transition::new(
-                update.lsn,
-                update.attempt,
-                update.applied.to,
-                update.applied.at,
-            )
-            .with_detail(TransitionDetail {
-                reason: Some(reason.to_owned()),
-                ..TransitionDetail::default()
-            });
-            self.publish(update, &t);
-        }
-    }
-
-    fn create_queue(&mut self, config: QueueConfig) -> Answer {
-        let token = loop {
-            let token = draw_token()?;
-            if !self.store.has_token(&token) {
-                break token;
-            }
-        };
-        let name = config.name.clone();
-        let id = self.book.create_queue(config);
-        self.store.put_queue(id, token).map_err(journal)?;
-        tracing::info!(queue = id, %name, "queue created");
-        Ok(OrchestratorReply::QueueCreated { id, token })
-    }
-
-    fn results(
-        &self,
-        queue: u64,
-        after: Option<Lsn>,
-        limit: Option<u32>,
-    ) -> Result<Vec<ActionResult>, OrchestratorError> {
-        let page = self.config.result_page;
-        let limit = limit.unwrap_or(page).min(page) as usize;
-        let records = self.book.results(queue, after, limit)?;
-        Ok(records
-            .into_iter()
-            .map(|record| {
-                let detail = self.store.result(record.lsn());
-                ActionResult {
-                    record: record.clone(),
-                    outputs: detail.map(|d| d.outputs.clone()).unwrap_or_default(),
-                    stdout_tail: detail.map(|d| d.stdout_tail.clone()).unwrap_or_default(),
-                    stderr_tail: detail.map(|d| d.stderr_tail.clone()).unwrap_or_default(),
-                }
-            })
-            .collect())
-    }
-
-    fn retire(&mut self, queue: u64, lsns: &[Lsn]) -> Answer {
-        let count = self.book.retire(queue, lsns)?;
-        let gone: Vec<Lsn> = lsns
-            .iter()
-            .copied()
-            .filter(|lsn| self.book.action(*lsn).is_none())
-            .collect();
-        self.store.remove(&gone).map_err(journal)?;
-        Ok(OrchestratorReply::Retired { count })
-    }
-
-    fn cancel_queue(&mut self, queue: u64, now: Timestamp) -> Answer {
-        let reason = "the queue was cancelled";
-        let outcome = self.book.cancel_queue(queue, reason, now)?;
-        let count = outcome.count();
-        tracing::info!(
-            queue,
-            cancelled = outcome.cancelled.len(),
-            stopping = outcome.stopping.len(),
-            "queue cancelled"
-        );
-        self.publish_updates(&outcome.cancelled, reason);
-        for order in outcome.stopping {
-            self.stop(order, reason, now);
-        }
-        Ok(OrchestratorReply::Cancelled { count })
-    }
-
-    fn cancel_action(&mut self, queue: u64, lsn: Lsn, now: Timestamp) -> Answer {
-        let reason = "the action was cancelled";
-        let count = match self.book.cancel(queue, lsn, reason, now)? {
-            CancelOutcome::Cancelled(update) => {
-                self.publish_updates(&[update], reason);
-                1
-            }
-            CancelOutcome::Stopping(order) => {
-                self.stop(order, reason, now);
-                1
-            }
-            CancelOutcome::AlreadyFinished(_) => 0,
-        };
-        Ok(OrchestratorReply::Cancelled { count })
-    }
-
-    // ---- workers and submission -----------------------------------------------------------
-
-    fn register_worker(&mut self, descriptor: WorkerDescriptor) -> Answer {
-        descriptor
-            .validate()
-            .map_err(OrchestratorError::InvalidWorker)?;
-        let blobs = descriptor.blobs();
-        let id = self.store.put_worker(descriptor).map_err(journal)?;
-        let missing = blobs
-            .into_iter()
-            .filter(|h| !self.blobs.contains(h))
-            .collect();
-        Ok(OrchestratorReply::WorkerRegistered { id, missing })
-    }
-
-    /// Accepts a batch, all or nothing (ORC-23): every check runs before anything changes.
-    fn submit(&mut self, queue: u64, actions: Vec<SubmitAction>, now: Timestamp) -> Answer {
-        let max = self.config.max_submit_batch;
-        if actions.len() > max as usize {
-            return Err(OrchestratorError::BatchTooLarge {
-                len: actions.len() as u64,
-                max: u64::from(max),
-            });
-        }
-        let mut workers: HashSet<WorkerId> = HashSet::new();
-        let mut checked: HashSet<BlobHash> = HashSet::new();
-        let mut missing: BTreeSet<BlobHash> = BTreeSet::new();
-        for (index, submit) in actions.iter().enumerate() {
-            let action = &submit.action;
-            action
-                .validate()
-                .map_err(|error| OrchestratorError::InvalidAction {
-                    index: index as u32,
-                    error,
-                })?;
-            if workers.insert(action.worker) {
-                let worker = self
-                    .store
-                    .worker(&action.worker)
-                    .ok_or(OrchestratorError::UnknownWorker(action.worker))?;
-                for hash in worker.blobs() {
-                    if checked.insert(hash) && !self.blobs.contains(&hash) {
-                        missing.insert(hash);
-                    }
-                }
-            }
-            for input in &action.inputs {
-                if checked.insert(input.hash) && !self.blobs.contains(&input.hash) {
-                    missing.insert(input.hash);
-                }
-            }
-        }
-        if !missing.is_empty() {
-            return Err(OrchestratorError::MissingBlobs(
-                missing.into_iter().collect(),
-            ));
-        }
-        let new: Vec<NewAction> = actions.iter().map(NewAction::from).collect();
-        let submitted = self.book.submit_batch(queue, new, now)?;
-        let lsns: Vec<Lsn> = submitted.iter().map(|s| s.lsn).collect();
-        let created: Vec<(Lsn, _)> = submitted
-            .iter()
-            .zip(actions)
-            .filter(|(s, _)| s.created)
-            .map(|(s, a)| (s.lsn, a.action))
-            .collect();
-        let fresh: Vec<Lsn> = created.iter().map(|(lsn, _)| *lsn).collect();
-        self.store.put_actions(created).map_err(journal)?;
-        if self.subs.follows(queue) {
-            for lsn in fresh.iter().copied() {
-                let at = self
-                    .book
-                    .action(lsn)
-                    .and_then(|e| e.record.entered(ActionState::Pending))
-                    .unwrap_or(now);
-                let t = Transition::new(lsn, Attempt::FIRST, ActionState::Pending, at);
-                self.subs.transition(queue, &t);
-            }
-        }
-        if !fresh.is_empty() {
-            tracing::debug!(queue, accepted = fresh.len(), "actions submitted");
-            self.trigger_dispatch();
-        }
-        Ok(OrchestratorReply::Submitted { lsns })
-    }
-
-    // ---- checks ---------------------------------------------------------------------------
-
-    fn audit(&self) -> Result<(), String> {
-        self.book.audit()?;
-        if self.store.action_count() != self.book.len() {
-            return Err(format!(
-                "the store holds {} actions, the book {}",
-                self.store.action_count(),
-                self.book.len()
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use kameo::actor::Spawn;
-    use procmesh_protocol::codec::{Hello, PROTOCOL_VERSION};
-    use procmesh_protocol::HostAddr;
-    use procmesh_transport::{LocalHub, NodeBuilder, PeerInfo, TransportKind};
-
-    use super::*;
-    use crate::store::MemoryStore;
-
-    fn peer(remote: &str) -> Arc<PeerInfo> {
-        Arc::new(PeerInfo {
-            transport: TransportKind::Quic,
-            hello: Hello {
-                addr: HostAddr::Local("client".into()),
-                name: "client".into(),
             },
-            version: PROTOCOL_VERSION,
-            remote: Some(remote.parse::<SocketAddr>().unwrap()),
-        })
+            _ => None,
+        };
+        let env = ShellEnv {
+            blobs: &self.blobs,
+            subs: &self.subs,
+            following: &self.following,
+        };
+        let outcome = self.core.handle(input, now, &env);
+        if let Some(Err(error)) = &outcome.reply {
+            tracing::debug!(%error, code = error.code(), "request refused");
+        }
+        for effect in &outcome.effects {
+            if let Effect::Subscribe { queue, .. } = effect {
+                self.following.insert(*queue);
+            }
+        }
+        let mut seq = self.held.back().map_or(self.committed, |h| h.seq);
+        if let (Some(log), Some(record), true) = (&mut self.log, record, outcome.changed) {
+            seq = log.push(record, &self.core);
+        }
+        if seq <= self.committed && self.held.is_empty() {
+            self.carry_out(reply, outcome);
+        } else {
+            self.held.push_back(Held {
+                seq,
+                reply,
+                outcome,
+            });
+        }
     }
 
-    // Attests ORC-15
-    #[tokio::test]
-    async fn queue_ids_only_from_loopback_tokens_from_anywhere() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path()).unwrap();
-        let hub = LocalHub::new();
-        let node = NodeBuilder::new("service")
-            .local(&hub, "orch")
-            .start()
-            .await
-            .unwrap();
-        let args = ServiceArgs {
-            config: OrchestratorConfig::default(),
-            me: node.actor_id("orchestrator").unwrap(),
-            node: node.clone(),
-            blobs,
-            store: Box::new(MemoryStore::new()),
-        };
-        let actor = Service::spawn_with_mailbox(args, kameo::mailbox::unbounded());
-        let ask = |message: OrchestratorRequest, peer: Option<Arc<PeerInfo>>| {
-            let actor = actor.clone();
-            async move {
-                let req = Request {
-                    message,
-                    from: HostAddr::Local("client".into())
-                        .proc("local")
-                        .unwrap()
-                        .actor("client")
-                        .unwrap(),
-                    peer,
-                    trace: None,
-                };
-                match actor.ask(req).await {
-                    Ok(answer) => answer,
-                    Err(e) => panic!("ask failed: {e}"),
-                }
+    /// Carries out every held outcome whose input is committed, in order.
+    fn release(&mut self) {
+        while self.held.front().is_some_and(|h| h.seq <= self.committed) {
+            if let Some(held) = self.held.pop_front() {
+                self.carry_out(held.reply, held.outcome);
             }
-        };
-        let remote = Some(peer("10.1.2.3:5000"));
-        let Ok(OrchestratorReply::QueueCreated { id, token }) = ask(
-            OrchestratorRequest::CreateQueue(QueueConfig::default()),
-            remote.clone(),
-        )
-        .await
-        else {
-            panic!("no queue");
-        };
-        assert_eq!(token.to_string().len(), 24);
-        // A remote peer naming the integer id is refused, even for a queue that exists.
-        let answer = ask(
-            OrchestratorRequest::QueueStatus(QueueRef::Id(id)),
-            remote.clone(),
-        )
-        .await;
-        assert_eq!(answer, Err(OrchestratorError::Forbidden));
-        // The same id from a loopback QUIC peer, or from this process, is fine.
-        for peer in [Some(peer("127.0.0.1:5000")), None] {
-            let answer = ask(OrchestratorRequest::QueueStatus(QueueRef::Id(id)), peer).await;
-            assert!(
-                matches!(answer, Ok(OrchestratorReply::QueueStatus(_))),
-                "{answer:?}"
-            );
         }
-        // The token works remotely; a wrong token is an unknown queue and does not leak it.
-        let answer = ask(
-            OrchestratorRequest::QueueStatus(QueueRef::Token(token)),
-            remote.clone(),
-        )
-        .await;
-        assert!(matches!(answer, Ok(OrchestratorReply::QueueStatus(_))));
-        let wrong = QueueToken::from_bytes([0; QUEUE_TOKEN_LEN]);
-        let answer = ask(
-            OrchestratorRequest::QueueStatus(QueueRef::Token(wrong)),
-            remote.clone(),
-        )
-        .await;
-        assert!(
-            matches!(answer, Err(OrchestratorError::UnknownQueue(_))),
-            "{answer:?}"
-        );
-        // Tokens differ between queues.
-        let Ok(OrchestratorReply::QueueCreated { token: other, .. }) = ask(
-            OrchestratorRequest::CreateQueue(QueueConfig::default()),
-            None,
-        )
-        .await
-        else {
-            panic!("no queue");
-        };
-        assert_ne!(token, other);
-        let _ = actor.stop_gracefully().await;
-        node.shutdown(Duration::from_millis(100)).await;
+    }
+
+    /// The journal failed: every held reply says so; no held effect leaves.
+    fn fail_held(&mut self, error: &str) {
+        for held in self.held.drain(..) {
+            if let Some(reply) = held.reply {
+                reply.send(Ok(Err(OrchestratorError::Journal(error.to_owned()))));
+            }
+        }
+    }
+
+    /// Carries out one input's effects, then sends its reply.
+    fn carry_out(&mut self, reply: Option<ReplySender<Reply>>, outcome: Outcome) {
+        let mut answer = outcome.reply;
+        for effect in outcome.effects {
+            match effect {
+                Effect::SubmitBatch { proc, agent, specs } => {
+                    crate::effects::send_batch(self, proc, agent, specs)
+                }
+                Effect::Cancel {
+                    agent,
+                    attempt,
+                    reason,
+                } => crate::effects::send_cancel(self, agent, attempt, reason),
+                Effect::Publish { queue, transition } => self.subs.transition(queue, &transition),
+                Effect::QueueComplete(status) => self.subs.complete(&status),
+                Effect::Subscribe {
+                    queue,
+                    lsn,
+                    subscriber,
+                } => {
+                    self.following.remove(&queue);
+                    let subscription = self.subs.subscribe(queue, lsn, subscriber);
+                    answer = Some(Ok(OrchestratorReply::Subscribed { subscription }));
+                }
+                Effect::Unsubscribe {
+                    subscription,
+                    requester,
+                } => {
+                    // ORC-25: only the proc that subscribed may stop the subscription.
+                    answer = Some(
+                        if self.subs.owned_by(subscription, &requester)
+                            && self.subs.unsubscribe(subscription)
+                        {
+                            Ok(OrchestratorReply::Ack)
+                        } else {
+                            Err(OrchestratorError::UnknownSubscription(subscription))
+                        },
+                    );
+                }
+                Effect::DispatchAgain => self.trigger_dispatch(),
+            }
+        }
+        if let (Some(reply), Some(answer)) = (reply, answer) {
+            reply.send(Ok(answer));
+        }
+    }
+
+    /// Asks for a dispatch pass; many triggers before it runs make one pass (ORC-22).
+    fn trigger_dispatch(&mut self) {
+        if self.dispatch_queued || self.shutting_down {
+            return;
+        }
+        if let Some(me) = self.myself.upgrade() {
+            // The mailbox is unbounded: this never waits and only fails once the actor stops.
+            if me.tell(Internal::Dispatch).try_send().is_ok() {
+                self.dispatch_queued = true;
+            }
+        }
     }
 }

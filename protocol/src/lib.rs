@@ -2,7 +2,8 @@
 //!
 //! The language every procmesh process speaks, and nothing else: ids, the envelope, the message
 //! types of host, proc agent, orchestrator and client, the action state machine, and the frame
-//! codec. This crate is pure: no tokio, no sockets, no clock — time is always an argument — so
+//! codec. The orchestrator's decisions (scheduling, retries, queue bookkeeping) are not here:
+//! they live in `procmesh-orchestrator-core`, which only the orchestrator compiles. This crate is pure: no tokio, no sockets, no clock — time is always an argument — so
 //! the hard logic is tested exhaustively and fast, and every driver (kameo actors in the other
 //! crates) only feeds it events and applies its decisions.
 //!
@@ -17,8 +18,6 @@
 //!   (`SPEC-n`).
 //! - [`messages`] — the typed request, reply and event enums of host, proc agent, orchestrator
 //!   and client, and the [`RemoteMessage`] trait (`MSG-n`).
-//! - [`sched`] — the orchestrator's pure decisions: pending order, placement, retries, queue
-//!   bookkeeping, the [`sched::Book`] (`ORC-n`).
 #![deny(missing_docs)]
 
 pub mod action;
@@ -27,7 +26,6 @@ pub mod codec;
 pub mod envelope;
 pub mod ids;
 pub mod messages;
-pub mod sched;
 pub mod spec;
 
 pub use action::{

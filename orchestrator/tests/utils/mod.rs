@@ -351,6 +351,7 @@ async fn beat(
                     procs: vec![ProcCapacity {
                         agent: agent.clone(),
                         capacity: Capacity { max, free },
+                        restarts: 0,
                     }],
                     running,
                 };

@@ -521,7 +521,11 @@ pub fn queue_ref() -> impl Strategy<Value = QueueRef> {
 }
 
 fn proc_capacity() -> impl Strategy<Value = ProcCapacity> {
-    (actor_id(), capacity()).prop_map(|(agent, capacity)| ProcCapacity { agent, capacity })
+    (actor_id(), capacity()).prop_map(|(agent, capacity)| ProcCapacity {
+        agent,
+        capacity,
+        restarts: 0,
+    })
 }
 
 pub fn orchestrator_request() -> impl Strategy<Value = OrchestratorRequest> {

@@ -1,8 +1,8 @@
 //! Unit tests of [`Book`]: one dispatch cycle at a time, in virtual time.
 
 use super::*;
-use crate::action::{Attempt, ExitStatus, Ignored, RetryError};
-use crate::messages::orchestrator::OrchestratorError;
+use procmesh_protocol::action::{Attempt, ExitStatus, Ignored, RetryError};
+use procmesh_protocol::messages::orchestrator::OrchestratorError;
 
 fn at(ms: u64) -> Timestamp {
     Timestamp(ms)

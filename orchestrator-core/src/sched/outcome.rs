@@ -2,18 +2,19 @@
 //! driver carries out ([`Dispatch`], [`StopOrder`], [`Update`]) or answers with ([`BookError`],
 //! [`ApplyError`]).
 
-use crate::action::{
+use serde::{Deserialize, Serialize};
+use procmesh_protocol::action::{
     ActionRecord, ActionState, Applied, Attempt, AttemptRef, Ignored, Lsn, RetryError, Transition,
 };
-use crate::ids::ProcId;
-use crate::messages::orchestrator::{ActionView, OrchestratorError, SubmitAction};
+use procmesh_protocol::ids::ProcId;
+use procmesh_protocol::messages::orchestrator::{ActionView, OrchestratorError, SubmitAction};
 
 use super::placement::Labels;
 #[cfg(doc)]
 use super::Book;
 
 /// Limits of a [`Book`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BookLimits {
     /// Idempotency keys remembered per queue, the oldest forgotten first (ORC-9), e.g.
     /// `1048576`.

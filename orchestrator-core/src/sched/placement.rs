@@ -21,12 +21,12 @@
 //! found by augmenting paths), which keeps the best set in priority order; unconstrained actions
 //! are apportioned over what the constrained ones leave.
 //!
-//! [`ResourceHints::host_labels`]: crate::spec::ResourceHints::host_labels
+//! [`ResourceHints::host_labels`]: procmesh_protocol::spec::ResourceHints::host_labels
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::action::Lsn;
-use crate::ids::ProcId;
+use procmesh_protocol::action::Lsn;
+use procmesh_protocol::ids::ProcId;
 
 /// Host labels, or the labels an action requires of its host.
 pub type Labels = BTreeMap<String, String>;

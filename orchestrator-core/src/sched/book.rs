@@ -16,11 +16,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::action::{
+use serde::{Deserialize, Serialize};
+
+use procmesh_protocol::action::{
     ActionRecord, ActionState, AttemptRef, Lsn, Timestamp, Transition, TransitionDetail,
 };
-use crate::ids::{HostAddr, ProcId};
-use crate::messages::orchestrator::{QueueConfig, QueueStatus, StateCounts};
+use procmesh_protocol::ids::{HostAddr, ProcId};
+use procmesh_protocol::messages::orchestrator::{QueueConfig, QueueStatus, StateCounts};
 
 use super::outcome::{
     ActionEntry, ApplyError, BookError, BookLimits, CancelOutcome, Dispatch, NewAction,
@@ -33,7 +35,7 @@ use super::retry::{self, RetryDecision};
 use super::store::{LsnMap, Store};
 
 /// One action: 120 bytes (ACT-10's record, its queue and priority), also as `Option<Entry>`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     record: ActionRecord,
     queue: u64,
@@ -46,7 +48,7 @@ fn is_placed(state: ActionState) -> bool {
 
 /// Every queue and every unretired action, and the decisions that move them. Plain data: time is
 /// an argument, decisions come back as values for the driver to carry out.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Book {
     limits: BookLimits,
     queues: BTreeMap<u64, QueueBook>,
@@ -414,6 +416,23 @@ impl Book {
             }
         }
         updates
+    }
+
+    /// Every attempt placed (`Submitting` or `Running`) on a proc of the host at `addr`, with
+    /// the time it was placed.
+    pub fn placed_at_host<'a>(
+        &'a self,
+        addr: &'a HostAddr,
+    ) -> impl Iterator<Item = (AttemptRef, Timestamp)> + 'a {
+        self.placed
+            .iter()
+            .filter(move |(p, _)| p.addr() == addr)
+            .flat_map(|(_, lsns)| lsns.iter())
+            .filter_map(|lsn| {
+                let record = &self.actions.get(lsn)?.record;
+                let since = record.entered(ActionState::Submitting)?;
+                Some((record.attempt_ref(), since))
+            })
     }
 
     /// A host was lost: [`proc_lost`](Self::proc_lost) for each of its procs.

@@ -11,10 +11,11 @@
 //! entry just past a million); here only the 17-byte buckets double, and the slab grows one
 //! chunk at a time. Retirement in any order leaves no holes: freed slots are reused.
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::action::Lsn;
+use procmesh_protocol::action::Lsn;
 
 /// Entries per chunk.
 const CHUNK: usize = 4096;
@@ -46,7 +47,7 @@ impl Hasher for LsnHasher {
 pub(crate) type LsnMap<V> = HashMap<Lsn, V, BuildHasherDefault<LsnHasher>>;
 
 /// Entries by LSN.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Store<T> {
     slots: LsnMap<u32>,
     chunks: Vec<Vec<Option<T>>>,

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 
 use procmesh_protocol::action::{ActionState, Lsn, Timestamp, Transition, TransitionDetail};
 use procmesh_protocol::messages::orchestrator::{QueueConfig, StateCounts};
-use procmesh_protocol::sched::{
+use procmesh_orchestrator_core::sched::{
     place, place_constrained, satisfies, Assignment, Book, CancelOutcome, Candidate, Labels,
     NewAction, PendingIndex, ProcFree,
 };

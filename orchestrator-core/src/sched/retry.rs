@@ -14,11 +14,11 @@
 //!  Completed, Cancelled, or not ended                                    GiveUp(NotRetryable)
 //! ```
 //!
-//! [`QueueConfig::retry_limit`]: crate::messages::orchestrator::QueueConfig::retry_limit
+//! [`QueueConfig::retry_limit`]: procmesh_protocol::messages::orchestrator::QueueConfig::retry_limit
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::{ActionRecord, ActionState, RetryError};
+use procmesh_protocol::action::{ActionRecord, ActionState, RetryError};
 
 /// What to do with an attempt that ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,7 @@ pub fn check_reschedule(record: &ActionRecord) -> Result<(), RetryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::{Lsn, Timestamp};
+    use procmesh_protocol::action::{Lsn, Timestamp};
 
     fn ended(state: ActionState, attempt: u32) -> ActionRecord {
         let mut r = ActionRecord::new(Lsn(1), Timestamp(1));

@@ -14,15 +14,16 @@
 //! used alone, fed with [`add`](QueueBook::add), [`moved`](QueueBook::moved) and
 //! [`remove`](QueueBook::remove).
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::action::{ActionState, Lsn};
-use crate::messages::orchestrator::{QueueConfig, QueueStatus, StateCounts};
+use procmesh_protocol::action::{ActionState, Lsn};
+use procmesh_protocol::messages::orchestrator::{QueueConfig, QueueStatus, StateCounts};
 
 /// One queue's bookkeeping.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueueBook {
     id: u64,
     config: QueueConfig,
@@ -190,7 +191,7 @@ impl QueueBook {
 
 /// A bounded map from idempotency key to LSN (ORC-9): at most `max` keys, the oldest forgotten
 /// first. A key resubmitted after it was forgotten creates a new action.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IdempotencyKeys {
     map: HashMap<Arc<str>, Lsn>,
     order: VecDeque<Arc<str>>,

@@ -9,17 +9,20 @@
 //!                  Lost ─ Heartbeat ─▶ UnknownHost ─▶ the host registers again ─▶ Alive
 //! ```
 //!
-//! Pure bookkeeping: time is passed in.
+//! Pure bookkeeping: time is passed in. Every collection is ordered, so that a replay of the
+//! journal makes the same decisions (ORC-26).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use procmesh_protocol::messages::host::HostInfo;
 use procmesh_protocol::messages::orchestrator::{Heartbeat, HostState, HostView, ProcCapacity};
-use procmesh_protocol::sched::{Book, Labels, ProcFree};
+use serde::{Deserialize, Serialize};
+
+use crate::sched::{Book, Labels, ProcFree};
 use procmesh_protocol::{ActorId, HostAddr, ProcId, Timestamp};
 
 /// One host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct HostEntry {
     info: HostInfo,
     state: HostState,
@@ -39,12 +42,12 @@ pub(crate) struct ReadyProc {
 }
 
 /// Every host that registered since the orchestrator started.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct Registry {
     hosts: BTreeMap<HostAddr, HostEntry>,
     /// The agent of every proc a heartbeat named (kept after the proc leaves, so that a stop
     /// order still finds it).
-    agents: HashMap<ProcId, ActorId>,
+    agents: BTreeMap<ProcId, ActorId>,
 }
 
 impl Registry {
@@ -113,6 +116,19 @@ impl Registry {
             }
         }
         lost
+    }
+
+    /// After a restart: every alive host gets a full `lost_after_ms` from `now` to heartbeat
+    /// again, as if it had just been heard (ORC-27). Returns how many.
+    pub fn recovered(&mut self, now: Timestamp) -> usize {
+        let mut alive = 0;
+        for entry in self.hosts.values_mut() {
+            if entry.state == HostState::Alive {
+                entry.last_seen = now;
+                alive += 1;
+            }
+        }
+        alive
     }
 
     /// A proc died: it leaves its host's list until a heartbeat names it again.
@@ -219,6 +235,7 @@ mod tests {
                 .map(|name| ProcCapacity {
                     agent: addr.proc(name).unwrap().actor("agent").unwrap(),
                     capacity: Capacity { max: 2, free: 2 },
+                    restarts: 0,
                 })
                 .collect(),
             running: Vec::new(),

@@ -11,13 +11,14 @@
 //! 5 to 11 of them. LSNs within a priority arrive in increasing order, which B-trees absorb by
 //! appending at the right edge.
 
+use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::action::Lsn;
+use procmesh_protocol::action::Lsn;
 
 /// The set of pending actions, ordered by priority (descending), then LSN (ascending) (ORC-1).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingIndex {
     order: BTreeSet<(Reverse<i32>, Lsn)>,
     priorities: BTreeMap<Lsn, i32>,

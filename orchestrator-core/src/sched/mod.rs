@@ -78,8 +78,8 @@
 //! - **ORC-14** A transition the record refuses (stale, future, foreign, not forward, after the
 //!   end: ACT-1 … ACT-7) or for an unknown action changes nothing in the book.
 //!
-//! [`RetryError::NotRetryable`]: crate::action::RetryError::NotRetryable
-//! [`StateCounts`]: crate::messages::orchestrator::StateCounts
+//! [`RetryError::NotRetryable`]: procmesh_protocol::action::RetryError::NotRetryable
+//! [`StateCounts`]: procmesh_protocol::messages::orchestrator::StateCounts
 
 pub mod book;
 pub mod outcome;

@@ -1,19 +1,22 @@
-//! The proc agent actor: answers [`AgentRequest`]s by driving the [`Runner`], and forwards
-//! every transition the runner reports to whoever asked for the action (`report_to`).
+//! The proc agent actor: answers [`AgentRequest`]s by driving the [`Runner`]; the runner's
+//! reports go to whoever asked for the action (`report_to`) through the report pump
+//! ([`crate::outbox`]), which keeps each until it is answered.
 //!
 //! ```text
 //!  orchestrator ── Submit / Cancel / Capacity / Status / Stop ──▶ ProcAgent ──▶ Runner
-//!  orchestrator ◀── tell ActionUpdate(Transition) ── report pump ◀── Runner reports
+//!  orchestrator ◀── ask ActionUpdate(s) ── report pump (outbox) ◀── Runner reports
 //!  orchestrator ◀── ask GetWorker ─┐
 //!  host         ◀── ask FetchBlobs ┴── MeshResolver ◀── Runner (what it lacks)
 //! ```
 //!
 //! # Invariants
 //! - **PA-AG-1** Transitions reach `report_to` in the order the runner reported them: one pump
-//!   task tells them one after another over one link per destination (NODE-1).
+//!   task sends them one message after another over one link per destination (NODE-1); a
+//!   message that was not answered is sent again before anything later (PA-AG-4).
 //! - **PA-AG-2** After `Stop`, every new submission is refused with `Stopping`.
+//! - **PA-AG-3** … **PA-AG-5**: reliable reports — the outbox, its acknowledgement rule and its
+//!   bound; see [`crate::outbox`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,12 +30,12 @@ use procmesh_protocol::messages::agent::{
 use procmesh_protocol::messages::host::{HostReply, HostRequest};
 use procmesh_protocol::messages::orchestrator::{OrchestratorReply, OrchestratorRequest};
 use procmesh_protocol::spec::{WorkerDescriptor, WorkerId};
-use procmesh_protocol::{ActorId, ProcId, Transition};
+use procmesh_protocol::{ActorId, ProcId};
 use procmesh_transport::remote::BoxFuture;
 use procmesh_transport::{Node, RemoteRef, Request, WireReply};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-use crate::runner::{Report, Resolver, Runner};
+use crate::runner::{Resolver, Runner};
 
 /// How long the agent waits for the orchestrator or the host when preparing an action.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -194,42 +197,6 @@ impl ProcAgent {
 /// Probes are delegated before `handle_now`; this arm exists for exhaustiveness only.
 fn unreachable_probe() -> AgentResult {
     Err(AgentError::Internal("probe handled out of line".into()))
-}
-
-/// Most transitions told in one message.
-const MAX_REPORT_BATCH: usize = 512;
-
-/// Tells every reported transition to its `report_to`, in order (PA-AG-1). What piled up while
-/// the previous message was in flight goes as one `ActionUpdates` per destination.
-pub async fn pump_reports(node: Node, mut reports: mpsc::UnboundedReceiver<Report>) {
-    let mut refs: HashMap<ActorId, RemoteRef<OrchestratorRequest>> = HashMap::new();
-    let mut batch: Vec<Report> = Vec::new();
-    while reports.recv_many(&mut batch, MAX_REPORT_BATCH).await > 0 {
-        // Per destination, in the order reported (one destination in practice).
-        let mut by_dest: Vec<(ActorId, Vec<Transition>)> = Vec::new();
-        for Report {
-            report_to,
-            transition,
-        } in batch.drain(..)
-        {
-            match by_dest.iter_mut().find(|(dest, _)| *dest == report_to) {
-                Some((_, ts)) => ts.push(transition),
-                None => by_dest.push((report_to, vec![transition])),
-            }
-        }
-        for (report_to, mut transitions) in by_dest {
-            let target = refs
-                .entry(report_to.clone())
-                .or_insert_with(|| node.remote_ref(report_to.clone()));
-            let message = match transitions.len() {
-                1 => OrchestratorRequest::ActionUpdate(transitions.remove(0)),
-                _ => OrchestratorRequest::ActionUpdates(transitions),
-            };
-            if let Err(error) = target.tell(message).await {
-                tracing::warn!(%error, %report_to, "transitions not sent");
-            }
-        }
-    }
 }
 
 /// Resolves what the runner lacks through the mesh: worker descriptors from the orchestrator

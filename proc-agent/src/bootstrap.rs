@@ -10,7 +10,8 @@
 //!   ├─ Runner over the host's shared blob store and worker cache
 //!   ├─ expose `agent` ─▶ ask ProcReady { proc_id, addr, agent, pid } to the callback
 //!   └─ serve until Stop has finished, or SIGTERM (host terminate, or the host died:
-//!      parent-death signal) ─▶ cancel actions, delete sandboxes, exit 0
+//!      parent-death signal) ─▶ cancel actions, delete sandboxes, flush the report outbox
+//!      (at most 3 s), exit 0
 //! ```
 
 use std::sync::Arc;
@@ -22,11 +23,14 @@ use procmesh_protocol::{HostAddr, SERVICE_PROC};
 use procmesh_transport::{BlobStore, NodeBuilder};
 use tokio::sync::{mpsc, Notify};
 
-use crate::agent::{pump_reports, MeshResolver, ProcAgent};
+use crate::agent::{MeshResolver, ProcAgent};
+use crate::outbox::{PumpConfig, ReportPump};
 use crate::runner::{Executor, Runner, RunnerConfig};
 
 /// How long the host has to acknowledge `ProcReady`.
 const READY_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the last reports may take to be answered before the proc exits anyway.
+const REPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long running actions get to stop when the proc is told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -121,7 +125,7 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
     let resolver = Arc::new(MeshResolver::new(node.clone(), host));
     let runner = Runner::start(config, store, resolver, reports)
         .map_err(|e| BootstrapError::Runner(e.to_string()))?;
-    tokio::spawn(pump_reports(node.clone(), report_rx));
+    let pump = ReportPump::spawn(node.clone(), report_rx, PumpConfig::default());
 
     let stopped = Arc::new(Notify::new());
     let agent = ProcAgent::new(node.clone(), runner.clone(), STOP_GRACE, stopped.clone());
@@ -166,6 +170,14 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
     }
     reaper.abort();
     let _ = tokio::task::spawn_blocking(procmesh_sys::reap_orphans).await;
+    // PA-AG-5: the final transitions of the cancelled actions go out before the node does.
+    if !pump.flush(REPORT_FLUSH_TIMEOUT).await {
+        tracing::warn!(
+            proc = %boot.proc_id,
+            unacknowledged = pump.unacknowledged(),
+            "exiting with reports the orchestrator has not answered"
+        );
+    }
     node.shutdown(Duration::from_millis(200)).await;
     Ok(())
 }

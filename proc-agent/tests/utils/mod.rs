@@ -1,8 +1,10 @@
 //! Shared helpers of the proc-agent integration tests: an in-memory [`TestResolver`], a
-//! [`Harness`] owning a runner in a temporary directory with its blob store, and `/proc`
-//! scans. Every wait is for an event (a reported transition, a condition on disk or in `/proc`)
-//! and bounded.
+//! [`Harness`] owning a runner in a temporary directory with its blob store, `/proc` scans,
+//! and a fake orchestrator on a transport node ([`orchestrator`]). Every wait is for an event
+//! (a reported transition, a condition on disk or in `/proc`) and bounded.
 #![allow(dead_code)]
+
+pub mod orchestrator;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

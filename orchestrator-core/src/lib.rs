@@ -100,3 +100,6 @@ pub use crate::core::Core;
 pub use config::CoreConfig;
 pub use input::{Answer, Effect, Env, Input, Logged, Outcome, Replay, Request};
 pub use records::{Records, ResultDetail};
+
+#[cfg(test)]
+mod core_tests;

@@ -68,16 +68,26 @@ impl LocalMesh {
         ids: &Identities,
         procs: Procs<'_>,
     ) -> anyhow::Result<LocalMesh> {
-        let orchestrator = Orchestrator::start(
-            OrchestratorConfig {
-                heartbeat_interval_ms: 500,
-                lost_after_ms: 10_000,
-                ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
-            },
-            ids.node.clone(),
-        )
-        .await
-        .context("starting the orchestrator")?;
+        Self::start_with(dir, ids, procs, |_| {}).await
+    }
+
+    /// [`start`](Self::start) with the orchestrator's configuration adjusted by `tune` (e.g.
+    /// its journal and durability).
+    pub async fn start_with(
+        dir: &Path,
+        ids: &Identities,
+        procs: Procs<'_>,
+        tune: impl FnOnce(&mut OrchestratorConfig),
+    ) -> anyhow::Result<LocalMesh> {
+        let mut config = OrchestratorConfig {
+            heartbeat_interval_ms: 500,
+            lost_after_ms: 10_000,
+            ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
+        };
+        tune(&mut config);
+        let orchestrator = Orchestrator::start(config, ids.node.clone())
+            .await
+            .context("starting the orchestrator")?;
         // The proc agents are this binary, re-executed as `procmesh proc-agent`.
         let host = Host::start(
             HostConfig {

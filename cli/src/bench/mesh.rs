@@ -6,9 +6,14 @@
 //!    and a client, each its own QUIC node on loopback, in this process; the client submits
 //!    batches of actions running the same `true` and waits for each batch to complete.
 //! 3. **No-op dispatch**: the same mesh, but proc agents with the no-op executor
-//!    (`PROCMESH_EXECUTOR=noop`): 100,000 actions from submission to the last completion.
-//! 4. **Memory**: an orchestrator as its own OS process (`procmesh orchestrator`) with no hosts;
-//!    its resident memory before and after 1,000,000 trivial actions are pending, per action.
+//!    (`PROCMESH_EXECUTOR=noop`): 100,000 actions from submission to the last completion, three
+//!    times: the orchestrator in memory (no journal), journaled on a real disk at the default
+//!    durability (fsync per group commit), and journaled on tmpfs.
+//! 4. **Memory**: an orchestrator as its own OS process (`procmesh orchestrator --no-journal`)
+//!    with no hosts; its resident memory before and after 1,000,000 trivial actions are
+//!    pending, per action.
+//! 5. **Recovery**: the same with its journal: 1,000,000 pending actions, a clean stop, then the
+//!    time a new process takes from start to its ready line, and the journal's size per action.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -103,16 +108,26 @@ async fn e2e(
     Ok(rate)
 }
 
+/// Where the orchestrator of a no-op phase keeps its state.
+#[derive(Debug, Clone, Copy)]
+enum Journal {
+    /// Nowhere: in memory.
+    Off,
+    /// A journal at the default durability (fsync per group commit).
+    On,
+}
+
 /// Actions per second from submission to completion with the no-op executor.
-async fn noop(dir: &Path, ids: &Identities, n: u64) -> anyhow::Result<f64> {
-    let mesh = LocalMesh::start(
-        &dir.join("noop"),
+async fn noop(dir: &Path, ids: &Identities, n: u64, journal: Journal) -> anyhow::Result<f64> {
+    let mesh = LocalMesh::start_with(
+        dir,
         ids,
         Procs {
             count: 2,
             max_actions: Some(2048),
             env: &[("PROCMESH_EXECUTOR", "noop")],
         },
+        |config| config.journal = matches!(journal, Journal::On),
     )
     .await?;
     let worker = mesh
@@ -153,16 +168,23 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Resident bytes an orchestrator process grows by per pending trivial action.
-async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f64> {
+/// An orchestrator as its own OS process: its guard, its ready line, and how long it took to
+/// print it.
+async fn orchestrator_process(
+    ids: &Identities,
+    state: &Path,
+    journal_flag: &[&str],
+) -> anyhow::Result<(ChildGuard, serde_json::Value, Duration)> {
     use std::io::BufRead as _;
     let me = std::env::current_exe()?;
+    let started = Instant::now();
     let mut child = std::process::Command::new(me)
         .args(["orchestrator", "--listen", "127.0.0.1:0", "--json"])
+        .args(journal_flag)
         .arg("--tls-dir")
         .arg(ids.node_dir())
         .arg("--state-dir")
-        .arg(dir.join("memory"))
+        .arg(state)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -179,14 +201,28 @@ async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f6
     })
     .await?
     .context("the orchestrator exited before it was ready")?;
+    let took = started.elapsed();
     let ready: serde_json::Value =
         serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+    Ok((guard, ready, took))
+}
+
+/// Submits `pending` trivial actions to the orchestrator of `ready` (in batches of 10,000),
+/// after 1,000 to warm up; returns the client, the queue and the worker.
+async fn fill(
+    dir: &Path,
+    ids: &Identities,
+    ready: &serde_json::Value,
+    pending: u64,
+    before_bulk: impl FnOnce() -> anyhow::Result<u64>,
+) -> anyhow::Result<(Client, u64)> {
     let id = ready["ready"]
         .as_str()
         .context("no \"ready\" in the orchestrator's line")?
         .parse()?;
     let mut config = ClientConfig::new(id, ids.client.clone());
-    config.cache_dir = Some(dir.join("memory-client-cache"));
+    config.cache_dir = Some(dir.join("fill-client-cache"));
+    config.timeout = Duration::from_secs(60);
     let client = Client::connect(config).await?;
     let worker = client
         .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
@@ -194,8 +230,7 @@ async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f6
     let queue = client.create_queue(QueueConfig::default()).await?;
     // Warm up the orchestrator's allocator and maps a little, then measure the growth.
     queue.submit(trivial_actions(worker, 1000)).await?;
-    let pid = guard.0.id();
-    let before = rss_bytes(pid)?;
+    let before = before_bulk()?;
     let chunk = 10_000u64;
     let mut sent = 0;
     while sent < pending {
@@ -209,10 +244,47 @@ async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f6
         "expected {pending} pending actions, the orchestrator counts {}",
         status.counts.pending
     );
+    Ok((client, before))
+}
+
+/// Resident bytes an orchestrator process (in memory) grows by per pending trivial action.
+async fn memory(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<f64> {
+    let (guard, ready, _) =
+        orchestrator_process(ids, &dir.join("memory"), &["--no-journal"]).await?;
+    let pid = guard.0.id();
+    let (client, before) = fill(dir, ids, &ready, pending, || rss_bytes(pid)).await?;
     let after = rss_bytes(pid)?;
     client.close().await;
     drop(guard);
     Ok(after.saturating_sub(before) as f64 / pending as f64)
+}
+
+/// Recovery: an orchestrator whose journal holds `pending` pending actions is stopped cleanly
+/// and started again; returns the seconds from start to ready and the journal's bytes per
+/// action.
+async fn recovery(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<(f64, f64)> {
+    let state = dir.join("recovery");
+    let (mut guard, ready, _) = orchestrator_process(ids, &state, &[]).await?;
+    let (client, _) = fill(dir, ids, &ready, pending, || Ok(0)).await?;
+    client.close().await;
+    // A clean stop: SIGTERM, then wait for the exit.
+    let pid = nix::unistd::Pid::from_raw(guard.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let waited = tokio::task::spawn_blocking(move || {
+        let status = guard.0.wait();
+        (guard, status)
+    })
+    .await?;
+    waited.1.context("waiting for the orchestrator to stop")?;
+    let bytes = std::fs::metadata(state.join("journal.redb"))?.len();
+    let (again, ready, took) = orchestrator_process(ids, &state, &[]).await?;
+    let actions = ready["recovered"]["actions"].as_u64().unwrap_or(0);
+    anyhow::ensure!(
+        actions > pending,
+        "the restarted orchestrator recovered {actions} actions, not {pending}"
+    );
+    drop(again);
+    Ok((took.as_secs_f64(), bytes as f64 / actions as f64))
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -239,6 +311,30 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             goal: ">= 1 (50k/s)",
         },
         Row {
+            what: "durable no-op dispatch/s (disk)",
+            ours: f.durable,
+            raw: f.noop,
+            unit: "1/s",
+            ratio: f.durable / f.noop,
+            goal: ">= 0.7",
+        },
+        Row {
+            what: "durable no-op dispatch/s (tmpfs)",
+            ours: f.durable_tmpfs,
+            raw: f.noop,
+            unit: "1/s",
+            ratio: f.durable_tmpfs / f.noop,
+            goal: "",
+        },
+        Row {
+            what: "recovery, 1M pending actions",
+            ours: f.recovery_s,
+            raw: 5.0,
+            unit: "s",
+            ratio: f.recovery_s / 5.0,
+            goal: "<= 1 (5 s)",
+        },
+        Row {
             what: "orchestrator bytes/pending action",
             ours: f.bytes_per_pending,
             raw: 512.0,
@@ -259,7 +355,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
          resident-set growth of a separate orchestrator process",
         options.concurrency, options.noop_actions, options.pending
     );
-    println!("state directory on {on}");
+    println!(
+        "state directory on {on}; the durable disk phase journals to {}",
+        f.disk
+    );
     println!("elapsed {:.1}s", started.elapsed().as_secs_f64());
     let json = serde_json::json!({
         "suite": "mesh",
@@ -271,6 +370,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "noop_dispatch_per_s": f.noop,
         "pending_actions": options.pending,
         "bytes_per_pending_action": f.bytes_per_pending,
+        "durable_dispatch_per_s": f.durable,
+        "durable_ratio": f.durable / f.noop,
+        "durable_tmpfs_per_s": f.durable_tmpfs,
+        "durable_disk": f.disk,
+        "recovery_s": f.recovery_s,
+        "journal_bytes_per_action": f.journal_bytes_per_action,
     });
     println!("{json}");
     Ok(())
@@ -280,7 +385,26 @@ struct Figures {
     e2e: f64,
     raw: f64,
     noop: f64,
+    durable: f64,
+    durable_tmpfs: f64,
+    disk: String,
     bytes_per_pending: f64,
+    recovery_s: f64,
+    journal_bytes_per_action: f64,
+}
+
+/// A scratch directory on a real disk (not tmpfs): under the system's `/var/tmp`, else the
+/// current directory.
+fn disk_dir() -> anyhow::Result<std::path::PathBuf> {
+    let base = ["/var/tmp", "."]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_dir())
+        .context("no directory for the disk phase")?;
+    let dir = base.join(format!("procmesh-bench-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
@@ -296,16 +420,36 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
     let e2e = e2e(dir, &ids, options.concurrency, budget)
         .await
         .context("end-to-end phase")?;
-    let noop = noop(dir, &ids, options.noop_actions)
+    let noop_in_memory = noop(&dir.join("noop"), &ids, options.noop_actions, Journal::Off)
         .await
         .context("no-op dispatch phase")?;
+    let disk = disk_dir()?;
+    let durable = noop(&disk, &ids, options.noop_actions, Journal::On).await;
+    let _ = std::fs::remove_dir_all(&disk);
+    let durable = durable.context("durable no-op dispatch phase (disk)")?;
+    let durable_tmpfs = noop(
+        &dir.join("noop-journal"),
+        &ids,
+        options.noop_actions,
+        Journal::On,
+    )
+    .await
+    .context("durable no-op dispatch phase (tmpfs)")?;
     let bytes_per_pending = memory(dir, &ids, options.pending)
         .await
         .context("memory phase")?;
+    let (recovery_s, journal_bytes_per_action) = recovery(dir, &ids, options.pending)
+        .await
+        .context("recovery phase")?;
     Ok(Figures {
         e2e,
         raw,
-        noop,
+        noop: noop_in_memory,
+        durable,
+        durable_tmpfs,
+        disk: disk.display().to_string(),
         bytes_per_pending,
+        recovery_s,
+        journal_bytes_per_action,
     })
 }

@@ -35,6 +35,13 @@ pub struct OrchestratorArgs {
     /// Silence after which a host is declared lost, in milliseconds.
     #[arg(long, env = "PROCMESH_LOST_AFTER_MS")]
     lost_after_ms: Option<u64>,
+    /// When a journal commit is durable: fsync (default) or none (a machine crash may lose the
+    /// last commits; a process crash loses nothing).
+    #[arg(long, env = "PROCMESH_DURABILITY")]
+    durability: Option<procmesh_orchestrator::Durability>,
+    /// Keep the state in memory only: a restart forgets every queue (benchmarks).
+    #[arg(long)]
+    no_journal: bool,
     /// Print the ready line as JSON.
     #[arg(long)]
     json: bool,
@@ -76,6 +83,12 @@ impl OrchestratorArgs {
         }
         if let Some(v) = self.lost_after_ms {
             config.lost_after_ms = v;
+        }
+        if let Some(v) = self.durability {
+            config.durability = v;
+        }
+        if self.no_journal {
+            config.journal = false;
         }
         config
             .validate()
@@ -123,10 +136,16 @@ async fn serve(
     let orchestrator = Orchestrator::start(config, identity)
         .await
         .with_context(|| format!("starting the orchestrator on {listen}"))?;
+    let recovered = orchestrator.recovered();
     if json {
         let line = serde_json::json!({
             "ready": orchestrator.actor_id().to_string(),
             "addr": orchestrator.addr().to_string(),
+            "recovered": {
+                "snapshot": recovered.snapshot,
+                "records": recovered.records,
+                "actions": recovered.actions,
+            },
         });
         println!("{line}");
     } else {
@@ -136,6 +155,11 @@ async fn serve(
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = orchestrator.stopped() => {
+            // ORC-30: only a failed journal stops the actor on its own.
+            orchestrator.shutdown().await;
+            anyhow::bail!("the orchestrator stopped: its journal cannot commit (see the log)");
+        }
     }
     tracing::info!("stopping");
     orchestrator.shutdown().await;
@@ -186,6 +210,8 @@ mod tests {
             state_dir: None,
             heartbeat_interval_ms: None,
             lost_after_ms: Some(150),
+            durability: None,
+            no_journal: false,
             json: false,
         };
         let err = format!("{:#}", args.config().unwrap_err());

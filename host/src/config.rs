@@ -9,6 +9,7 @@
 //! allowed_dir = "/usr/lib/procmesh"
 //! orchestrator = "quic!10.0.0.1:7600,service.orchestrator"
 //! labels = { zone = "eu-1" }
+//! respawn = true
 //! ```
 //!
 //! The state directory holds, by [`StatePaths`]:
@@ -81,6 +82,11 @@ pub struct HostConfig {
     /// How many actions the host announces it runs at once, e.g. `16`. `None`: its logical
     /// CPUs.
     pub capacity: Option<u32>,
+    /// Whether a proc that exits without being asked (a crash, `kill -9`) is spawned again under
+    /// the same name with the same spec, after a backoff of 200 ms doubling to 10 s (back to
+    /// 200 ms once it stayed up 30 s), e.g. `true`. Procs stopped on purpose (terminate, kill,
+    /// shutdown) never are (HST-14).
+    pub respawn: bool,
 }
 
 impl Default for HostConfig {
@@ -102,6 +108,7 @@ impl Default for HostConfig {
             heartbeat_interval_ms: 5_000,
             labels: BTreeMap::new(),
             capacity: None,
+            respawn: true,
         }
     }
 }
@@ -195,6 +202,7 @@ mod tests {
         assert_eq!(c.heartbeat_interval_ms, 5_000);
         assert!(c.labels.is_empty());
         assert_eq!(c.capacity, None);
+        assert!(c.respawn);
     }
 
     #[test]

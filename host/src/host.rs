@@ -40,6 +40,7 @@ use crate::blobs::BlobFetcher;
 use crate::config::{HostConfig, StatePaths};
 use crate::handle::{HandleTimeouts, ProcHandle};
 use crate::manager::ProcManager;
+use crate::respawn::Respawns;
 use crate::service::{BootstrapAgent, HostAgent, BOOTSTRAP_ACTOR, HOST_ACTOR};
 use crate::system::{logical_cpus, system_info};
 use crate::table::ProcTable;
@@ -108,6 +109,8 @@ pub(crate) struct HostInner {
     system: SystemInfo,
     local: OnceCell<Node>,
     registration: Mutex<Option<JoinHandle<()>>>,
+    /// What is needed to respawn the procs that crash (HST-14).
+    pub respawns: Respawns,
 }
 
 pub(crate) use procmesh_transport::now;
@@ -187,6 +190,7 @@ impl Host {
             system: system_info(),
             local: OnceCell::new(),
             registration: Mutex::new(None),
+            respawns: Respawns::default(),
         });
         // The actors hold the host weakly: the node holds the actors.
         let host_agent = HostAgent::spawn_with_mailbox(
@@ -272,9 +276,23 @@ impl Host {
         let reservation = self.inner.table.reserve(&spec.name)?;
         let inner = self.inner.clone();
         let span = tracing::info_span!("spawn", proc = %spec.name);
-        tokio::spawn(inner.drive_spawn(spec, reservation).instrument(span))
-            .await
-            .map_err(|e| HostError::Internal(format!("spawn task failed: {e}")))?
+        tokio::spawn(
+            async move {
+                let handle = inner.clone().drive_spawn(spec.clone(), reservation).await?;
+                // HST-14: from now on a crash brings it back.
+                inner.respawns.spawned(&spec);
+                Ok(handle)
+            }
+            .instrument(span),
+        )
+        .await
+        .map_err(|e| HostError::Internal(format!("spawn task failed: {e}")))?
+    }
+
+    /// How many times the proc `name` was respawned after exiting unasked since a request
+    /// last spawned it (HST-14); 0 for a name the host does not know.
+    pub fn restarts(&self, name: &str) -> u32 {
+        self.inner.respawns.restarts(name)
     }
 
     /// The proc `name` (waiting for its launch if it is being launched).
@@ -481,6 +499,11 @@ impl Host {
 impl HostInner {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Resolves (`wait_for(|stop| *stop)`) once the host shuts down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     pub(crate) fn bootstrap_actor(&self) -> ActorId {

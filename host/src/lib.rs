@@ -32,6 +32,7 @@
 //! - `service` — the `service` proc's actors: `host`, `bootstrap` (`HST-12`).
 //! - `blobs` — `FetchBlobs` with shared transfers (`HST-10`).
 //! - `registration` — registration, heartbeats, lost procs (`HST-7`, `HST-11`).
+//! - `respawn` — bringing back procs that exited unasked, with a bounded backoff (`HST-14`).
 //! - [`system`] — what the host says about its machine.
 //! - [`env`](mod@crate::env) — the environment variables of a proc's bootstrap.
 //!
@@ -39,7 +40,7 @@
 //! Each is stated where it is kept: HST-1 (`table`), HST-2, HST-3, HST-6 (`lifecycle`),
 //! HST-13 ([`host`]),
 //! HST-4, HST-5 ([`handle`]), HST-7, HST-11 (`registration`), HST-8, HST-9 ([`manager`]'s OS
-//! manager), HST-10 (`blobs`), HST-12 (`service`).
+//! manager), HST-10 (`blobs`), HST-12 (`service`), HST-14 (`respawn`).
 #![deny(missing_docs)]
 
 mod blobs;
@@ -49,6 +50,7 @@ pub mod host;
 mod lifecycle;
 pub mod manager;
 mod registration;
+mod respawn;
 mod service;
 pub mod system;
 mod table;

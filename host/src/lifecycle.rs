@@ -287,8 +287,8 @@ impl HostInner {
         );
     }
 
-    /// HST-6, HST-7: clean up after an exit, then announce it.
-    async fn proc_exited(&self, handle: &ProcHandle, status: ExitStatus) {
+    /// HST-6, HST-7, HST-14: clean up after an exit, announce it, respawn a crashed proc.
+    async fn proc_exited(self: &Arc<Self>, handle: &ProcHandle, status: ExitStatus) {
         let name = handle.name().to_owned();
         self.node.remove_proc_route(&name);
         self.remove_work_dir(&name).await;
@@ -303,8 +303,14 @@ impl HostInner {
                 status,
                 format!("exited without being asked ({status})"),
             );
+            self.schedule_respawn(&name);
         } else {
             tracing::info!(%status, "proc exited");
+            // HST-14: stopped on purpose (a failed spawn's own kill is not: it never was
+            // ready), it stays down.
+            if before.stop_requested && before.ready.is_some() {
+                self.respawns.forget(&name);
+            }
         }
     }
 }

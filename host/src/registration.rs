@@ -8,8 +8,12 @@
 //!              │ HeartbeatAck { orphans } ─▶ cancel each orphan on the proc that runs it
 //!              │ Err(UnknownHost)         ─▶ register again
 //!              │ other errors             ─▶ log, keep beating
-//! a proc exits unasked ─▶ ProcLost { proc_id, status, reason }
+//! a proc exits unasked ─▶ ProcLost { proc_id, status, reason } (then respawned: `respawn`)
 //! ```
+//!
+//! A heartbeat ask that times out has the orchestrator's connection probed by the transport
+//! (QUIC-5), and one lost with its connection fails at once (LNK-5): either way the next beat
+//! or registration goes over a fresh connection instead of the dead one.
 //!
 //! # Invariants
 //! - **HST-11** A host heartbeats only after a registration was acknowledged, and registers again
@@ -148,6 +152,7 @@ impl HostInner {
                 .map(|r| ProcCapacity {
                     agent: r.agent.clone(),
                     capacity: r.capacity,
+                    restarts: self.respawns.restarts(r.agent.proc_id().name()),
                 })
                 .collect(),
             running: reports

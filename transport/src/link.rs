@@ -11,9 +11,16 @@
 //!   node removes the link from its route table, so the next message dials afresh.
 //! - **LNK-3** Closing flushes: what was queued before [`Link::close`] is still written, and
 //!   [`Link::flushed`] resolves only once it was (on QUIC: acknowledged by the peer) or bounced.
+//! - **LNK-4** A peer keeps one link towards us at a time: a link it opens to us (an accepted
+//!   link) replaces the route of an older accepted one, and of any link whose connection is
+//!   gone, and the older link is closed. A live link *we* dialled is kept (when both sides dial
+//!   at once, each keeps sending on its own link and both are served; NODE-1 holds per link).
+//! - **LNK-5** When a link's connection is lost (reset by a restarted peer, replaced, timed
+//!   out), the asks written on it that are still unanswered fail at once as undeliverable
+//!   instead of waiting for their timeout: the peer that would have answered is gone.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use procmesh_protocol::Envelope;
 use tokio::sync::{mpsc, watch, Notify};
@@ -58,6 +65,10 @@ struct Shared {
     /// Set once the transport task is done: everything queued was written (and, where the
     /// transport can tell, acknowledged) or bounced.
     flushed: watch::Sender<bool>,
+    /// Whether the peer opened this link (an accepted control stream), not we (LNK-4).
+    accepted: AtomicBool,
+    /// The QUIC connection carrying the link, once known.
+    carrier: OnceLock<quinn::Connection>,
 }
 
 impl std::fmt::Debug for Link {
@@ -86,6 +97,8 @@ impl Link {
             closed: AtomicBool::new(false),
             on_close: Notify::new(),
             flushed: watch::channel(false).0,
+            accepted: AtomicBool::new(false),
+            carrier: OnceLock::new(),
         });
         (Link { shared }, rx)
     }
@@ -136,6 +149,31 @@ impl Link {
     pub async fn flushed(&self) {
         let mut rx = self.shared.flushed.subscribe();
         let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Marks the link as opened by the peer (LNK-4).
+    pub(crate) fn mark_accepted(&self) {
+        self.shared.accepted.store(true, Ordering::Release);
+    }
+
+    /// Whether the peer opened this link.
+    pub(crate) fn is_accepted(&self) -> bool {
+        self.shared.accepted.load(Ordering::Acquire)
+    }
+
+    /// Records the QUIC connection that carries the link.
+    pub(crate) fn set_carrier(&self, conn: quinn::Connection) {
+        let _ = self.shared.carrier.set(conn);
+    }
+
+    /// Why the QUIC connection carrying the link closed, if it did (LNK-5).
+    pub(crate) fn carrier_lost(&self) -> Option<quinn::ConnectionError> {
+        self.shared.carrier.get().and_then(|c| c.close_reason())
+    }
+
+    /// The stable id of the QUIC connection carrying the link, if any.
+    pub(crate) fn carrier_id(&self) -> Option<usize> {
+        self.shared.carrier.get().map(|c| c.stable_id())
     }
 
     /// A process-unique id of this link.

@@ -471,11 +471,41 @@ impl NodeInner {
             }
             return;
         }
+        link.mark_accepted();
         match self.peers.entry(peer.hello.addr.clone()) {
-            dashmap::Entry::Occupied(e) if !e.get().is_closed() => {}
-            entry => {
-                entry.insert(link.clone());
+            dashmap::Entry::Occupied(mut e) => {
+                let old = e.get();
+                // LNK-4: the peer's newest link replaces an older one it opened, and any whose
+                // connection is gone; a live link we dialled stays (simultaneous dials).
+                let dead = old.is_closed() || old.carrier_lost().is_some();
+                if dead || old.is_accepted() {
+                    let old = e.insert(link.clone());
+                    if !dead {
+                        tracing::info!(
+                            peer = %peer.hello.addr,
+                            old = old.id(),
+                            new = link.id(),
+                            same_connection = old.carrier_id() == link.carrier_id(),
+                            "a newer link from the peer replaces the older one"
+                        );
+                        old.close();
+                    }
+                }
             }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(link.clone());
+            }
+        }
+    }
+
+    /// After an ask to `addr` timed out: have the connection under it checked, so a dead
+    /// one does not keep swallowing messages until the idle timeout (QUIC-5).
+    pub(crate) fn suspect(&self, addr: &HostAddr) {
+        if self.default_addr.is_some() || addr == self.proc_id.addr() {
+            return;
+        }
+        if let (HostAddr::Quic(sa), Some(quic)) = (addr, &self.quic) {
+            quic.suspect(*sa);
         }
     }
 

@@ -348,7 +348,11 @@ impl<M: RemoteMessage> RemoteRef<M> {
             }
             Ok(Ok(Err(remote))) => Err(remote.into()),
             Ok(Err(_)) => Err(RemoteError::Undeliverable("node shut down".into()).into()),
-            Err(_) => Err(SendFailure::Timeout(timeout)),
+            Err(_) => {
+                // QUIC-5: a peer that stays silent may be gone; check its connection.
+                inner.suspect(self.dest.addr());
+                Err(SendFailure::Timeout(timeout))
+            }
         }
     }
 }

@@ -176,6 +176,7 @@ pub(crate) async fn write_loop<W>(
     let peer = link.peer().to_owned();
     let mut buf = Vec::with_capacity(BATCH_BYTES);
     let mut batch: Vec<Envelope> = Vec::new();
+    let mut asked = AsksInFlight::default();
     let failure = loop {
         let first = tokio::select! {
             biased;
@@ -211,8 +212,9 @@ pub(crate) async fn write_loop<W>(
             ));
         }
         buf.clear();
-        batch.clear();
+        asked.record(&node, batch.drain(..));
     };
+    let broke = failure.is_some();
     let reason = failure.unwrap_or_else(|| format!("link to {peer} closed"));
     link.close();
     node.forget(&link);
@@ -224,11 +226,74 @@ pub(crate) async fn write_loop<W>(
     while let Ok(env) = rx.try_recv() {
         node.bounce(env, reason.clone()).await;
     }
+    // LNK-5: a lost connection answers none of the asks written on it.
+    let lost = link.carrier_lost().map(|e| e.to_string());
+    if let Some(lost) = lost.or(broke.then_some(reason)) {
+        asked
+            .fail(
+                &node,
+                format!("connection to {peer} lost before the reply came: {lost}"),
+            )
+            .await;
+    }
     // LNK-3: finish the stream and wait (bounded) for the peer to have it all.
     if writer.shutdown().await.is_ok() {
         let _ = tokio::time::timeout(DELIVERY_WAIT, writer.delivered()).await;
     }
     link.mark_flushed();
+}
+
+/// Asks written on one link and perhaps still unanswered (LNK-5): just enough of each to
+/// bounce it. Our own answered asks are pruned as the list grows; asks forwarded for others
+/// (a host's procs) cannot be checked here, so the oldest are forgotten past [`MAX_TRACKED`]
+/// and a bounce of one already answered is dropped by its asker as a late reply (NODE-4).
+#[derive(Default)]
+struct AsksInFlight {
+    asks: std::collections::VecDeque<Envelope>,
+}
+
+/// Most asks a link remembers for LNK-5.
+const MAX_TRACKED: usize = 4096;
+
+impl AsksInFlight {
+    fn record(&mut self, node: &NodeInner, written: impl Iterator<Item = Envelope>) {
+        for env in written {
+            if let procmesh_protocol::Body::Ask { id, .. } = env.body {
+                self.asks.push_back(Envelope {
+                    body: procmesh_protocol::Body::Ask {
+                        id,
+                        message: Vec::new(),
+                    },
+                    trace: None,
+                    ..env
+                });
+            }
+        }
+        if self.asks.len() > MAX_TRACKED / 2 {
+            self.asks.retain(|env| !Self::answered(node, env));
+        }
+        while self.asks.len() > MAX_TRACKED {
+            self.asks.pop_front();
+        }
+    }
+
+    /// Whether `env` is our own ask and its reply already came (or it timed out).
+    fn answered(node: &NodeInner, env: &Envelope) -> bool {
+        match env.body {
+            procmesh_protocol::Body::Ask { id, .. } => {
+                *env.sender.proc_id() == node.proc_id && !node.pending.contains_key(&id)
+            }
+            _ => true,
+        }
+    }
+
+    async fn fail(self, node: &Arc<NodeInner>, reason: String) {
+        for env in self.asks {
+            if !Self::answered(node, &env) {
+                node.bounce(env, reason.clone()).await;
+            }
+        }
+    }
 }
 
 /// Fails a link that never came up: everything queued is bounced with `reason` (STR-2).
@@ -313,11 +378,12 @@ pub(crate) async fn serve_control<R, W>(
     reader: R,
     mut writer: W,
     transport: TransportKind,
-    remote: Option<std::net::SocketAddr>,
+    carrier: Option<quinn::Connection>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: Delivered,
 {
+    let remote = carrier.as_ref().map(quinn::Connection::remote_address);
     let mut reader = AsyncReadExt::chain(
         std::io::Cursor::new(procmesh_protocol::codec::MAGIC),
         reader,
@@ -337,6 +403,9 @@ pub(crate) async fn serve_control<R, W>(
         remote,
     });
     let (link, rx) = Link::new(peer.hello.addr.to_string(), transport);
+    if let Some(conn) = carrier {
+        link.set_carrier(conn);
+    }
     node.adopt(&peer, &link);
     run_link(node, link, rx, reader, writer, hs.leftover, peer).await;
 }

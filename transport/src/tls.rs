@@ -12,6 +12,15 @@
 //!   no certificate or one from another CA never completes a handshake. Nothing is plaintext.
 //! - **TLS-2** One process-wide crypto provider (ring) is installed before any config is built
 //!   ([`install_crypto_provider`]), and every config names it explicitly as well.
+//! - **TLS-3** The QUIC stateless-reset key is derived from the identity's private key
+//!   ([`TlsIdentity::reset_key`]: BLAKE3 `derive_key("procmesh quic stateless reset v1", key
+//!   DER)`, then BLAKE3 keyed hashing as the MAC), never drawn at random. A node restarted with
+//!   the same identity therefore sends stateless resets its peers accept, and they drop their
+//!   connection to the dead process at once instead of after the idle timeout (QUIC-5). The
+//!   key is one-way from the private key and domain-separated, so it reveals nothing about it;
+//!   a new identity (a new key) means a new reset key, as it should. (The endpoint must also
+//!   not drop the dead process's connection ids as foreign before answering them: see the
+//!   connection-id generator in `quic`.)
 
 use std::fs;
 use std::path::Path;
@@ -308,6 +317,55 @@ impl TlsIdentity {
     }
 }
 
+/// The context string of the stateless-reset key derivation (TLS-3). Changing it changes every
+/// node's reset key, so a rolling upgrade would miss resets from not-yet-upgraded peers: bump
+/// the version suffix only on purpose.
+const RESET_KEY_CONTEXT: &str = "procmesh quic stateless reset v1";
+
+/// The MAC quinn signs stateless-reset tokens with: BLAKE3 in keyed mode over the connection
+/// id, under a key derived from the node's private key (TLS-3).
+struct ResetKey([u8; 32]);
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        signature_out.copy_from_slice(blake3::keyed_hash(&self.0, data).as_bytes());
+    }
+
+    fn signature_len(&self) -> usize {
+        blake3::OUT_LEN
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // blake3::Hash compares in constant time.
+        let expected = blake3::keyed_hash(&self.0, data);
+        let given: [u8; blake3::OUT_LEN] = signature
+            .try_into()
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        if expected == blake3::Hash::from(given) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
+impl TlsIdentity {
+    /// The QUIC stateless-reset key of this identity (TLS-3): the same for every process that
+    /// runs with this private key, so a restarted node's resets are honoured by its peers.
+    pub fn reset_key(&self) -> Result<Arc<dyn quinn::crypto::HmacKey>, TlsError> {
+        Ok(Arc::new(ResetKey(self.derive(RESET_KEY_CONTEXT)?)))
+    }
+
+    fn derive(&self, context: &str) -> Result<[u8; 32], TlsError> {
+        let key = parse_key(&self.key_pem).map_err(|reason| TlsError::Pem {
+            what: "private key",
+            path: "identity".into(),
+            reason,
+        })?;
+        Ok(blake3::derive_key(context, key.secret_der()))
+    }
+}
+
 struct Parts {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
@@ -384,6 +442,29 @@ mod tests {
             .unwrap()
             .client_config()
             .unwrap();
+    }
+
+    // Attests TLS-3
+    #[test]
+    fn the_reset_key_follows_the_private_key() {
+        let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
+        let a = ca
+            .issue(Role::Node, "a", &[], Duration::from_secs(3600))
+            .unwrap();
+        let b = ca
+            .issue(Role::Node, "b", &[], Duration::from_secs(3600))
+            .unwrap();
+        let token = |id: &TlsIdentity| {
+            let key = id.reset_key().unwrap();
+            let mut out = vec![0u8; key.signature_len()];
+            key.sign(b"connection id", &mut out);
+            key.verify(b"connection id", &out).unwrap();
+            assert!(key.verify(b"another id", &out).is_err());
+            out
+        };
+        // The same identity (a restarted process) signs the same tokens; another does not.
+        assert_eq!(token(&a), token(&a.clone()));
+        assert_ne!(token(&a), token(&b));
     }
 
     #[test]

@@ -381,6 +381,16 @@ fn print_hosts(hosts: &[HostView]) {
             host.info.system.hostname,
             labels.join(",")
         );
+        // One line per proc: its agent, free of total slots, and how often the host respawned it.
+        for proc in &host.procs {
+            println!(
+                "  {:<40} free {}/{}  restarts {}",
+                proc.agent.to_string(),
+                proc.capacity.free,
+                proc.capacity.max,
+                proc.restarts
+            );
+        }
     }
 }
 

@@ -254,6 +254,9 @@ pub struct ProcCapacity {
     pub agent: ActorId,
     /// Its capacity.
     pub capacity: Capacity,
+    /// How many times the host respawned this proc after it exited unasked.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// What became of an action update.

@@ -22,7 +22,7 @@ use crate::sched::{ApplyError, Book, BookLimits, CancelOutcome, NewAction, Updat
 
 /// Everything the orchestrator holds: the book, the records beside it, the hosts, and the
 /// attempts missing from their host's heartbeats. Serialisable whole: a snapshot of the journal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Core {
     pub(crate) config: CoreConfig,
     pub(crate) book: Book,

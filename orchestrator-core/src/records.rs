@@ -40,14 +40,14 @@ impl ResultDetail {
 }
 
 /// One action: 16 bytes beside its key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Slot {
     def: Box<ActionDef>,
     result: Option<Box<ResultDetail>>,
 }
 
 /// Tokens, workers, definitions and results.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Records {
     tokens: HashMap<QueueToken, u64>,
     workers: HashMap<WorkerId, WorkerDescriptor>,

@@ -22,7 +22,7 @@ use crate::sched::{Book, Labels, ProcFree};
 use procmesh_protocol::{ActorId, HostAddr, ProcId, Timestamp};
 
 /// One host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct HostEntry {
     info: HostInfo,
     state: HostState,
@@ -42,7 +42,7 @@ pub(crate) struct ReadyProc {
 }
 
 /// Every host that registered since the orchestrator started.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Registry {
     hosts: BTreeMap<HostAddr, HostEntry>,
     /// The agent of every proc a heartbeat named (kept after the proc leaves, so that a stop

@@ -35,7 +35,7 @@ use super::retry::{self, RetryDecision};
 use super::store::{LsnMap, Store};
 
 /// One action: 120 bytes (ACT-10's record, its queue and priority), also as `Option<Entry>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {
     record: ActionRecord,
     queue: u64,
@@ -48,7 +48,7 @@ fn is_placed(state: ActionState) -> bool {
 
 /// Every queue and every unretired action, and the decisions that move them. Plain data: time is
 /// an argument, decisions come back as values for the driver to carry out.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Book {
     limits: BookLimits,
     queues: BTreeMap<u64, QueueBook>,

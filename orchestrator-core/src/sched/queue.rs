@@ -23,7 +23,7 @@ use procmesh_protocol::action::{ActionState, Lsn};
 use procmesh_protocol::messages::orchestrator::{QueueConfig, QueueStatus, StateCounts};
 
 /// One queue's bookkeeping.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueBook {
     id: u64,
     config: QueueConfig,
@@ -191,7 +191,7 @@ impl QueueBook {
 
 /// A bounded map from idempotency key to LSN (ORC-9): at most `max` keys, the oldest forgotten
 /// first. A key resubmitted after it was forgotten creates a new action.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IdempotencyKeys {
     map: HashMap<Arc<str>, Lsn>,
     order: VecDeque<Arc<str>>,

@@ -47,7 +47,7 @@ impl Hasher for LsnHasher {
 pub(crate) type LsnMap<V> = HashMap<Lsn, V, BuildHasherDefault<LsnHasher>>;
 
 /// Entries by LSN.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Store<T> {
     slots: LsnMap<u32>,
     chunks: Vec<Vec<Option<T>>>,

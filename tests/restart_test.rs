@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use procmesh_client::{Client, ClientConfig, Queue, WorkerBuilder};
 use procmesh_protocol::action::ActionState;
+use procmesh_protocol::messages::client::ClientEvent;
 use procmesh_protocol::messages::orchestrator::{
     HostState, QueueConfig, QueueStatus, SubmitAction,
 };
@@ -235,6 +236,38 @@ async fn kill_9_of_the_orchestrator_three_times_under_load_loses_nothing() {
         .await
         .unwrap();
 
+    // A watch that runs across the restarts: it must see every transition once (ORC-32).
+    let mut watch = queue.watch().await.unwrap();
+    let watcher = tokio::spawn(async move {
+        let mut seen: Vec<(u64, Lsn, u32, ActionState)> = Vec::new();
+        let mut lagged = 0u64;
+        let mut completed = 0usize;
+        while completed < ACTIONS {
+            let event = tokio::time::timeout(Duration::from_secs(60), watch.next())
+                .await
+                .expect("the watch keeps delivering")
+                .expect("the watch stays open");
+            match event {
+                ClientEvent::Transition {
+                    seq, transition, ..
+                } => {
+                    if transition.state == ActionState::Completed {
+                        completed += 1;
+                    }
+                    seen.push((
+                        seq,
+                        transition.lsn,
+                        transition.attempt.get(),
+                        transition.state,
+                    ));
+                }
+                ClientEvent::Lagged { missed, .. } => lagged += missed,
+                _ => {}
+            }
+        }
+        (seen, lagged)
+    });
+
     // Submit in batches with idempotency keys; a batch whose answer was lost in a crash is sent
     // again with the same keys.
     let submitter = {
@@ -340,11 +373,43 @@ async fn kill_9_of_the_orchestrator_three_times_under_load_loses_nothing() {
         let beyond = ran.keys().filter(|(l, a)| *l == lsn.0 && a > last).count();
         assert_eq!(beyond, 0, "{lsn} ran attempts after its final one");
     }
+    // The watch saw every transition once, in index order, without a gap.
+    let (seen, lagged) = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the watch saw every completion")
+        .unwrap();
+    assert_eq!(lagged, 0, "the watch lagged");
+    for pair in seen.windows(2) {
+        assert_eq!(
+            pair[1].0,
+            pair[0].0 + 1,
+            "indices {} then {}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    let mut per_action: BTreeMap<(Lsn, u32, &'static str), usize> = BTreeMap::new();
+    for (_, lsn, attempt, state) in &seen {
+        *per_action
+            .entry((*lsn, *attempt, state.as_str()))
+            .or_default() += 1;
+    }
+    let repeated: Vec<_> = per_action.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "transitions seen twice: {repeated:?}");
+    for (lsn, last) in &attempts {
+        assert_eq!(
+            per_action.get(&(*lsn, *last, ActionState::Completed.as_str())),
+            Some(&1),
+            "the watch saw {lsn} complete once"
+        );
+    }
     let retried = attempts.values().filter(|a| **a > 1).count();
     let executions_total: u32 = ran.values().sum();
     eprintln!(
-        "restart test: {ACTIONS} actions, {} executions, {retried} retried, counts {:?}, {} s",
+        "restart test: {ACTIONS} actions, {} executions, {retried} retried, {} transitions \
+         watched, counts {:?}, {} s",
         executions_total,
+        seen.len(),
         final_status.counts,
         began.elapsed().as_secs()
     );

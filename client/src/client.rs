@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ClientError;
 use crate::queue::Queue;
-use crate::watch::{EventSink, Watch, WATCH_BUFFER};
+use crate::watch::{self, EventSink, Watch, WATCH_BUFFER};
 use crate::worker::{distinct_hashes, input_file, BlobSource, PreparedWorker, WorkerBuilder};
 use crate::ClientConfig;
 
@@ -372,8 +372,19 @@ impl Client {
             .await
     }
 
-    /// Subscribes to `target`: its events arrive on the returned [`Watch`].
+    /// Subscribes to `target`: its events arrive on the returned [`Watch`], which resumes by
+    /// itself after a reconnect or an orchestrator restart (see [`Watch`]).
     pub async fn subscribe(&self, target: SubscriptionTarget) -> Result<Watch, ClientError> {
+        self.subscribe_from(target, None).await
+    }
+
+    /// [`subscribe`](Self::subscribe), first replaying the queue's transitions from index
+    /// `from` on (the index after the last one seen, e.g. by an earlier process).
+    pub async fn subscribe_from(
+        &self,
+        target: SubscriptionTarget,
+        from: Option<u64>,
+    ) -> Result<Watch, ClientError> {
         let name = format!(
             "watch-{}",
             self.inner.next_watch.fetch_add(1, Ordering::Relaxed)
@@ -385,24 +396,16 @@ impl Client {
             .node
             .expose(&name, sink)
             .map_err(|e| ClientError::Config(format!("watch actor name: {e}")))?;
-        let reply = self
-            .ask(
-                "Subscribe",
-                OrchestratorRequest::Subscribe { target, subscriber },
-            )
-            .await;
-        match reply {
-            Ok(OrchestratorReply::Subscribed { subscription }) => Ok(Watch {
-                client: self.clone(),
+        match watch::subscribe(self, &target, &subscriber, from).await {
+            Ok((subscription, next)) => Ok(Watch::start(
+                self.clone(),
                 name,
+                target,
+                subscriber,
                 subscription,
+                from.unwrap_or(next),
                 rx,
-                closed: false,
-            }),
-            Ok(other) => {
-                self.inner.node.unexpose(&name);
-                Err(unexpected("Subscribe", &other))
-            }
+            )),
             Err(e) => {
                 self.inner.node.unexpose(&name);
                 Err(e)
@@ -451,6 +454,7 @@ fn request_name(request: &OrchestratorRequest) -> &'static str {
         OrchestratorRequest::Submit { .. } => "Submit",
         OrchestratorRequest::Subscribe { .. } => "Subscribe",
         OrchestratorRequest::Unsubscribe { .. } => "Unsubscribe",
+        OrchestratorRequest::CheckSubscription { .. } => "CheckSubscription",
         OrchestratorRequest::ListHosts => "ListHosts",
     }
 }

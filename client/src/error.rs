@@ -135,6 +135,21 @@ impl ClientError {
         }
     }
 
+    /// Whether trying again later may succeed: the orchestrator could not be reached or did not
+    /// answer in time, is shutting down (a restart), or could not journal the request.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. }
+            | ClientError::Transport { .. }
+            | ClientError::Timeout(_) => true,
+            ClientError::Orchestrator(e) => matches!(
+                e,
+                OrchestratorError::ShuttingDown | OrchestratorError::Journal(_)
+            ),
+            _ => false,
+        }
+    }
+
     /// The orchestrator's refusal, if that is what this is.
     pub fn orchestrator_error(&self) -> Option<&OrchestratorError> {
         match self {

@@ -242,8 +242,36 @@ impl Queue {
         self.client.action_watch(self.queue, lsn).await
     }
 
+    /// The queue's status; while the orchestrator cannot be reached (a restart), the `last`
+    /// one known, or — with none known — the first one it answers, until `deadline`.
+    async fn status_across_restarts(
+        &self,
+        last: Option<QueueStatus>,
+        deadline: Option<Instant>,
+    ) -> Result<QueueStatus, ClientError> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.status().await {
+                Ok(status) => return Ok(status),
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(%error, "queue status not read; the orchestrator may be restarting");
+                    if let Some(last) = last {
+                        return Ok(last);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Waits until every action of the queue has reached a final state and returns the final
-    /// status; `None` waits without limit. Subscribes first, then reads the status, so no
+    /// status; `None` waits without limit. Keeps waiting across an orchestrator restart: the
+    /// watch resumes, and status reads that fail for a while are tried again. Subscribes first, then reads the status, so no
     /// completion is missed; re-reads it after a `Lagged` event and periodically, so lost
     /// events only delay the answer.
     pub async fn wait_complete(
@@ -260,7 +288,7 @@ impl Queue {
                 None
             }
         };
-        let mut status = self.status().await?;
+        let mut status = self.status_across_restarts(None, deadline).await?;
         let mut dirty = false;
         let mut last_read = Instant::now();
         loop {
@@ -285,7 +313,7 @@ impl Queue {
                 event = event => match event {
                     Some(ClientEvent::QueueComplete { status: done, .. }) => status = done,
                     Some(ClientEvent::Lagged { .. }) => {
-                        status = self.status().await?;
+                        status = self.status_across_restarts(Some(status), deadline).await?;
                         last_read = Instant::now();
                         dirty = false;
                     }
@@ -293,7 +321,7 @@ impl Queue {
                     Some(ClientEvent::Transition { .. } | ClientEvent::Batch { .. }) => dirty = true,
                     Some(ClientEvent::Ended { reason, .. }) => {
                         watch = None;
-                        status = self.status().await?;
+                        status = self.status_across_restarts(Some(status), deadline).await?;
                         last_read = Instant::now();
                         if !status.is_complete {
                             return Err(ClientError::SubscriptionEnded(reason));
@@ -305,7 +333,7 @@ impl Queue {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(ClientError::Timeout(timeout.unwrap_or_default()));
                     }
-                    status = self.status().await?;
+                    status = self.status_across_restarts(Some(status), deadline).await?;
                     last_read = Instant::now();
                     dirty = false;
                 }

@@ -5,19 +5,27 @@
 //! The receiving actor never blocks the node's inbound link (which also carries the replies the
 //! client waits for): events go into a bounded buffer, and when it is full they are counted and
 //! reported as one [`ClientEvent::Lagged`], exactly as the orchestrator reports its own drops.
-//! A consumer that sees `Lagged` re-reads the status.
+//! A consumer that sees `Lagged` re-reads the status. The watch resumes by itself after a
+//! reconnect or an orchestrator restart, by the queue's transition indices ([`Watch`]).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use kameo::message::{Context, Message};
 use kameo::Actor;
-use procmesh_protocol::messages::orchestrator::OrchestratorRequest;
-use procmesh_protocol::ClientEvent;
+use procmesh_protocol::messages::orchestrator::{
+    OrchestratorReply, OrchestratorRequest, SubscriptionTarget,
+};
+use procmesh_protocol::{ActorId, ClientEvent};
 use procmesh_transport::{Request, WireReply};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::Client;
+use crate::client::unexpected;
+use crate::{Client, ClientError};
 
 /// Events buffered per watch before they are counted as lagged.
 pub const WATCH_BUFFER: usize = 16 * 1024;
@@ -78,21 +86,85 @@ impl Message<Request<ClientEvent>> for EventSink {
     }
 }
 
-/// The events of one subscription. Dropping it stops the subscription (in the background);
-/// [`close`](Self::close) does so and waits for the orchestrator's answer.
+/// A watch that heard nothing for this long asks whether its subscription still lives.
+pub const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Longest wait between two attempts to subscribe again.
+const RESUBSCRIBE_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Subscribes `subscriber` to `target` (from index `from` of the queue's transitions);
+/// returns the subscription and the index of the queue's next transition.
+pub(crate) async fn subscribe(
+    client: &Client,
+    target: &SubscriptionTarget,
+    subscriber: &ActorId,
+    from: Option<u64>,
+) -> Result<(u64, u64), ClientError> {
+    let request = OrchestratorRequest::Subscribe {
+        target: *target,
+        subscriber: subscriber.clone(),
+        from,
+    };
+    match client.ask("Subscribe", request).await? {
+        OrchestratorReply::Subscribed { subscription, next } => Ok((subscription, next)),
+        other => Err(unexpected("Subscribe", &other)),
+    }
+}
+
+/// The events of one subscription, resumed across reconnects and orchestrator restarts: a
+/// keeper task numbers what it has seen by the queue's transition index (`seq`), asks after
+/// [`PROBE_AFTER`] of silence whether the subscription still lives, and when it does not (an
+/// orchestrator restart ends every subscription; `Ended` says so on a clean stop) subscribes
+/// again from the index after the last one seen — so no transition is missed or repeated
+/// (ORC-32) as long as the orchestrator still keeps it; otherwise the watch yields `Lagged`.
+/// Only a refusal (an unknown queue, say) ends the watch, with `Ended`.
+///
+/// Dropping it stops the subscription (in the background); [`close`](Self::close) does so and
+/// waits for the orchestrator's answer.
 #[derive(Debug)]
 pub struct Watch {
     pub(crate) client: Client,
     pub(crate) name: String,
-    pub(crate) subscription: u64,
+    pub(crate) subscription: Arc<AtomicU64>,
     pub(crate) rx: mpsc::Receiver<ClientEvent>,
+    pub(crate) task: JoinHandle<()>,
     pub(crate) closed: bool,
 }
 
 impl Watch {
-    /// The subscription's id, named by each of its events.
+    pub(crate) fn start(
+        client: Client,
+        name: String,
+        target: SubscriptionTarget,
+        subscriber: ActorId,
+        subscription: u64,
+        next: u64,
+        raw: mpsc::Receiver<ClientEvent>,
+    ) -> Watch {
+        let current = Arc::new(AtomicU64::new(subscription));
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let keeper = Keeper {
+            client: client.clone(),
+            target,
+            subscriber,
+            current: current.clone(),
+            next,
+            out: tx,
+        };
+        let task = tokio::spawn(keeper.run(raw));
+        Watch {
+            client,
+            name,
+            subscription: current,
+            rx,
+            task,
+            closed: false,
+        }
+    }
+
+    /// The current subscription's id (it changes when the watch resumes).
     pub fn subscription(&self) -> u64 {
-        self.subscription
+        self.subscription.load(Ordering::Relaxed)
     }
 
     /// The next event; `None` once the watch is closed.
@@ -103,16 +175,124 @@ impl Watch {
     /// Stops the subscription and waits for the orchestrator to confirm.
     pub async fn close(mut self) -> Result<(), crate::ClientError> {
         self.closed = true;
+        self.task.abort();
         self.client.inner.node.unexpose(&self.name);
         self.client
             .ask(
                 "Unsubscribe",
                 OrchestratorRequest::Unsubscribe {
-                    subscription: self.subscription,
+                    subscription: self.subscription(),
                 },
             )
             .await
             .map(drop)
+    }
+}
+
+/// The task behind a [`Watch`].
+struct Keeper {
+    client: Client,
+    target: SubscriptionTarget,
+    subscriber: ActorId,
+    current: Arc<AtomicU64>,
+    /// The index the next transition must have; earlier ones were seen.
+    next: u64,
+    out: mpsc::Sender<ClientEvent>,
+}
+
+impl Keeper {
+    async fn run(mut self, mut raw: mpsc::Receiver<ClientEvent>) {
+        loop {
+            let event = match tokio::time::timeout(PROBE_AFTER, raw.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return,
+                Err(_) => {
+                    if !self.still_live().await && !self.resubscribe().await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if event.subscription() != self.current.load(Ordering::Relaxed) {
+                continue; // from a subscription this watch has left
+            }
+            match event {
+                ClientEvent::Transition { seq, .. } if seq != 0 && seq < self.next => continue,
+                ClientEvent::Transition { seq, .. } if seq != 0 => {
+                    self.next = seq + 1;
+                    if self.out.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                ClientEvent::Ended { ref reason, .. } => {
+                    tracing::debug!(%reason, "subscription ended; resuming");
+                    if !self.resubscribe().await {
+                        let _ = self.out.send(event).await;
+                        return;
+                    }
+                }
+                other => {
+                    if self.out.send(other).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn still_live(&self) -> bool {
+        let subscription = self.current.load(Ordering::Relaxed);
+        let request = OrchestratorRequest::CheckSubscription { subscription };
+        match self.client.ask("CheckSubscription", request).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(%error, subscription, "subscription not confirmed");
+                false
+            }
+        }
+    }
+
+    /// Subscribes again from the next index, until it works; `false` (after telling the
+    /// consumer `Ended`) if the orchestrator refuses.
+    async fn resubscribe(&mut self) -> bool {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match subscribe(
+                &self.client,
+                &self.target,
+                &self.subscriber,
+                Some(self.next),
+            )
+            .await
+            {
+                Ok((subscription, _)) => {
+                    let old = self.current.swap(subscription, Ordering::Relaxed);
+                    tracing::debug!(old, subscription, from = self.next, "watch resumed");
+                    let client = self.client.clone();
+                    tokio::spawn(async move {
+                        let request = OrchestratorRequest::Unsubscribe { subscription: old };
+                        let _ = client.ask("Unsubscribe", request).await;
+                    });
+                    return true;
+                }
+                Err(error) if error.is_transient() => {
+                    tracing::debug!(%error, "cannot resubscribe yet");
+                    if self.out.is_closed() {
+                        return false;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RESUBSCRIBE_MAX_WAIT);
+                }
+                Err(error) => {
+                    let ended = ClientEvent::Ended {
+                        subscription: self.current.load(Ordering::Relaxed),
+                        reason: format!("cannot resume: {error}"),
+                    };
+                    let _ = self.out.send(ended).await;
+                    return false;
+                }
+            }
+        }
     }
 }
 
@@ -126,6 +306,7 @@ impl futures_core::Stream for Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.task.abort();
         if self.closed {
             return;
         }
@@ -134,7 +315,7 @@ impl Drop for Watch {
             return;
         };
         let client = self.client.clone();
-        let subscription = self.subscription;
+        let subscription = self.subscription();
         runtime.spawn(async move {
             let request = OrchestratorRequest::Unsubscribe { subscription };
             if let Err(error) = client.ask("Unsubscribe", request).await {

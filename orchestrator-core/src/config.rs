@@ -17,6 +17,18 @@ pub struct CoreConfig {
     pub dispatch_batch: u32,
     /// Most results one `ListResults` returns.
     pub result_page: u32,
+    /// Transitions kept per queue for subscribers that resume (ORC-32).
+    #[serde(default = "CoreConfig::default_event_backlog")]
+    pub event_backlog: u32,
+}
+
+impl CoreConfig {
+    /// The default of [`event_backlog`](Self::event_backlog): 16,384 transitions per queue.
+    pub const DEFAULT_EVENT_BACKLOG: u32 = 16_384;
+
+    fn default_event_backlog() -> u32 {
+        Self::DEFAULT_EVENT_BACKLOG
+    }
 }
 
 impl Default for CoreConfig {
@@ -27,6 +39,7 @@ impl Default for CoreConfig {
             max_submit_batch: 10_000,
             dispatch_batch: 1_024,
             result_page: 1_000,
+            event_backlog: Self::DEFAULT_EVENT_BACKLOG,
         }
     }
 }

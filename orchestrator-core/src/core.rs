@@ -15,6 +15,7 @@ use procmesh_protocol::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::CoreConfig;
+use crate::events::Events;
 use crate::input::{Answer, Effect, Env, Input, Outcome, Request};
 use crate::records::{Records, ResultDetail};
 use crate::registry::Registry;
@@ -30,6 +31,8 @@ pub struct Core {
     pub(crate) registry: Registry,
     /// Placed attempts a heartbeat of their host did not mention, since when (ORC-28).
     pub(crate) missing: BTreeMap<AttemptRef, Timestamp>,
+    /// Every queue's recent transitions, numbered (ORC-32).
+    pub(crate) events: Events,
 }
 
 /// What one `handle` call collects: the effects, in order, and whether the state changed.
@@ -37,15 +40,6 @@ pub(crate) struct Step<'a> {
     pub env: &'a dyn Env,
     pub effects: Vec<Effect>,
     pub changed: bool,
-}
-
-impl Step<'_> {
-    /// Publishes a transition of `queue`, if anyone follows it.
-    pub fn publish(&mut self, queue: u64, transition: Transition) {
-        if self.env.follows(queue) {
-            self.effects.push(Effect::Publish { queue, transition });
-        }
-    }
 }
 
 impl Core {
@@ -57,6 +51,21 @@ impl Core {
             records: Records::default(),
             registry: Registry::default(),
             missing: BTreeMap::new(),
+            events: Events::default(),
+        }
+    }
+
+    /// Numbers a transition of `queue` and keeps it (ORC-32); publishes it if anyone follows
+    /// the queue.
+    pub(crate) fn emit(&mut self, queue: u64, transition: Transition, step: &mut Step<'_>) {
+        let keep = self.config.event_backlog as usize;
+        let seq = self.events.record(queue, &transition, keep);
+        if step.env.follows(queue) {
+            step.effects.push(Effect::Publish {
+                queue,
+                seq,
+                transition,
+            });
         }
     }
 
@@ -188,7 +197,7 @@ impl Core {
                 let t = self.book.reschedule(id, lsn, now)?;
                 step.changed = true;
                 let attempt = t.attempt;
-                step.publish(id, t);
+                self.emit(id, t, step);
                 step.effects.push(Effect::DispatchAgain);
                 Ok(OrchestratorReply::Rescheduled { attempt })
             }),
@@ -216,7 +225,11 @@ impl Core {
             R::Submit { queue, actions } => self
                 .queue(queue, loopback)
                 .and_then(|id| self.submit(id, actions, now, step)),
-            R::Subscribe { target, subscriber } => {
+            R::Subscribe {
+                target,
+                subscriber,
+                from,
+            } => {
                 let resolved = match target {
                     SubscriptionTarget::Queue(queue) => {
                         self.queue(queue, loopback).map(|id| (id, None))
@@ -230,10 +243,18 @@ impl Core {
                 };
                 match resolved {
                     Ok((queue, lsn)) => {
+                        let backlog = match from {
+                            Some(from) => self.events.since(queue, from, lsn),
+                            None => crate::events::Backlog {
+                                next: self.events.next(queue),
+                                ..Default::default()
+                            },
+                        };
                         step.effects.push(Effect::Subscribe {
                             queue,
                             lsn,
                             subscriber,
+                            backlog,
                         });
                         return None;
                     }
@@ -245,6 +266,15 @@ impl Core {
                 step.effects.push(Effect::Unsubscribe {
                     subscription,
                     requester: req.from.proc_id().clone(),
+                    end: true,
+                });
+                return None;
+            }
+            R::CheckSubscription { subscription } => {
+                step.effects.push(Effect::Unsubscribe {
+                    subscription,
+                    requester: req.from.proc_id().clone(),
+                    end: false,
                 });
                 return None;
             }
@@ -308,9 +338,9 @@ impl Core {
     /// Publishes an applied update: the transition, the retry's `Pending`, the queue's
     /// completion; and lets the dispatcher use what it freed.
     pub(crate) fn publish(&mut self, update: &Update, applied: Transition, step: &mut Step<'_>) {
-        step.publish(update.queue, applied);
+        self.emit(update.queue, applied, step);
         if let Some(retry) = &update.retry {
-            step.publish(update.queue, retry.clone());
+            self.emit(update.queue, retry.clone(), step);
         }
         if update.applied.to.is_terminal() {
             step.effects.push(Effect::DispatchAgain);
@@ -324,14 +354,18 @@ impl Core {
 
     /// Publishes updates the book made itself (losses, cancellations): their transitions carry
     /// `reason`.
-    pub(crate) fn publish_updates(&mut self, updates: &[Update], reason: &str, step: &mut Step<'_>) {
+    pub(crate) fn publish_updates(
+        &mut self,
+        updates: &[Update],
+        reason: &str,
+        step: &mut Step<'_>,
+    ) {
         for update in updates {
             step.changed = true;
-            self.missing
-                .remove(&AttemptRef {
-                    lsn: update.lsn,
-                    attempt: update.attempt,
-                });
+            self.missing.remove(&AttemptRef {
+                lsn: update.lsn,
+                attempt: update.attempt,
+            });
             let t = Transition::new(
                 update.lsn,
                 update.attempt,
@@ -517,18 +551,17 @@ impl Core {
             .collect();
         let fresh: Vec<Lsn> = created.iter().map(|(lsn, _)| *lsn).collect();
         self.records.put_actions(created);
-        if step.env.follows(queue) {
-            for lsn in fresh.iter().copied() {
-                let at = self
-                    .book
-                    .action(lsn)
-                    .and_then(|e| e.record.entered(ActionState::Pending))
-                    .unwrap_or(now);
-                step.publish(
-                    queue,
-                    Transition::new(lsn, Attempt::FIRST, ActionState::Pending, at),
-                );
-            }
+        for lsn in fresh.iter().copied() {
+            let at = self
+                .book
+                .action(lsn)
+                .and_then(|e| e.record.entered(ActionState::Pending))
+                .unwrap_or(now);
+            self.emit(
+                queue,
+                Transition::new(lsn, Attempt::FIRST, ActionState::Pending, at),
+                step,
+            );
         }
         if !fresh.is_empty() {
             tracing::debug!(queue, accepted = fresh.len(), "actions submitted");

@@ -45,7 +45,7 @@ impl Core {
         drop(procs);
         for (proc, d) in placed {
             let attempt = d.attempt_ref();
-            step.publish(d.queue, d.transition);
+            self.emit(d.queue, d.transition, step);
             let Some(agent) = self.registry.agent(&proc).cloned() else {
                 self.submit_failed(attempt, &proc, "no agent known for the proc", now, step);
                 continue;
@@ -53,7 +53,9 @@ impl Core {
             let Some(def) = self.records.action(attempt.lsn).cloned() else {
                 tracing::error!(lsn = %attempt.lsn, "no definition stored for a pending action");
                 let t = Transition::new(attempt.lsn, attempt.attempt, ActionState::Failed, now)
-                    .with_detail(reason_detail("the orchestrator lost the action's definition"));
+                    .with_detail(reason_detail(
+                        "the orchestrator lost the action's definition",
+                    ));
                 if let Ok(update) = self.book.apply(&t, now) {
                     self.publish(&update, t, step);
                 }
@@ -71,7 +73,8 @@ impl Core {
             }
         }
         for (proc, agent, specs) in per_proc {
-            step.effects.push(Effect::SubmitBatch { proc, agent, specs });
+            step.effects
+                .push(Effect::SubmitBatch { proc, agent, specs });
         }
         if full {
             step.effects.push(Effect::DispatchAgain);
@@ -111,7 +114,13 @@ impl Core {
 
     /// Tells the agent running a placed attempt to stop it; it then reports `Cancelled`. With
     /// no agent to tell, the attempt is `Cancelled` at once (ORC-24).
-    pub(crate) fn stop(&mut self, order: StopOrder, why: &str, now: Timestamp, step: &mut Step<'_>) {
+    pub(crate) fn stop(
+        &mut self,
+        order: StopOrder,
+        why: &str,
+        now: Timestamp,
+        step: &mut Step<'_>,
+    ) {
         let attempt = order.attempt;
         let agent = order
             .proc

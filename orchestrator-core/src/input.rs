@@ -13,11 +13,15 @@ use procmesh_protocol::{ActorId, AttemptRef, BlobHash, Lsn, ProcId, Timestamp, T
 use serde::{Deserialize, Serialize};
 
 use crate::config::CoreConfig;
+use crate::events::Backlog;
 
 /// The answer to a request.
 pub type Answer = Result<OrchestratorReply, OrchestratorError>;
 
 /// One input of the core.
+// A request is the large variant by design: an input lives only while it is handled, and boxing
+// it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Input {
     /// A request of a host, an agent or a client.
@@ -78,6 +82,7 @@ impl Input {
                     | R::ListHosts
                     | R::Subscribe { .. }
                     | R::Unsubscribe { .. }
+                    | R::CheckSubscription { .. }
             ),
             _ => true,
         }
@@ -155,6 +160,8 @@ pub enum Effect {
     Publish {
         /// The queue.
         queue: u64,
+        /// Its index among the queue's transitions (ORC-32).
+        seq: u64,
         /// The transition as applied.
         transition: Transition,
     },
@@ -169,13 +176,18 @@ pub enum Effect {
         lsn: Option<Lsn>,
         /// Who receives the events.
         subscriber: ActorId,
+        /// What it gets before it goes live (`Subscribe { from }`).
+        backlog: Backlog,
     },
-    /// End a subscription if `requester` made it (ORC-25), and answer the request.
+    /// End a subscription (or, with `end == false`, only check that it lives) if `requester`
+    /// made it (ORC-25), and answer the request.
     Unsubscribe {
         /// The subscription.
         subscription: u64,
         /// The proc that asked.
         requester: ProcId,
+        /// End it (`Unsubscribe`) or only check it (`CheckSubscription`).
+        end: bool,
     },
     /// Queue a dispatch pass ([`Input::Dispatch`]); many before it runs make one (ORC-22).
     DispatchAgain,

@@ -23,6 +23,8 @@
 //! - [`input`] — [`Input`], [`Outcome`], [`Effect`], [`Env`], [`Logged`] (what is journaled).
 //! - [`config`] — [`CoreConfig`], the settings decisions depend on.
 //! - [`records`] — [`Records`]: tokens, workers, definitions, results.
+//! - [`events`] — [`Events`]: every queue's recent transitions, numbered, for resuming
+//!   subscribers.
 //! - `registry` — hosts: registration, heartbeats, loss after a timeout, ready procs.
 //! - `core` — [`Core`] and client requests.
 //! - `hosts` — registration, heartbeats, silent attempts, lost procs, silent hosts.
@@ -77,6 +79,10 @@
 //! - **ORC-29** Reports are idempotent: a transition applied again (same attempt, same or an
 //!   earlier state) is ignored and changes nothing (ACT-1), so agents may re-send what was not
 //!   acknowledged.
+//! - **ORC-32** Event indices: every transition the core publishes for a queue gets the next
+//!   index of that queue (from 1, dense, never reused — part of the state, so a restart keeps
+//!   counting); the last `event_backlog` of them are kept, so `Subscribe { from }` replays
+//!   exactly the ones from `from` on (or says how many are no longer kept) before going live.
 //!
 //! # Decisions where the architecture is silent
 //! - A refused or failed submission is `Abandoned` (not `Failed`): the work never ran.
@@ -90,6 +96,7 @@
 pub mod config;
 mod core;
 mod dispatch;
+pub mod events;
 mod hosts;
 pub mod input;
 pub mod records;
@@ -98,6 +105,7 @@ pub mod sched;
 
 pub use crate::core::Core;
 pub use config::CoreConfig;
+pub use events::{Backlog, Events};
 pub use input::{Answer, Effect, Env, Input, Logged, Outcome, Replay, Request};
 pub use records::{Records, ResultDetail};
 

@@ -82,6 +82,13 @@ pub struct OrchestratorConfig {
     /// durability = "fsync"
     /// ```
     pub durability: Durability,
+    /// Transitions kept per queue for subscribers that resume after a reconnect or a restart
+    /// (`Subscribe { from }`); older ones are told as `Lagged`.
+    ///
+    /// ```toml
+    /// event_backlog = 16384
+    /// ```
+    pub event_backlog: u32,
 }
 
 impl Default for OrchestratorConfig {
@@ -100,6 +107,7 @@ impl Default for OrchestratorConfig {
             subscriber_buffer: 4_096,
             journal: true,
             durability: Durability::Fsync,
+            event_backlog: CoreConfig::DEFAULT_EVENT_BACKLOG,
         }
     }
 }
@@ -177,6 +185,7 @@ impl OrchestratorConfig {
             max_submit_batch: self.max_submit_batch,
             dispatch_batch: self.dispatch_batch,
             result_page: self.result_page,
+            event_backlog: self.event_backlog,
         }
     }
 
@@ -220,6 +229,7 @@ mod tests {
         assert_eq!(c.subscriber_buffer, 4_096);
         assert!(c.journal);
         assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.event_backlog, 16_384);
         assert_eq!(c.journal_path(), c.state_dir.join("journal.redb"));
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.blobs_dir(), c.state_dir.join("blobs"));

@@ -26,8 +26,7 @@ pub(crate) fn send_batch(service: &Service, proc: ProcId, agent: ActorId, specs:
                 actions: specs,
                 report_to,
             };
-            let failures: Vec<(AttemptRef, String)> = match agent_ref.ask(request, timeout).await
-            {
+            let failures: Vec<(AttemptRef, String)> = match agent_ref.ask(request, timeout).await {
                 Ok(Ok(AgentReply::Batch(answers))) if answers.len() == attempts.len() => attempts
                     .into_iter()
                     .zip(answers)

@@ -17,12 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use procmesh_orchestrator_core::Backlog;
 use procmesh_protocol::messages::client::ClientEvent;
 use procmesh_protocol::messages::orchestrator::QueueStatus;
 use procmesh_protocol::{ActorId, Lsn, Transition};
 use procmesh_transport::{Node, RemoteRef};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tokio::task::JoinHandle;
+
+/// Most replayed transitions in one `Batch` event.
+const BACKLOG_BATCH: usize = 512;
 
 /// Called with a subscription's id when its subscriber cannot be reached.
 pub(crate) type OnGone = Arc<dyn Fn(u64) + Send + Sync>;
@@ -60,8 +64,16 @@ impl Subscriptions {
         }
     }
 
-    /// Starts a subscription of `subscriber` to `queue` (or one action of it); returns its id.
-    pub fn subscribe(&mut self, queue: u64, lsn: Option<Lsn>, subscriber: ActorId) -> u64 {
+    /// Starts a subscription of `subscriber` to `queue` (or one action of it) and hands it
+    /// `backlog` first (ORC-32): `Lagged` for what is no longer kept, then the kept
+    /// transitions in batches; returns its id.
+    pub fn subscribe(
+        &mut self,
+        queue: u64,
+        lsn: Option<Lsn>,
+        subscriber: ActorId,
+        backlog: Backlog,
+    ) -> u64 {
         self.next += 1;
         let id = self.next;
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -80,6 +92,40 @@ impl Subscriptions {
             },
         );
         self.by_queue.entry(queue).or_default().insert(id);
+        let sub = &self.subs[&id];
+        let mut ok = true;
+        if backlog.missed > 0 {
+            ok &= offer(
+                sub,
+                ClientEvent::Lagged {
+                    subscription: id,
+                    missed: backlog.missed,
+                },
+            );
+        }
+        let mut events = backlog.events.into_iter().peekable();
+        while ok && events.peek().is_some() {
+            let chunk: Vec<ClientEvent> = events
+                .by_ref()
+                .take(BACKLOG_BATCH)
+                .map(|(seq, transition)| ClientEvent::Transition {
+                    subscription: id,
+                    queue,
+                    transition,
+                    seq,
+                })
+                .collect();
+            ok &= offer(
+                sub,
+                ClientEvent::Batch {
+                    subscription: id,
+                    events: chunk,
+                },
+            );
+        }
+        if !ok {
+            self.unsubscribe(id);
+        }
         id
     }
 
@@ -126,8 +172,8 @@ impl Subscriptions {
         self.by_queue.contains_key(&queue)
     }
 
-    /// Offers a transition of an action of `queue` to its subscriptions.
-    pub fn transition(&mut self, queue: u64, transition: &Transition) {
+    /// Offers a transition of an action of `queue`, its index `seq`, to its subscriptions.
+    pub fn transition(&mut self, queue: u64, seq: u64, transition: &Transition) {
         let Some(ids) = self.by_queue.get(&queue) else {
             return;
         };
@@ -143,6 +189,7 @@ impl Subscriptions {
                 subscription: *id,
                 queue,
                 transition: transition.clone(),
+                seq,
             };
             if !offer(sub, event) {
                 closed.push(*id);
@@ -316,7 +363,7 @@ mod tests {
         let slow = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::bounded(1));
         let subscriber = node.expose("slow", slow).unwrap();
         let mut subs = Subscriptions::new(node.clone(), 2, Arc::new(|_| {}));
-        let id = subs.subscribe(7, None, subscriber);
+        let id = subs.subscribe(7, None, subscriber, Backlog::default());
         assert!(subs.follows(7) && !subs.follows(8));
         let total = 50u64;
         for n in 1..=total {
@@ -326,8 +373,8 @@ mod tests {
                 ActionState::Pending,
                 Default::default(),
             );
-            subs.transition(7, &t);
-            subs.transition(8, &t); // another queue: nobody follows it
+            subs.transition(7, n, &t);
+            subs.transition(8, n, &t); // another queue: nobody follows it
         }
         let (mut delivered, mut missed, mut last) = (0u64, 0u64, 0u64);
         while delivered + missed < total {
@@ -358,5 +405,59 @@ mod tests {
             .unwrap();
         assert!(matches!(ended, ClientEvent::Ended { .. }), "{ended:?}");
         assert!(!subs.follows(7));
+    }
+
+    // Attests ORC-32
+    #[tokio::test]
+    async fn a_resuming_subscriber_gets_what_it_missed_then_live_events() {
+        let hub = LocalHub::new();
+        let node = NodeBuilder::new("service")
+            .local(&hub, "o")
+            .start()
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::unbounded());
+        let subscriber = node.expose("resumer", sink).unwrap();
+        let mut subs = Subscriptions::new(node.clone(), 8, Arc::new(|_| {}));
+        let t = |n: u64| {
+            Transition::new(
+                Lsn(n),
+                Attempt::FIRST,
+                ActionState::Pending,
+                Default::default(),
+            )
+        };
+        let backlog = Backlog {
+            events: (10..=12).map(|seq| (seq, t(seq))).collect(),
+            missed: 2,
+            next: 13,
+        };
+        let id = subs.subscribe(7, None, subscriber, backlog);
+        subs.transition(7, 13, &t(13));
+        let mut seen = Vec::new();
+        let mut lagged = 0;
+        while seen.len() < 4 {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("events in time")
+                .expect("subscriber alive");
+            assert_eq!(event.subscription(), id);
+            match event {
+                ClientEvent::Lagged { missed, .. } => {
+                    assert!(seen.is_empty(), "the gap is told first");
+                    lagged += missed;
+                }
+                ClientEvent::Transition {
+                    seq, transition, ..
+                } => {
+                    assert_eq!(transition.lsn.0, seq);
+                    seen.push(seq);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(lagged, 2);
+        assert_eq!(seen, [10, 11, 12, 13], "replayed in order, then live");
     }
 }

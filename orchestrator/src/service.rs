@@ -386,31 +386,35 @@ impl Service {
                     attempt,
                     reason,
                 } => crate::effects::send_cancel(self, agent, attempt, reason),
-                Effect::Publish { queue, transition } => self.subs.transition(queue, &transition),
+                Effect::Publish {
+                    queue,
+                    seq,
+                    transition,
+                } => self.subs.transition(queue, seq, &transition),
                 Effect::QueueComplete(status) => self.subs.complete(&status),
                 Effect::Subscribe {
                     queue,
                     lsn,
                     subscriber,
+                    backlog,
                 } => {
                     self.following.remove(&queue);
-                    let subscription = self.subs.subscribe(queue, lsn, subscriber);
-                    answer = Some(Ok(OrchestratorReply::Subscribed { subscription }));
+                    let next = backlog.next;
+                    let subscription = self.subs.subscribe(queue, lsn, subscriber, backlog);
+                    answer = Some(Ok(OrchestratorReply::Subscribed { subscription, next }));
                 }
                 Effect::Unsubscribe {
                     subscription,
                     requester,
+                    end,
                 } => {
-                    // ORC-25: only the proc that subscribed may stop the subscription.
-                    answer = Some(
-                        if self.subs.owned_by(subscription, &requester)
-                            && self.subs.unsubscribe(subscription)
-                        {
-                            Ok(OrchestratorReply::Ack)
-                        } else {
-                            Err(OrchestratorError::UnknownSubscription(subscription))
-                        },
-                    );
+                    // ORC-25: only the proc that subscribed may stop or probe the subscription.
+                    let owned = self.subs.owned_by(subscription, &requester);
+                    answer = Some(if owned && (!end || self.subs.unsubscribe(subscription)) {
+                        Ok(OrchestratorReply::Ack)
+                    } else {
+                        Err(OrchestratorError::UnknownSubscription(subscription))
+                    });
                 }
                 Effect::DispatchAgain => self.trigger_dispatch(),
             }

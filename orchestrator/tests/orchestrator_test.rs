@@ -488,6 +488,7 @@ async fn an_action_subscription_follows_one_action() {
                 lsn: Lsn(999),
             },
             subscriber: client.subscriber.clone(),
+            from: None,
         })
         .await;
     assert_eq!(answer, Err(OrchestratorError::UnknownAction(Lsn(999))));

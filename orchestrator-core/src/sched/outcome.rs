@@ -2,12 +2,12 @@
 //! driver carries out ([`Dispatch`], [`StopOrder`], [`Update`]) or answers with ([`BookError`],
 //! [`ApplyError`]).
 
-use serde::{Deserialize, Serialize};
 use procmesh_protocol::action::{
     ActionRecord, ActionState, Applied, Attempt, AttemptRef, Ignored, Lsn, RetryError, Transition,
 };
 use procmesh_protocol::ids::ProcId;
 use procmesh_protocol::messages::orchestrator::{ActionView, OrchestratorError, SubmitAction};
+use serde::{Deserialize, Serialize};
 
 use super::placement::Labels;
 #[cfg(doc)]

@@ -464,10 +464,11 @@ impl Client {
             .ask(OrchestratorRequest::Subscribe {
                 target,
                 subscriber: self.subscriber.clone(),
+                from: None,
             })
             .await
         {
-            Ok(OrchestratorReply::Subscribed { subscription }) => subscription,
+            Ok(OrchestratorReply::Subscribed { subscription, .. }) => subscription,
             other => panic!("Subscribe: {other:?}"),
         }
     }

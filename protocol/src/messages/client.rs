@@ -1,8 +1,10 @@
 //! Events the orchestrator pushes to subscribers ([`ClientEvent`]), as one-way messages.
 //!
-//! Events of one subscription arrive in the order the orchestrator applied them. A subscriber
-//! that falls behind is told how many events it missed ([`ClientEvent::Lagged`]) rather than
-//! slowing the orchestrator down; it then re-reads the queue status.
+//! Events of one subscription arrive in the order the orchestrator applied them, each
+//! transition with its index in its queue (`seq`), so a subscriber can resume after a
+//! reconnect or an orchestrator restart exactly where it was (`Subscribe { from }`). A
+//! subscriber that falls behind is told how many events it missed ([`ClientEvent::Lagged`])
+//! rather than slowing the orchestrator down; it then resumes or re-reads the queue status.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +21,14 @@ pub enum ClientEvent {
         subscription: u64,
         /// The action's queue id.
         queue: u64,
-        /// The transition as applied (its time raised by ACT-4 if needed).
+        /// The transition as applied (its time raised by ACT-4 if needed). Replayed ones
+        /// (after `Subscribe { from }`) carry no stdout/stderr tails: read those from the
+        /// result.
         transition: Transition,
+        /// Its index among the queue's transitions: from 1, one more for each, kept across
+        /// restarts (0 from an orchestrator that does not number them).
+        #[serde(default)]
+        seq: u64,
     },
     /// Every action of the queue reached a final state.
     QueueComplete {

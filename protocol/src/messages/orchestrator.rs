@@ -135,14 +135,31 @@ pub enum OrchestratorRequest {
     /// repeat what the status shows, and a transition applied twice is ignored (ACT-1).
     ///
     /// [`ClientEvent`]: super::client::ClientEvent
+    /// [`ClientEvent::Transition`]: super::client::ClientEvent::Transition
+    ///
+    /// Every transition of a queue has an index (`seq` of [`ClientEvent::Transition`], from 1,
+    /// per queue, journaled: it survives restarts). With `from`, the orchestrator first replays
+    /// the queue's recent transitions whose index is `from` or later, then goes live, so a
+    /// subscriber that reconnects with the index after the last one it saw misses nothing and
+    /// sees nothing twice; what is older than the orchestrator keeps is told as `Lagged`.
     Subscribe {
         /// What to follow.
         target: SubscriptionTarget,
         /// Where to send the events.
         subscriber: ActorId,
+        /// Replay from this index of the queue's transitions; `None`: live only.
+        #[serde(default)]
+        from: Option<u64>,
     },
     /// Stop a subscription. Answered by [`OrchestratorReply::Ack`].
     Unsubscribe {
+        /// The id from `Subscribed`.
+        subscription: u64,
+    },
+    /// Whether a subscription is still live (a subscriber that heard nothing for a while asks;
+    /// an orchestrator restart ends every subscription). Answered by
+    /// [`OrchestratorReply::Ack`], or `UnknownSubscription`: then subscribe again with `from`.
+    CheckSubscription {
         /// The id from `Subscribed`.
         subscription: u64,
     },
@@ -218,6 +235,9 @@ pub enum OrchestratorReply {
     Subscribed {
         /// Its id, named by every event.
         subscription: u64,
+        /// The index the queue's next transition will have (replayed ones come before it).
+        #[serde(default)]
+        next: u64,
     },
     /// Every known host.
     Hosts(Vec<HostView>),

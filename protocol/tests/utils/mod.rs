@@ -592,8 +592,15 @@ pub fn orchestrator_request() -> impl Strategy<Value = OrchestratorRequest> {
         worker_descriptor().prop_map(R::RegisterWorker),
         vec(blob_hash(), 0..3).prop_map(R::MissingBlobs),
         (queue_ref(), vec(submit, 0..3)).prop_map(|(queue, actions)| R::Submit { queue, actions }),
-        (target, actor_id()).prop_map(|(target, subscriber)| R::Subscribe { target, subscriber }),
+        (target, actor_id(), option::of(any::<u64>())).prop_map(|(target, subscriber, from)| {
+            R::Subscribe {
+                target,
+                subscriber,
+                from,
+            }
+        }),
         any::<u64>().prop_map(|subscription| R::Unsubscribe { subscription }),
+        any::<u64>().prop_map(|subscription| R::CheckSubscription { subscription }),
         Just(R::ListHosts),
     ]
 }
@@ -703,7 +710,8 @@ pub fn orchestrator_result() -> impl Strategy<Value = Result<OrchestratorReply, 
             .prop_map(|(id, missing)| R::WorkerRegistered { id, missing }),
         vec(blob_hash(), 0..3).prop_map(R::MissingBlobs),
         vec(lsn(), 0..4).prop_map(|lsns| R::Submitted { lsns }),
-        any::<u64>().prop_map(|subscription| R::Subscribed { subscription }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(subscription, next)| R::Subscribed { subscription, next }),
         vec(host_view, 0..2).prop_map(R::Hosts),
     ];
     let retry_error = prop_oneof![
@@ -740,13 +748,14 @@ pub fn orchestrator_result() -> impl Strategy<Value = Result<OrchestratorReply, 
 
 pub fn client_event() -> impl Strategy<Value = ClientEvent> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), transition()).prop_map(|(subscription, queue, transition)| {
-            ClientEvent::Transition {
+        (any::<u64>(), any::<u64>(), transition(), any::<u64>()).prop_map(
+            |(subscription, queue, transition, seq)| ClientEvent::Transition {
                 subscription,
                 queue,
                 transition,
+                seq,
             }
-        }),
+        ),
         (any::<u64>(), queue_status()).prop_map(|(subscription, status)| {
             ClientEvent::QueueComplete {
                 subscription,
@@ -766,10 +775,12 @@ pub fn client_event() -> impl Strategy<Value = ClientEvent> {
                 subscription,
                 events: transitions
                     .into_iter()
-                    .map(|transition| ClientEvent::Transition {
+                    .enumerate()
+                    .map(|(i, transition)| ClientEvent::Transition {
                         subscription,
                         queue,
                         transition,
+                        seq: i as u64 + 1,
                     })
                     .collect(),
             }

@@ -1,12 +1,68 @@
-//! The effects that reach the network: submissions and stop orders to proc agents, each asked
-//! from a spawned task so that the actor never waits (ORC-21); what fails comes back as an
-//! input ([`Internal::SubmitFailed`], [`Internal::StopFailed`]).
+//! Carrying out the core's effects once their input is committed (ORC-30): replies, events to
+//! subscriptions, the next dispatch pass, and what reaches the network — submissions and stop
+//! orders to proc agents, each asked from a spawned task so that the actor never waits
+//! (ORC-21); what fails comes back as an input ([`Internal::SubmitFailed`],
+//! [`Internal::StopFailed`]).
 
+use kameo::reply::ReplySender;
+use procmesh_orchestrator_core::{Effect, Outcome};
 use procmesh_protocol::messages::agent::{ActionSpec, AgentReply, AgentRequest};
+use procmesh_protocol::messages::orchestrator::{OrchestratorError, OrchestratorReply};
 use procmesh_protocol::{ActorId, AttemptRef, ProcId};
 use tracing::Instrument as _;
 
-use crate::service::{Internal, Service};
+use crate::service::{Internal, Reply, Service};
+
+impl Service {
+    /// Carries out one input's effects, then sends its reply.
+    pub(crate) fn carry_out(&mut self, reply: Option<ReplySender<Reply>>, outcome: Outcome) {
+        let mut answer = outcome.reply;
+        for effect in outcome.effects {
+            match effect {
+                Effect::SubmitBatch { proc, agent, specs } => send_batch(self, proc, agent, specs),
+                Effect::Cancel {
+                    agent,
+                    attempt,
+                    reason,
+                } => send_cancel(self, agent, attempt, reason),
+                Effect::Publish {
+                    queue,
+                    seq,
+                    transition,
+                } => self.subs.transition(queue, seq, &transition),
+                Effect::QueueComplete(status) => self.subs.complete(&status),
+                Effect::Subscribe {
+                    queue,
+                    lsn,
+                    subscriber,
+                    backlog,
+                } => {
+                    self.following.remove(&queue);
+                    let next = backlog.next;
+                    let subscription = self.subs.subscribe(queue, lsn, subscriber, backlog);
+                    answer = Some(Ok(OrchestratorReply::Subscribed { subscription, next }));
+                }
+                Effect::Unsubscribe {
+                    subscription,
+                    requester,
+                    end,
+                } => {
+                    // ORC-25: only the proc that subscribed may stop or probe the subscription.
+                    let owned = self.subs.owned_by(subscription, &requester);
+                    answer = Some(if owned && (!end || self.subs.unsubscribe(subscription)) {
+                        Ok(OrchestratorReply::Ack)
+                    } else {
+                        Err(OrchestratorError::UnknownSubscription(subscription))
+                    });
+                }
+                Effect::DispatchAgain => self.trigger_dispatch(),
+            }
+        }
+        if let (Some(reply), Some(answer)) = (reply, answer) {
+            reply.send(Ok(answer));
+        }
+    }
+}
 
 /// Sends the specs placed on one proc as one `SubmitBatch`; every attempt refused or lost
 /// comes back as `Internal::SubmitFailed` (ORC-17).

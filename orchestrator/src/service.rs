@@ -70,7 +70,7 @@ pub(crate) struct Service {
     committed: u64,
     pub(crate) subs: Subscriptions,
     /// Queues whose subscription is decided but not yet started (its effect is held).
-    following: HashSet<u64>,
+    pub(crate) following: HashSet<u64>,
     /// A dispatch pass is queued in the mailbox (ORC-22).
     dispatch_queued: bool,
     shutting_down: bool,
@@ -373,59 +373,8 @@ impl Service {
         }
     }
 
-    /// Carries out one input's effects, then sends its reply.
-    fn carry_out(&mut self, reply: Option<ReplySender<Reply>>, outcome: Outcome) {
-        let mut answer = outcome.reply;
-        for effect in outcome.effects {
-            match effect {
-                Effect::SubmitBatch { proc, agent, specs } => {
-                    crate::effects::send_batch(self, proc, agent, specs)
-                }
-                Effect::Cancel {
-                    agent,
-                    attempt,
-                    reason,
-                } => crate::effects::send_cancel(self, agent, attempt, reason),
-                Effect::Publish {
-                    queue,
-                    seq,
-                    transition,
-                } => self.subs.transition(queue, seq, &transition),
-                Effect::QueueComplete(status) => self.subs.complete(&status),
-                Effect::Subscribe {
-                    queue,
-                    lsn,
-                    subscriber,
-                    backlog,
-                } => {
-                    self.following.remove(&queue);
-                    let next = backlog.next;
-                    let subscription = self.subs.subscribe(queue, lsn, subscriber, backlog);
-                    answer = Some(Ok(OrchestratorReply::Subscribed { subscription, next }));
-                }
-                Effect::Unsubscribe {
-                    subscription,
-                    requester,
-                    end,
-                } => {
-                    // ORC-25: only the proc that subscribed may stop or probe the subscription.
-                    let owned = self.subs.owned_by(subscription, &requester);
-                    answer = Some(if owned && (!end || self.subs.unsubscribe(subscription)) {
-                        Ok(OrchestratorReply::Ack)
-                    } else {
-                        Err(OrchestratorError::UnknownSubscription(subscription))
-                    });
-                }
-                Effect::DispatchAgain => self.trigger_dispatch(),
-            }
-        }
-        if let (Some(reply), Some(answer)) = (reply, answer) {
-            reply.send(Ok(answer));
-        }
-    }
-
     /// Asks for a dispatch pass; many triggers before it runs make one pass (ORC-22).
-    fn trigger_dispatch(&mut self) {
+    pub(crate) fn trigger_dispatch(&mut self) {
         if self.dispatch_queued || self.shutting_down {
             return;
         }

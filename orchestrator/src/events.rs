@@ -291,18 +291,19 @@ async fn deliver(
             },
         };
         // What piled up meanwhile goes along in one message (never a `Lagged`: that is only
-        // made once the channel is empty).
+        // made once the channel is empty). A batch already made (a replayed backlog) is
+        // flattened into it: batches never nest.
         let mut more = Vec::new();
+        flatten(event, &mut more);
         while more.len() < MAX_EVENT_BATCH {
             match rx.try_recv() {
-                Ok(next) => more.push(next),
+                Ok(next) => flatten(next, &mut more),
                 Err(_) => break,
             }
         }
-        let event = if more.is_empty() {
-            event
+        let event = if more.len() == 1 {
+            more.pop().expect("one event")
         } else {
-            more.insert(0, event);
             ClientEvent::Batch {
                 subscription: id,
                 events: more,
@@ -313,6 +314,14 @@ async fn deliver(
             on_gone(id);
             return;
         }
+    }
+}
+
+/// Appends `event` to `into`, unpacking a batch.
+fn flatten(event: ClientEvent, into: &mut Vec<ClientEvent>) {
+    match event {
+        ClientEvent::Batch { events, .. } => into.extend(events),
+        event => into.push(event),
     }
 }
 

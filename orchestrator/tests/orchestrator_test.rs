@@ -201,10 +201,10 @@ async fn failed_attempts_are_retried_up_to_the_limit() {
             attempt: attempt(3)
         })
     );
-    wait_for("the rescheduled attempt", || async {
-        attempts_of(broken) == 3
-    })
-    .await;
+    assert!(
+        eventually(T, || async { attempts_of(broken) == 3 }).await,
+        "timed out waiting for the rescheduled attempt"
+    );
     client.until_complete(limited).await;
     orch.audit().await.unwrap();
     orch.shutdown().await;
@@ -221,7 +221,10 @@ async fn a_silent_host_is_lost_and_its_actions_run_elsewhere() {
     client.subscribe(SubscriptionTarget::Queue(queue)).await;
     let a = FakeHost::start(&id, orch.actor_id(), 1, always(Outcome::Hang)).await;
     let lsn = client.submit(queue, vec![action(worker)]).await.unwrap()[0];
-    wait_for("the action on host A", || async { a.held() == 1 }).await;
+    assert!(
+        eventually(T, || async { a.held() == 1 }).await,
+        "timed out waiting for the action on host A"
+    );
 
     let b = FakeHost::start(&id, orch.actor_id(), 1, always(Outcome::Complete)).await;
     a.beating.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -250,15 +253,18 @@ async fn a_silent_host_is_lost_and_its_actions_run_elsewhere() {
 
     // Beating again: answered UnknownHost, the host registers again and is alive.
     a.beating.store(true, std::sync::atomic::Ordering::SeqCst);
-    wait_for("host A back", || async {
-        match client.ask(OrchestratorRequest::ListHosts).await {
-            Ok(OrchestratorReply::Hosts(hosts)) => hosts
-                .iter()
-                .any(|h| &h.info.addr == a.node.addr() && h.state == HostState::Alive),
-            _ => false,
-        }
-    })
-    .await;
+    assert!(
+        eventually(T, || async {
+            match client.ask(OrchestratorRequest::ListHosts).await {
+                Ok(OrchestratorReply::Hosts(hosts)) => hosts
+                    .iter()
+                    .any(|h| &h.info.addr == a.node.addr() && h.state == HostState::Alive),
+                _ => false,
+            }
+        })
+        .await,
+        "timed out waiting for host A back"
+    );
     orch.audit().await.unwrap();
     orch.shutdown().await;
 }
@@ -280,7 +286,10 @@ async fn a_lost_proc_abandons_its_actions_which_are_retried() {
         }
     });
     let host = FakeHost::start(&id, orch.actor_id(), 1, plan).await;
-    wait_for("the first attempt", || async { host.held() == 1 }).await;
+    assert!(
+        eventually(T, || async { host.held() == 1 }).await,
+        "timed out waiting for the first attempt"
+    );
     // The proc dies (and a fresh one takes its name): it holds nothing any more.
     host.log.lock().unwrap().held.clear();
     let proc_id: ProcId = host.node.proc_id().clone();
@@ -324,10 +333,13 @@ async fn cancelling_a_queue_stops_running_actions_on_their_agents() {
         .submit(queue, (0..3).map(|_| action(worker)).collect())
         .await
         .unwrap();
-    wait_for("two running", || async {
-        client.status(queue).await.counts.running == 2
-    })
-    .await;
+    assert!(
+        eventually(T, || async {
+            client.status(queue).await.counts.running == 2
+        })
+        .await,
+        "timed out waiting for two running"
+    );
     let answer = client.ask(OrchestratorRequest::CancelQueue(queue)).await;
     assert_eq!(answer, Ok(OrchestratorReply::Cancelled { count: 3 }));
     let events = client.events_until_complete().await;

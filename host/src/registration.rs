@@ -11,6 +11,13 @@
 //! a proc exits unasked ─▶ ProcLost { proc_id, status, reason } (then respawned: `respawn`)
 //! ```
 //!
+//! The heartbeat asks every ready agent for its `Status` but waits for the answers at most half
+//! an interval: an agent that has not answered by then (stopped, overloaded) is reported from
+//! its latest answer while that is younger than the agent ask timeout (its attempts, not its
+//! capacity: it is offered no work until it answers again), and left out after that, so its
+//! attempts stop being mentioned (the orchestrator abandons them, ORC-28) while the host keeps
+//! beating on time, well within the orchestrator's lost-after.
+//!
 //! A heartbeat ask that times out has the orchestrator's connection probed by the transport
 //! (QUIC-5), and one lost with its connection fails at once (LNK-5): either way the next beat
 //! or registration goes over a fresh connection instead of the dead one.
@@ -20,8 +27,14 @@
 //!   whenever a heartbeat is answered `UnknownHost`.
 //! - **HST-7** A proc that was ready and exits without anyone asking (no terminate or kill) is
 //!   reported to the orchestrator as `ProcLost`, if one is configured.
+//! - **HST-15** One slow or stuck proc agent does not delay the heartbeat: a beat waits at most
+//!   half an interval (and at most the agent ask timeout) for the agents' `Status`; what an
+//!   agent answered is reported for at most the agent ask timeout after its answer, its
+//!   capacity only if it answered during this beat; at most one `Status` ask per agent is in
+//!   flight.
 
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use procmesh_protocol::messages::{
@@ -31,7 +44,7 @@ use procmesh_protocol::messages::{
 use procmesh_protocol::{ActorId, AttemptRef, ExitStatus, ProcId};
 use procmesh_transport::RemoteRef;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::host::HostInner;
 
@@ -44,6 +57,7 @@ pub(crate) async fn run(
     orchestrator: ActorId,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let board = Board::default();
     loop {
         let Some(interval) = register(&host, &orchestrator, &mut shutdown).await else {
             return;
@@ -58,7 +72,7 @@ pub(crate) async fn run(
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let Some(inner) = host.upgrade() else { return };
-            match inner.beat(&orchestrator).await {
+            match inner.beat(&orchestrator, interval, &board).await {
                 Beat::Ok => {}
                 // HST-11
                 Beat::Unknown => {
@@ -127,11 +141,23 @@ enum Beat {
 }
 
 /// What one ready proc answered for the heartbeat.
+#[derive(Clone)]
 struct ProcReport {
     agent: ActorId,
     capacity: procmesh_protocol::messages::Capacity,
     running: Vec<AttemptRef>,
+    /// Whether it answered during this beat; one that did not is not offered work (HST-15).
+    fresh: bool,
 }
+
+/// The agents' latest `Status` answers, kept across beats (HST-15).
+#[derive(Default)]
+struct StatusBoard {
+    answers: HashMap<ActorId, (Instant, ProcReport)>,
+    asking: HashSet<ActorId>,
+}
+
+type Board = Arc<Mutex<StatusBoard>>;
 
 impl HostInner {
     pub(crate) fn orchestrator_ref(
@@ -141,14 +167,20 @@ impl HostInner {
         self.node.remote_ref(orchestrator.clone())
     }
 
-    /// One heartbeat: ask every ready proc's agent for its status (in parallel, each bounded by
-    /// the agent ask timeout), send, and act on the answer.
-    async fn beat(self: &Arc<Self>, orchestrator: &ActorId) -> Beat {
-        let reports = self.proc_reports().await;
+    /// One heartbeat: ask every ready proc's agent for its status (in parallel, waiting at most
+    /// half an interval: HST-15), send, and act on the answer.
+    async fn beat(
+        self: &Arc<Self>,
+        orchestrator: &ActorId,
+        interval: Duration,
+        board: &Board,
+    ) -> Beat {
+        let reports = self.proc_reports(interval / 2, board).await;
         let heartbeat = Heartbeat {
             addr: self.node.addr().clone(),
             procs: reports
                 .iter()
+                .filter(|r| r.fresh)
                 .map(|r| ProcCapacity {
                     agent: r.agent.clone(),
                     capacity: r.capacity,
@@ -188,39 +220,80 @@ impl HostInner {
         }
     }
 
-    async fn proc_reports(&self) -> Vec<ProcReport> {
+    /// The ready procs' status: this beat's answers that came within `wait` (capped by the agent
+    /// ask timeout), else the latest answer younger than the ask timeout (HST-15).
+    async fn proc_reports(&self, wait: Duration, board: &Board) -> Vec<ProcReport> {
         let timeout = self.config.agent_ask_timeout();
-        let mut asks = JoinSet::new();
+        let began = Instant::now();
+        let mut ready_agents = HashSet::new();
+        let mut asks = Vec::new();
         for handle in self.table.handles() {
             let state = handle.state();
             let (ProcStatus::Ready, Some(ready)) = (state.status, state.ready) else {
                 continue;
             };
+            ready_agents.insert(ready.agent.clone());
+            if !board
+                .lock()
+                .expect("status board")
+                .asking
+                .insert(ready.agent.clone())
+            {
+                continue; // its previous ask is still waiting
+            }
             let agent = self.node.remote_ref::<AgentRequest>(ready.agent.clone());
-            asks.spawn(async move {
-                match agent.ask(AgentRequest::Status, timeout).await {
-                    Ok(Ok(AgentReply::Status(status))) => Some(ProcReport {
-                        agent: ready.agent,
-                        capacity: status.capacity,
-                        running: status.actions.iter().map(|a| a.action).collect(),
-                    }),
+            let board = board.clone();
+            // Spawned: an answer that comes after this beat is sent still serves the next one.
+            asks.push(tokio::spawn(async move {
+                let answer = agent.ask(AgentRequest::Status, timeout).await;
+                let mut board = board.lock().expect("status board");
+                board.asking.remove(&ready.agent);
+                match answer {
+                    Ok(Ok(AgentReply::Status(status))) => {
+                        let report = ProcReport {
+                            agent: ready.agent.clone(),
+                            capacity: status.capacity,
+                            running: status.actions.iter().map(|a| a.action).collect(),
+                            fresh: true,
+                        };
+                        board.answers.insert(ready.agent, (Instant::now(), report));
+                    }
                     Ok(other) => {
                         tracing::debug!(?other, agent = %ready.agent, "no status for the heartbeat");
-                        None
                     }
                     Err(error) => {
                         tracing::debug!(%error, agent = %ready.agent, "no status for the heartbeat");
-                        None
                     }
                 }
-            });
+            }));
         }
-        let mut reports = Vec::new();
-        while let Some(report) = asks.join_next().await {
-            if let Ok(Some(report)) = report {
-                reports.push(report);
+        let wait = wait.min(timeout);
+        let all = async {
+            for ask in asks {
+                let _ = ask.await;
             }
+        };
+        if tokio::time::timeout(wait, all).await.is_err() {
+            tracing::debug!(
+                ?wait,
+                "an agent did not answer Status in time for the heartbeat"
+            );
         }
+        let now = Instant::now();
+        let mut board = board.lock().expect("status board");
+        board
+            .answers
+            .retain(|agent, _| ready_agents.contains(agent));
+        let mut reports: Vec<ProcReport> = board
+            .answers
+            .values()
+            .filter(|(at, _)| now.duration_since(*at) <= timeout)
+            .map(|(at, report)| ProcReport {
+                // It did not answer this beat: no new work for it until it does.
+                fresh: *at >= began,
+                ..report.clone()
+            })
+            .collect();
         reports.sort_by(|a, b| a.agent.cmp(&b.agent));
         reports
     }

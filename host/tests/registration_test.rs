@@ -22,7 +22,7 @@ fn spec(name: &str) -> SpawnSpec {
 async fn a_host_registers_heartbeats_registers_again_and_reports_lost_procs() {
     let (_, id) = identity();
     let mut orch = orchestrator(&id, 50).await;
-    let actor = orch.actor.clone();
+    let actor = orch.id.clone();
     let t = test_host_in(id, Duration::from_millis(10), |c| {
         c.orchestrator = Some(actor);
         c.labels.insert("zone".into(), "test".into());

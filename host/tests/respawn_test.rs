@@ -23,7 +23,7 @@ fn spec(name: &str) -> SpawnSpec {
 async fn a_crashed_proc_is_respawned_reported_lost_and_counted() {
     let (_, id) = identity();
     let mut orch = orchestrator(&id, 50).await;
-    let actor = orch.actor.clone();
+    let actor = orch.id.clone();
     let t = test_host_in(id, Duration::from_millis(10), |c| {
         c.orchestrator = Some(actor);
     })

@@ -1,13 +1,13 @@
 //! Shared helpers of the host integration tests: certificates, a scriptable in-process proc
-//! (a small node with a kameo test agent that calls back ready), a recording test
-//! orchestrator, and bounded waiting.
+//! (a small node with a kameo test agent that calls back ready), and the testkit's fake
+//! orchestrator and bounded waiting.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
@@ -15,14 +15,13 @@ use kameo::Actor;
 use procmesh_host::{Host, HostConfig, InProcessLaunch, InProcessManager};
 use procmesh_protocol::messages::RunningAction;
 use procmesh_protocol::messages::{
-    AgentError, AgentReply, AgentRequest, AgentStatus, Capacity, HostError, OrchestratorError,
-    OrchestratorReply, OrchestratorRequest, ProcReady,
+    AgentError, AgentReply, AgentRequest, AgentStatus, Capacity, HostError, ProcReady,
 };
 use procmesh_protocol::{
     ActionState, ActorId, Attempt, AttemptRef, ExitStatus, HostAddr, Lsn, Timestamp,
 };
 use procmesh_transport::{MeshCa, Node, NodeBuilder, Request, Role, TlsIdentity, WireReply};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// A bound for every wait of the tests.
 pub const T: Duration = Duration::from_secs(10);
@@ -49,23 +48,7 @@ pub async fn quic_node(name: &str, id: &TlsIdentity) -> Node {
         .unwrap()
 }
 
-/// Polls `check` until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use procmesh_testkit::eventually;
 
 /// How a scripted in-process proc behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -406,115 +389,14 @@ pub async fn test_host_in(
     }
 }
 
-/// Records what a host tells the orchestrator; answers like one would.
-#[derive(Actor)]
-pub struct TestOrchestrator {
-    pub events: mpsc::UnboundedSender<Event>,
-    /// While set, the next heartbeat is answered `UnknownHost` (and the flag cleared).
-    pub forget: Arc<AtomicBool>,
-    pub heartbeat_interval_ms: u64,
-    /// What every heartbeat ack names as orphans.
-    pub orphans: Arc<Mutex<Vec<AttemptRef>>>,
-}
+pub use procmesh_testkit::orchestrator::FakeOrchestrator;
 
-impl Message<Request<OrchestratorRequest>> for TestOrchestrator {
-    type Reply = Result<Result<OrchestratorReply, OrchestratorError>, kameo::error::Infallible>;
-
-    async fn handle(
-        &mut self,
-        req: Request<OrchestratorRequest>,
-        _ctx: &mut Context<Self, Self::Reply>,
-    ) -> Self::Reply {
-        let message = req.message;
-        let forgotten = matches!(message, OrchestratorRequest::Heartbeat(_))
-            && self.forget.swap(false, Ordering::SeqCst);
-        let _ = self.events.send(Event {
-            request: message.clone(),
-            refused: forgotten,
-        });
-        Ok(match message {
-            OrchestratorRequest::RegisterHost(_) => Ok(OrchestratorReply::HostRegistered {
-                heartbeat_interval_ms: self.heartbeat_interval_ms,
-                lost_after_ms: 10 * self.heartbeat_interval_ms,
-            }),
-            OrchestratorRequest::Heartbeat(hb) => {
-                if forgotten {
-                    Err(OrchestratorError::UnknownHost(hb.addr))
-                } else {
-                    Ok(OrchestratorReply::HeartbeatAck {
-                        orphans: self.orphans.lock().unwrap().clone(),
-                    })
-                }
-            }
-            _ => Ok(OrchestratorReply::Ack),
-        })
-    }
-}
-
-/// What the test orchestrator received, and whether it answered `UnknownHost`.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub request: OrchestratorRequest,
-    pub refused: bool,
-}
-
-/// A test orchestrator on its own QUIC node: its actor id, what it receives, its forget flag.
-pub struct Orchestrator {
-    pub node: Node,
-    pub actor: ActorId,
-    pub events: mpsc::UnboundedReceiver<Event>,
-    pub forget: Arc<AtomicBool>,
-    pub orphans: Arc<Mutex<Vec<AttemptRef>>>,
-}
-
-pub async fn orchestrator(id: &TlsIdentity, heartbeat_interval_ms: u64) -> Orchestrator {
-    let node = NodeBuilder::new("service")
-        .quic(loopback(), id.clone())
-        .start()
+/// A test orchestrator on its own QUIC node that registers hosts with this heartbeat interval.
+pub async fn orchestrator(id: &TlsIdentity, heartbeat_interval_ms: u64) -> FakeOrchestrator {
+    FakeOrchestrator::builder()
+        .registers_hosts(heartbeat_interval_ms)
+        .start(NodeBuilder::new("service").quic(loopback(), id.clone()))
         .await
-        .unwrap();
-    let (tx, events) = mpsc::unbounded_channel();
-    let forget = Arc::new(AtomicBool::new(false));
-    let orphans = Arc::new(Mutex::new(Vec::new()));
-    let actor = node
-        .expose(
-            "orchestrator",
-            TestOrchestrator::spawn(TestOrchestrator {
-                events: tx,
-                forget: forget.clone(),
-                heartbeat_interval_ms,
-                orphans: orphans.clone(),
-            }),
-        )
-        .unwrap();
-    Orchestrator {
-        node,
-        actor,
-        events,
-        forget,
-        orphans,
-    }
-}
-
-impl Orchestrator {
-    /// The next event that `pick` selects, skipping others; panics after [`T`].
-    pub async fn next<R>(&mut self, mut pick: impl FnMut(&OrchestratorRequest) -> Option<R>) -> R {
-        self.next_event(|e| pick(&e.request)).await
-    }
-
-    /// The next event that `pick` selects, skipping others; panics after [`T`].
-    pub async fn next_event<R>(&mut self, mut pick: impl FnMut(&Event) -> Option<R>) -> R {
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            let event = tokio::time::timeout_at(deadline, self.events.recv())
-                .await
-                .expect("no such event in time")
-                .expect("orchestrator gone");
-            if let Some(r) = pick(&event) {
-                return r;
-            }
-        }
-    }
 }
 
 /// The frontend address of a host.

@@ -12,6 +12,9 @@ use procmesh_protocol::{ActionState, AttemptRef, ProcId, Timestamp, Transition};
 use crate::core::{reason_detail, Core, Step};
 use crate::input::Answer;
 
+/// The shortest silence after which a placed attempt is abandoned (ORC-28).
+pub const MIN_SILENCE_MS: u64 = 1_000;
+
 impl Core {
     pub(crate) fn register_host(
         &mut self,
@@ -60,11 +63,13 @@ impl Core {
         Ok(OrchestratorReply::HeartbeatAck { orphans })
     }
 
-    /// ORC-28: an attempt placed on this host for longer than one heartbeat interval that two
-    /// heartbeats at least one interval apart do not mention is `Abandoned` (then retried): its
-    /// submission or its final report was lost, or its proc forgot it.
+    /// ORC-28: an attempt placed on this host for longer than the silence window that two
+    /// heartbeats at least that window apart do not mention is `Abandoned` (then retried): its
+    /// submission or its final report was lost, or its proc forgot it. The window is one
+    /// heartbeat interval, but at least [`MIN_SILENCE_MS`]: with very short intervals a busy
+    /// agent's late status would otherwise cost retries of work that runs fine.
     fn silent_attempts(&mut self, heartbeat: &Heartbeat, now: Timestamp, step: &mut Step<'_>) {
-        let interval = self.config.heartbeat_interval_ms;
+        let interval = self.config.heartbeat_interval_ms.max(MIN_SILENCE_MS);
         let running: HashSet<AttemptRef> = heartbeat.running.iter().copied().collect();
         let mut silent = Vec::new();
         for (attempt, placed_at) in self.book.placed_at_host(&heartbeat.addr) {

@@ -73,8 +73,8 @@
 //!   `lost_after_ms` from the restart to heartbeat again; the attempts placed on it stay placed,
 //!   to be confirmed by its heartbeats (ORC-28).
 //! - **ORC-28** No silent attempt: an attempt placed on a host for at least one heartbeat
-//!   interval that is missing from two of its heartbeats at least one interval apart is
-//!   `Abandoned` (then retried, ORC-6). No action stays `Submitting` or `Running` while its host
+//!   interval (and at least one second) that is missing from two of its heartbeats at least
+//!   that long apart is `Abandoned` (then retried, ORC-6). No action stays `Submitting` or `Running` while its host
 //!   heartbeats without it.
 //! - **ORC-29** Reports are idempotent: a transition applied again (same attempt, same or an
 //!   earlier state) is ignored and changes nothing (ACT-1), so agents may re-send what was not
@@ -106,6 +106,7 @@ pub mod sched;
 pub use crate::core::Core;
 pub use config::CoreConfig;
 pub use events::{Backlog, Events};
+pub use hosts::MIN_SILENCE_MS;
 pub use input::{Answer, Effect, Env, Input, Logged, Outcome, Replay, Request};
 pub use records::{Records, ResultDetail};
 

@@ -26,7 +26,7 @@ use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::service::{Internal, Service};
 
 /// The log grows by at least this much between two snapshots.
-pub(crate) const SNAPSHOT_MIN_BYTES: u64 = 16 << 20;
+pub(crate) const SNAPSHOT_MIN_BYTES: u64 = 64 << 20;
 
 /// Most jobs one transaction takes.
 const MAX_GROUP: usize = 16_384;

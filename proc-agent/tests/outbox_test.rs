@@ -4,6 +4,7 @@
 mod utils;
 
 use std::collections::{HashMap, HashSet};
+use std::future::ready;
 use std::time::{Duration, Instant};
 
 use procmesh_proc_agent::outbox::{PumpConfig, ReportPump};
@@ -14,7 +15,7 @@ use procmesh_protocol::messages::orchestrator::OrchestratorError;
 use procmesh_transport::{LocalHub, Node, NodeBuilder};
 use tokio::sync::mpsc;
 use utils::eventually;
-use utils::orchestrator::{agent_node, orchestrator_id, Fake, Script};
+use utils::orchestrator::{agent_node, fake, fake_on, orchestrator_id, Script};
 
 /// Short timeouts and backoffs, so a lost message costs milliseconds.
 fn config() -> PumpConfig {
@@ -100,7 +101,7 @@ fn first_arrivals(seen: &[Transition]) -> Vec<Transition> {
 async fn lost_replies_are_resent_until_answered() {
     let hub = LocalHub::new();
     // The first 3 messages arrive, but their replies never come.
-    let fake = Fake::start(
+    let fake = fake(
         &hub,
         Box::new(|n| if n < 3 { Script::Silent } else { Script::Ack }),
     )
@@ -127,7 +128,7 @@ async fn lost_replies_are_resent_until_answered() {
 async fn shutting_down_answers_keep_the_reports() {
     let hub = LocalHub::new();
     // `ShuttingDown` = not applied (and not recorded by the fake): they must come again.
-    let fake = Fake::start(
+    let fake = fake(
         &hub,
         Box::new(|n| match n {
             0..3 => Script::Refuse(OrchestratorError::ShuttingDown),
@@ -162,17 +163,21 @@ async fn reports_wait_for_an_absent_orchestrator_then_follow_it_across_a_restart
     let agent = Agent::on(node, config());
     let sent = running_then_completed(1..21);
     agent.report_to(&orc, &sent[..20]);
-    eventually("reports queued", Duration::from_secs(2), || {
-        agent.pump.unacknowledged() == 20
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(2), || ready({
+            agent.pump.unacknowledged() == 20
+        }))
+        .await,
+        "reports queued: not true within {:?}",
+        Duration::from_secs(2)
+    );
     // Nobody at the address for a while (the subject of the test, not a wait for an event):
     // several sends fail and back off meanwhile; more reports queue behind them.
     tokio::time::sleep(Duration::from_millis(300)).await;
     agent.report_to(&orc, &sent[20..30]);
     assert!(!agent.pump.flush(Duration::from_millis(50)).await);
 
-    let first = Fake::start_with(orc_node(), Box::new(|_| Script::Ack)).await;
+    let first = fake_on(orc_node(), Box::new(|_| Script::Ack)).await;
     assert_eq!(first.id, orc);
     agent.flushed().await;
     assert_eq!(first_arrivals(&first.transitions()), sent[..30]);
@@ -182,13 +187,17 @@ async fn reports_wait_for_an_absent_orchestrator_then_follow_it_across_a_restart
     drop(first);
     let _ = std::fs::remove_file(&orc_socket);
     agent.report_to(&orc, &sent[30..]);
-    eventually("sends failing", Duration::from_secs(2), || {
-        agent.pump.unacknowledged() == 10
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(2), || ready({
+            agent.pump.unacknowledged() == 10
+        }))
+        .await,
+        "sends failing: not true within {:?}",
+        Duration::from_secs(2)
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(agent.pump.unacknowledged(), 10);
-    let second = Fake::start_with(orc_node(), Box::new(|_| Script::Ack)).await;
+    let second = fake_on(orc_node(), Box::new(|_| Script::Ack)).await;
     agent.flushed().await;
     assert_eq!(first_arrivals(&second.transitions()), sent[30..]);
 }
@@ -197,7 +206,7 @@ async fn reports_wait_for_an_absent_orchestrator_then_follow_it_across_a_restart
 #[tokio::test]
 async fn judged_reports_are_dropped_not_resent() {
     let hub = LocalHub::new();
-    let fake = Fake::start(
+    let fake = fake(
         &hub,
         Box::new(|_| Script::Judge(OrchestratorError::UnknownAction(Lsn(1)))),
     )
@@ -219,7 +228,7 @@ async fn order_holds_under_load_when_every_seventh_message_fails() {
     use ActionState::*;
     let hub = LocalHub::new();
     // Every 7th message: alternately refused with `ShuttingDown`, or its reply lost.
-    let fake = Fake::start(
+    let fake = fake(
         &hub,
         Box::new(|n| match (n % 7, n / 7 % 2) {
             (6, 0) => Script::Refuse(OrchestratorError::ShuttingDown),
@@ -296,7 +305,7 @@ async fn order_holds_under_load_when_every_seventh_message_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_keeps_throughput() {
     let hub = LocalHub::new();
-    let fake = Fake::start(&hub, Box::new(|_| Script::Ack)).await;
+    let fake = fake(&hub, Box::new(|_| Script::Ack)).await;
     let agent = Agent::start(&hub, PumpConfig::default()).await;
     let n = 100_000u64;
     let sent: Vec<Transition> = (0..n)

@@ -5,6 +5,7 @@
 mod utils;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::ready;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::time::{Duration, Instant};
 
@@ -81,10 +82,14 @@ async fn hundred_actions_transform_their_inputs() {
     );
     assert_eq!(entries(&h.workers_dir()), vec![worker.to_string()]);
     let sandboxes = h.sandboxes();
-    eventually("every sandbox deleted", Duration::from_secs(30), || {
-        entries(&sandboxes).is_empty()
-    })
-    .await;
+    assert!(
+        eventually(Duration::from_secs(30), || ready({
+            entries(&sandboxes).is_empty()
+        }))
+        .await,
+        "every sandbox deleted: not true within {:?}",
+        Duration::from_secs(30)
+    );
 }
 
 // Attests PA-2
@@ -180,10 +185,11 @@ async fn a_cancelled_action_ends_cancelled_and_its_process_tree_is_gone() {
     action.env.insert("PM_TEST_MARKER".into(), m.clone());
     let attempt = h.submit(action).unwrap();
     h.wait_running(attempt).await;
-    eventually("the script and its two sleeps run", SHORT, || {
-        processes_with_marker(&m).len() >= 3
-    })
-    .await;
+    assert!(
+        eventually(SHORT, || ready(processes_with_marker(&m).len() >= 3)).await,
+        "the script and its two sleeps run: not true within {:?}",
+        SHORT
+    );
     assert!(h.runner.cancel(attempt, "no longer needed".into()));
     let all = h.wait_final(attempt).await;
     check_sequence(&all);
@@ -191,10 +197,11 @@ async fn a_cancelled_action_ends_cancelled_and_its_process_tree_is_gone() {
     assert_eq!(last.state, ActionState::Cancelled);
     assert_eq!(reason(last), "no longer needed");
     assert_eq!(last.detail.exit, Some(ExitStatus::Signal(9)));
-    eventually("no process of the action is left", SHORT, || {
-        processes_with_marker(&m).is_empty()
-    })
-    .await;
+    assert!(
+        eventually(SHORT, || ready(processes_with_marker(&m).is_empty())).await,
+        "no process of the action is left: not true within {:?}",
+        SHORT
+    );
     // It is not held any more.
     assert!(!h.runner.cancel(attempt, "again".into()));
 }
@@ -211,10 +218,11 @@ async fn a_cancelled_action_that_exits_zero_is_still_cancelled() {
     action.env.insert("PM_TEST_MARKER".into(), m.clone());
     let attempt = h.submit(action).unwrap();
     h.wait_running(attempt).await;
-    eventually("the trap is set and the sleep runs", SHORT, || {
-        processes_with_marker(&m).len() >= 2
-    })
-    .await;
+    assert!(
+        eventually(SHORT, || ready(processes_with_marker(&m).len() >= 2)).await,
+        "the trap is set and the sleep runs: not true within {:?}",
+        SHORT
+    );
     assert!(h.runner.cancel(attempt, String::new()));
     let all = h.wait_final(attempt).await;
     check_sequence(&all);
@@ -239,13 +247,17 @@ async fn cancel_during_preparation_ends_cancelled() {
     assert_eq!(status[0].action, attempt);
     assert_eq!(status[0].state, ActionState::Submitting);
     let resolver = h.resolver.clone();
-    eventually("the worker is being resolved", SHORT, || {
-        resolver
-            .worker_calls
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 1
-    })
-    .await;
+    assert!(
+        eventually(SHORT, || ready({
+            resolver
+                .worker_calls
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 1
+        }))
+        .await,
+        "the worker is being resolved: not true within {:?}",
+        SHORT
+    );
     assert!(h.runner.cancel(attempt, "changed my mind".into()));
     let all = h.wait_final(attempt).await;
     check_sequence(&all);
@@ -580,10 +592,14 @@ async fn sandboxes_are_deleted_and_shutdown_deletes_all() {
     }
     let sandboxes = h.sandboxes();
     let runner = h.runner.clone();
-    eventually("the sandboxes are deleted", SHORT, || {
-        entries(&sandboxes).is_empty() && runner.pending_cleanups() == 0
-    })
-    .await;
+    assert!(
+        eventually(SHORT, || ready({
+            entries(&sandboxes).is_empty() && runner.pending_cleanups() == 0
+        }))
+        .await,
+        "the sandboxes are deleted: not true within {:?}",
+        SHORT
+    );
 
     // Shutdown cancels what runs and deletes every sandbox before it returns.
     let long = h.script_worker("sleep 1000").await;

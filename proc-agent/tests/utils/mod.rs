@@ -6,11 +6,11 @@
 
 pub mod orchestrator;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use procmesh_proc_agent::runner::{BoxFuture, Executor, Report, Resolver, Runner, RunnerConfig};
 use procmesh_protocol::action::{ActionState, Attempt, AttemptRef, Lsn, Transition};
@@ -18,6 +18,7 @@ use procmesh_protocol::cas::BlobHash;
 use procmesh_protocol::ids::{ActorId, HostAddr, ProcId};
 use procmesh_protocol::messages::agent::{ActionSpec, AgentError};
 use procmesh_protocol::spec::{ActionDef, InputFile, WorkerDescriptor, WorkerFile, WorkerId};
+use procmesh_testkit::ScriptWorker;
 use procmesh_transport::BlobStore;
 use tokio::sync::{mpsc, watch};
 
@@ -240,14 +241,12 @@ impl Harness {
     /// Registers a worker whose executable `bin/tool` is the shell script `body` (after
     /// `#!/bin/sh`), with `PATH` set.
     pub async fn script_worker(&self, body: &str) -> WorkerId {
-        let script = format!("#!/bin/sh\n{body}\n");
-        let tool = self.file("bin/tool", script.as_bytes(), true).await;
-        self.resolver.add(WorkerDescriptor {
-            executable: "bin/tool".into(),
-            files: vec![tool],
-            directories: vec![],
-            env: BTreeMap::from([("PATH".into(), PATH.into())]),
-        })
+        let worker = ScriptWorker::sh(body)
+            .at("bin/tool")
+            .env("PATH", PATH)
+            .store(&self.store)
+            .await;
+        self.resolver.add(worker)
     }
 
     /// An input at `path` holding `content`, stored.
@@ -386,20 +385,7 @@ pub fn check_sequence(all: &[Transition]) {
     }
 }
 
-/// Waits (polling every 10 ms, up to `timeout`) until `cond` holds; panics naming `what`.
-pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "{what}: not true within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use procmesh_testkit::eventually;
 
 /// The entries of a directory (names), empty if it does not exist.
 pub fn entries(dir: &Path) -> Vec<String> {

@@ -430,6 +430,9 @@ impl Core {
             .filter(|lsn| self.book.action(*lsn).is_none())
             .collect();
         self.records.remove(&gone);
+        if self.book.status(queue).is_ok_and(|s| s.counts.total() == 0) {
+            self.events.forget(queue);
+        }
         step.changed = true;
         Ok(OrchestratorReply::Retired { count })
     }

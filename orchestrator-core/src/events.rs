@@ -8,6 +8,9 @@
 //!  Subscribe { from: 3 }    ─▶ Lagged { missed: the ones no longer kept }, then the ring, live
 //! ```
 //!
+//! A queue whose every action was retired forgets its kept transitions (its counter stays), so
+//! what the orchestrator keeps follows what is live, not how many queues ever existed.
+//!
 //! Kept transitions carry no stdout/stderr tails (at most 64 KiB each): a replayed `Completed`
 //! names its outputs, and the tails stay with the result.
 
@@ -59,6 +62,14 @@ impl Events {
             q.ring.push_back(light(t));
         }
         seq
+    }
+
+    /// Forgets the kept transitions of `queue` (every action of it was retired), keeping its
+    /// counter: a subscriber resuming from before gets `Lagged`.
+    pub fn forget(&mut self, queue: u64) {
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.ring = VecDeque::new();
+        }
     }
 
     /// The index `queue`'s next transition will have.

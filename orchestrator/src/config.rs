@@ -89,6 +89,14 @@ pub struct OrchestratorConfig {
     /// event_backlog = 16384
     /// ```
     pub event_backlog: u32,
+    /// A snapshot of the whole state is taken once the journal's log has grown by this many
+    /// bytes, or by the size of the last snapshot if that is larger; it replaces the records it
+    /// covers, so the file stays about twice the live state. Default 64 MiB.
+    ///
+    /// ```toml
+    /// snapshot_min_bytes = 67108864
+    /// ```
+    pub snapshot_min_bytes: u64,
 }
 
 impl Default for OrchestratorConfig {
@@ -108,6 +116,7 @@ impl Default for OrchestratorConfig {
             journal: true,
             durability: Durability::Fsync,
             event_backlog: CoreConfig::DEFAULT_EVENT_BACKLOG,
+            snapshot_min_bytes: 64 << 20,
         }
     }
 }
@@ -155,6 +164,7 @@ impl OrchestratorConfig {
             ("result_page", u64::from(self.result_page)),
             ("agent_timeout_ms", self.agent_timeout_ms),
             ("subscriber_buffer", u64::from(self.subscriber_buffer)),
+            ("snapshot_min_bytes", self.snapshot_min_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -230,6 +240,7 @@ mod tests {
         assert!(c.journal);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.event_backlog, 16_384);
+        assert_eq!(c.snapshot_min_bytes, 64 << 20);
         assert_eq!(c.journal_path(), c.state_dir.join("journal.redb"));
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.blobs_dir(), c.state_dir.join("blobs"));

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! A snapshot is taken when the log has grown by as many bytes as the last snapshot had (and at
-//! least [`SNAPSHOT_MIN_BYTES`]), so its cost stays proportional to what was logged and the file
+//! least `snapshot_min_bytes`), so its cost stays proportional to what was logged and the file
 //! stays bounded by about twice the live state.
 
 use std::path::{Path, PathBuf};
@@ -24,9 +24,6 @@ use serde::Serialize;
 
 use crate::journal::{Journal, JournalError, JournalOptions};
 use crate::service::{Internal, Service};
-
-/// The log grows by at least this much between two snapshots.
-pub(crate) const SNAPSHOT_MIN_BYTES: u64 = 64 << 20;
 
 /// Most jobs one transaction takes.
 const MAX_GROUP: usize = 16_384;
@@ -75,6 +72,7 @@ pub(crate) struct Log {
     seq: u64,
     since_snapshot: u64,
     snapshot_every: u64,
+    snapshot_min: u64,
 }
 
 #[derive(Serialize)]
@@ -93,6 +91,7 @@ pub(crate) fn recover(
     path: &Path,
     options: JournalOptions,
     config: CoreConfig,
+    snapshot_min: u64,
     now: Timestamp,
 ) -> Result<(Core, Log, Recovered), RecoverError> {
     let (mut journal, recovery) = Journal::open(path, options)?;
@@ -148,7 +147,8 @@ pub(crate) fn recover(
         thread: None,
         seq: 0,
         since_snapshot,
-        snapshot_every: SNAPSHOT_MIN_BYTES.max(snapshot_bytes),
+        snapshot_every: snapshot_min.max(snapshot_bytes),
+        snapshot_min,
     };
     Ok((core, log, found))
 }
@@ -185,7 +185,7 @@ impl Log {
         if self.since_snapshot >= self.snapshot_every {
             match rmp_serde::to_vec_named(core) {
                 Ok(bytes) => {
-                    self.snapshot_every = SNAPSHOT_MIN_BYTES.max(bytes.len() as u64);
+                    self.snapshot_every = self.snapshot_min.max(bytes.len() as u64);
                     self.since_snapshot = 0;
                     let _ = tx.send(Job::Snapshot(bytes));
                 }

@@ -144,7 +144,13 @@ fn open_state(config: &OrchestratorConfig) -> Result<Start, StartError> {
         durability: config.durability,
     };
     let began = std::time::Instant::now();
-    let (core, log, recovered) = durable::recover(&path, options, config.core(), service::now())?;
+    let (core, log, recovered) = durable::recover(
+        &path,
+        options,
+        config.core(),
+        config.snapshot_min_bytes,
+        service::now(),
+    )?;
     tracing::info!(
         journal = %path.display(),
         snapshot = recovered.snapshot,

@@ -5,10 +5,9 @@
 mod utils;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use kameo::actor::Spawn;
 use procmesh_protocol::action::{ActionState, Attempt, ExitStatus, Lsn};
 use procmesh_protocol::messages::agent::{ActionSpec, AgentError, AgentReply, AgentRequest, Probe};
 use procmesh_protocol::messages::host::{HostReply, HostRequest, ProcInfo, ProcStatus, SpawnSpec};
@@ -190,15 +189,12 @@ async fn a_worker_runs_100_actions_with_inputs_through_a_real_proc() {
     let worker_id = worker.id();
     let failing = script_worker(&m.store, "#!/bin/sh\necho broken >&2\nexit 3\n").await;
     let failing_id = failing.id();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let orchestrator = FakeOrchestrator {
-        workers: BTreeMap::from([(worker_id, worker), (failing_id, failing)]),
-        seen: seen.clone(),
-    };
-    let report_to = m
-        .client
-        .expose("orchestrator", FakeOrchestrator::spawn(orchestrator))
-        .unwrap();
+    let orchestrator = FakeOrchestrator::builder()
+        .worker(worker_id, worker)
+        .worker(failing_id, failing)
+        .expose_on(&m.client);
+    let seen = orchestrator.seen.clone();
+    let report_to = orchestrator.id.clone();
 
     let mut specs = Vec::new();
     let mut expected = BTreeMap::new();
@@ -280,15 +276,11 @@ async fn killing_the_host_leaves_no_proc_agent_or_action_alive() {
     let script = "#!/bin/sh\nsleep 1000 &\nexec sleep 1000\n";
     let worker = script_worker(&m.store, script).await;
     let worker_id = worker.id();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let orchestrator = FakeOrchestrator {
-        workers: BTreeMap::from([(worker_id, worker)]),
-        seen: seen.clone(),
-    };
-    let report_to = m
-        .client
-        .expose("orchestrator", FakeOrchestrator::spawn(orchestrator))
-        .unwrap();
+    let orchestrator = FakeOrchestrator::builder()
+        .worker(worker_id, worker)
+        .expose_on(&m.client);
+    let seen = orchestrator.seen.clone();
+    let report_to = orchestrator.id.clone();
     for (i, info) in procs.iter().enumerate() {
         let agent_ref: RemoteRef<AgentRequest> = m.client.remote_ref(agent(info));
         let action = ActionDef::new(worker_id);

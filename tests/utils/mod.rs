@@ -3,22 +3,13 @@
 //! `/proc` scans. Every wait is bounded.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kameo::message::{Context, Message};
-use kameo::Actor;
-use procmesh_protocol::action::{ActionState, Transition};
-use procmesh_protocol::messages::orchestrator::{
-    OrchestratorError, OrchestratorReply, OrchestratorRequest,
-};
-use procmesh_protocol::spec::{WorkerDescriptor, WorkerFile, WorkerId};
 use procmesh_protocol::{ActorId, HostAddr};
-use procmesh_transport::{BlobStore, MeshCa, Request, Role, TlsIdentity, WireReply};
+use procmesh_transport::{MeshCa, Role, TlsIdentity};
 
 /// The `procmesh` binary under test.
 pub fn procmesh_bin() -> PathBuf {
@@ -132,92 +123,11 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Polls `check` every 20 ms until true or `within` passes.
-pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+#[allow(unused_imports)]
+pub use procmesh_testkit::wait_until;
 
-/// A worker made of one `#!/bin/sh` script, stored in `store`.
-pub async fn script_worker(store: &BlobStore, script: &str) -> WorkerDescriptor {
-    let hash = store.put_bytes(script.as_bytes()).await.unwrap();
-    WorkerDescriptor {
-        executable: "run.sh".into(),
-        files: vec![WorkerFile {
-            path: "run.sh".into(),
-            hash,
-            size: script.len() as u64,
-            executable: true,
-        }],
-        directories: Vec::new(),
-        env: BTreeMap::new(),
-    }
-}
-
-/// What the stand-in orchestrator saw.
-#[derive(Default)]
-pub struct Seen {
-    pub transitions: Vec<Transition>,
-    pub requests: Vec<String>,
-}
-
-/// A stand-in orchestrator: serves worker descriptors and records every request and transition.
-#[derive(Actor)]
-pub struct FakeOrchestrator {
-    pub workers: BTreeMap<WorkerId, WorkerDescriptor>,
-    pub seen: Arc<Mutex<Seen>>,
-}
-
-impl Message<Request<OrchestratorRequest>> for FakeOrchestrator {
-    type Reply = WireReply<Result<OrchestratorReply, OrchestratorError>>;
-
-    async fn handle(
-        &mut self,
-        req: Request<OrchestratorRequest>,
-        _ctx: &mut Context<Self, Self::Reply>,
-    ) -> Self::Reply {
-        let mut seen = self.seen.lock().unwrap();
-        let kind = format!("{:?}", req.message);
-        seen.requests
-            .push(kind.split(['(', ' ', '{']).next().unwrap_or("").to_owned());
-        Ok(match req.message {
-            OrchestratorRequest::GetWorker(id) => match self.workers.get(&id) {
-                Some(d) => Ok(OrchestratorReply::Worker(d.clone())),
-                None => Err(OrchestratorError::UnknownWorker(id)),
-            },
-            OrchestratorRequest::ActionUpdate(t) => {
-                seen.transitions.push(t);
-                Ok(OrchestratorReply::Ack)
-            }
-            OrchestratorRequest::ActionUpdates(ts) => {
-                seen.transitions.extend(ts);
-                Ok(OrchestratorReply::Ack)
-            }
-            _ => Ok(OrchestratorReply::Ack),
-        })
-    }
-}
-
-impl Seen {
-    /// The final transition of `lsn`, if it has ended.
-    pub fn terminal(&self, lsn: u64) -> Option<&Transition> {
-        self.transitions
-            .iter()
-            .find(|t| t.lsn.0 == lsn && t.state.is_terminal())
-    }
-
-    pub fn count_in(&self, state: ActionState) -> usize {
-        self.transitions.iter().filter(|t| t.state == state).count()
-    }
-}
+#[allow(unused_imports)]
+pub use procmesh_testkit::{script_worker, FakeOrchestrator, Seen};
 
 /// The orchestrator-side actor id the stand-in is exposed as on `node`.
 pub fn orchestrator_id(node: &procmesh_transport::Node) -> ActorId {

@@ -44,8 +44,34 @@ fn start_orchestrator(certs: &Certs, state: &Path, listen: &str) -> (Proc, Actor
     (proc, ready.parse().expect("orchestrator actor id"))
 }
 
-fn sha(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
+/// Starts `procmesh orchestrator` on `state`, whose journal cannot be read: it must exit
+/// non-zero, say which file, serve nothing, and leave the file as it was.
+fn assert_refused(certs: &Certs, state: &Path, case: &str) {
+    let journal = state.join("journal.redb");
+    let before = std::fs::read(&journal).unwrap();
+    let args = orchestrator_args(certs, state, "127.0.0.1:0");
+    let out = Command::new(procmesh_bin())
+        .arg("orchestrator")
+        .args(&args)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .output()
+        .expect("procmesh runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{case}: started on a bad journal");
+    assert!(
+        stderr.contains(journal.to_str().unwrap()),
+        "{case}: the error names the file: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "{case}: it must not serve"
+    );
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        before,
+        "{case}: the file was changed"
+    );
 }
 
 // Attests ORC-31, JNL-2
@@ -63,28 +89,8 @@ fn a_journal_that_cannot_be_read_stops_start_up_and_is_left_untouched() {
     for (name, bytes) in cases {
         let state = dir.path().join(name);
         std::fs::create_dir_all(&state).unwrap();
-        let journal = state.join("journal.redb");
-        std::fs::write(&journal, &bytes).unwrap();
-        let before = sha(&journal);
-        let args = orchestrator_args(&certs, &state, "127.0.0.1:0");
-        let out = Command::new(procmesh_bin())
-            .arg("orchestrator")
-            .args(&args)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .output()
-            .expect("procmesh runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}: started on a bad journal");
-        assert!(
-            stderr.contains(journal.to_str().unwrap()),
-            "{name}: the error names the file: {stderr}"
-        );
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("ready"),
-            "{name}: it must not serve"
-        );
-        assert_eq!(sha(&journal), before, "{name}: the file was changed");
+        std::fs::write(state.join("journal.redb"), &bytes).unwrap();
+        assert_refused(&certs, &state, name);
     }
     // A truncated real journal: make one, stop the orchestrator cleanly, cut it in half.
     let state = dir.path().join("truncated");
@@ -95,19 +101,7 @@ fn a_journal_that_cannot_be_read_stops_start_up_and_is_left_untouched() {
     let journal = state.join("journal.redb");
     let whole = std::fs::read(&journal).unwrap();
     std::fs::write(&journal, &whole[..whole.len() / 2]).unwrap();
-    let before = sha(&journal);
-    let args = orchestrator_args(&certs, &state, "127.0.0.1:0");
-    let out = Command::new(procmesh_bin())
-        .arg("orchestrator")
-        .args(&args)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started on a truncated journal");
-    assert!(stderr.contains(journal.to_str().unwrap()), "{stderr}");
-    assert_eq!(sha(&journal), before, "the truncated file was changed");
+    assert_refused(&certs, &state, "truncated");
 }
 
 fn host(certs: &Certs, state: PathBuf, ip: &str, orchestrator: &ActorId) -> Proc {

@@ -10,12 +10,12 @@ use std::time::Instant;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use procmesh_protocol::action::{ActionState, Lsn, Timestamp, Transition, TransitionDetail};
-use procmesh_protocol::messages::orchestrator::{QueueConfig, StateCounts};
 use procmesh_orchestrator_core::sched::{
     place, place_constrained, satisfies, Assignment, Book, CancelOutcome, Candidate, Labels,
     NewAction, PendingIndex, ProcFree,
 };
+use procmesh_protocol::action::{ActionState, Lsn, Timestamp, Transition, TransitionDetail};
+use procmesh_protocol::messages::orchestrator::{QueueConfig, StateCounts};
 use procmesh_protocol::{ExitStatus, ProcId};
 
 // ---- a per-thread counting allocator, for ORC-13 ----------------------------------------------

@@ -610,9 +610,10 @@ async fn sandboxes_are_deleted_and_shutdown_deletes_all() {
     assert_eq!(entries(&h.sandboxes()).len(), 2);
     h.runner.shutdown(Duration::from_millis(300)).await;
     assert!(entries(&h.sandboxes()).is_empty());
+    // Attests PA-3b: what a shutdown ends is abandoned (retried elsewhere), not cancelled.
     for attempt in [a, b] {
         let all = h.transitions(attempt);
-        assert_eq!(all.last().unwrap().state, ActionState::Cancelled, "{all:?}");
+        assert_eq!(all.last().unwrap().state, ActionState::Abandoned, "{all:?}");
         assert_eq!(
             reason(all.last().unwrap()),
             "the proc agent is shutting down"

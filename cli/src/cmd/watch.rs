@@ -87,7 +87,14 @@ async fn watch_on(client: &procmesh_client::Client, args: &WatchArgs) -> anyhow:
                     eprintln!("procmesh: the queue is not complete after {:?}", args.timeout.unwrap_or_default());
                     return Ok(EXIT_TIMEOUT);
                 }
-                status = queue.status().await?;
+                match queue.status().await {
+                    Ok(now) => status = now,
+                    // An orchestrator restart: keep the last status; the watch resumes by itself.
+                    Err(error) if error.is_transient() => {
+                        tracing::debug!(%error, "queue status not read; trying again");
+                    }
+                    Err(error) => return Err(error.into()),
+                }
                 last_read = tokio::time::Instant::now();
                 dirty = false;
                 bar.draw(&status);

@@ -51,7 +51,7 @@ impl Outcome {
 
     fn cancelled(request: CancelRequest) -> Outcome {
         Outcome {
-            state: ActionState::Cancelled,
+            state: request.ends_as,
             detail: TransitionDetail {
                 reason: Some(cancel_reason(&request)),
                 ..TransitionDetail::default()
@@ -95,10 +95,10 @@ impl FinishGuard {
             let mut table = shared.table();
             if let Some(slot) = table.slots.remove(&self.attempt) {
                 if let Some(request) = slot.cancel.borrow().clone() {
-                    if state != ActionState::Cancelled {
+                    if state != request.ends_as {
                         // PA-3: accepted cancel wins, whatever the process did meanwhile.
-                        debug!(was = %state, "cancel accepted before the end: reporting Cancelled");
-                        state = ActionState::Cancelled;
+                        debug!(was = %state, now = %request.ends_as, "cancel accepted before the end");
+                        state = request.ends_as;
                         detail.reason = Some(cancel_reason(&request));
                         detail.outputs.clear();
                     }
@@ -361,7 +361,7 @@ async fn ended(shared: &Shared, finished: Finished, sandbox: &Sandbox) -> Outcom
     let state = match ending {
         Ending::Cancelled(request) => {
             detail.reason = Some(cancel_reason(&request));
-            ActionState::Cancelled
+            request.ends_as
         }
         Ending::TimedOut(after) => {
             detail.reason = Some(format!(

@@ -35,6 +35,10 @@ const SPAWN_TRIES: u32 = 5;
 pub(crate) struct CancelRequest {
     /// Why, for the action's record.
     pub(crate) reason: String,
+    /// The state the attempt ends in: `Cancelled` when the orchestrator asked (a client
+    /// cancelled it), `Abandoned` when the proc agent itself stops (PA-3b: the work was lost with
+    /// the proc, and is retried).
+    pub(crate) ends_as: procmesh_protocol::ActionState,
     /// SIGTERM to SIGKILL.
     pub(crate) grace: Duration,
 }

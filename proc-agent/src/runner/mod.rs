@@ -35,6 +35,10 @@
 //! - **PA-3** Cancel wins: once `cancel` returned `true` the attempt ends `Cancelled` — whether
 //!   it was being prepared, running, or already exiting (with code 0 included) — never
 //!   `Completed` or `Failed`.
+//! - **PA-3b** A shutdown is not a cancel: the attempts a stopping runner ends (the proc agent
+//!   was told to stop, or lost its host) end `Abandoned` — the work was lost with the proc, not
+//!   refused by a client — so the orchestrator retries them; with reliable reports this
+//!   report does arrive, and `Cancelled` would end the action for good.
 //! - **PA-4** Signals reach only the attempt's processes: SIGTERM, then SIGKILL after the grace,
 //!   go to its process group only while the leader is unreaped (no reused pid or group is ever
 //!   signalled); when the leader exits its group is SIGKILLed before it is reaped, so nothing
@@ -262,7 +266,14 @@ impl Shared {
     }
 
     /// Starts cancelling `attempt` if held and not cancelled yet; whether it is held.
-    fn cancel(&self, table: &Table, attempt: &AttemptRef, reason: String, grace: Duration) -> bool {
+    fn cancel(
+        &self,
+        table: &Table,
+        attempt: &AttemptRef,
+        reason: String,
+        grace: Duration,
+        ends_as: ActionState,
+    ) -> bool {
         let Some(slot) = table.slots.get(attempt) else {
             return false;
         };
@@ -270,7 +281,11 @@ impl Shared {
             if current.is_some() {
                 return false;
             }
-            *current = Some(CancelRequest { reason, grace });
+            *current = Some(CancelRequest {
+                reason,
+                grace,
+                ends_as,
+            });
             true
         });
         true
@@ -405,7 +420,13 @@ impl Runner {
     pub fn cancel(&self, attempt: AttemptRef, reason: String) -> bool {
         let shared = &self.shared;
         let table = shared.table();
-        shared.cancel(&table, &attempt, reason, shared.config.cancel_grace)
+        shared.cancel(
+            &table,
+            &attempt,
+            reason,
+            shared.config.cancel_grace,
+            ActionState::Cancelled,
+        )
     }
 
     /// Every attempt held here: `Submitting` while being prepared, then `Running`, each with
@@ -440,11 +461,14 @@ impl Runner {
             table.stopping = true;
             let attempts: Vec<AttemptRef> = table.slots.keys().copied().collect();
             for attempt in &attempts {
+                // PA-3b: not a client's cancel — the work is lost with this proc: `Abandoned`,
+                // so the orchestrator retries it elsewhere.
                 shared.cancel(
                     &table,
                     attempt,
                     "the proc agent is shutting down".into(),
                     grace,
+                    ActionState::Abandoned,
                 );
             }
             attempts.len()

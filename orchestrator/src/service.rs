@@ -331,14 +331,27 @@ impl Service {
             subs: &self.subs,
             following: &self.following,
         };
-        let outcome = self.core.handle(input, now, &env);
+        let mut outcome = self.core.handle(input, now, &env);
         if let Some(Err(error)) = &outcome.reply {
             tracing::debug!(%error, code = error.code(), "request refused");
         }
-        for effect in &outcome.effects {
-            if let Effect::Subscribe { queue, .. } = effect {
+        let mut dispatch_again = false;
+        outcome.effects.retain(|effect| match effect {
+            Effect::Subscribe { queue, .. } => {
                 self.following.insert(*queue);
+                true
             }
+            // Nothing leaves the process here: the next pass is itself an input, journaled
+            // after this one, whose own effects wait for its commit (ORC-30). Running it now
+            // keeps passes flowing while a commit is in flight.
+            Effect::DispatchAgain => {
+                dispatch_again = true;
+                false
+            }
+            _ => true,
+        });
+        if dispatch_again {
+            self.trigger_dispatch();
         }
         let mut seq = self.held.back().map_or(self.committed, |h| h.seq);
         if let (Some(log), Some(record), true) = (&mut self.log, record, outcome.changed) {

@@ -3,10 +3,18 @@
 //! ```text
 //! frame      := len:u32 (big endian, body length) ‖ body:[u8; len]   body = MessagePack, named
 //! handshake  := magic "PMSH" ‖ major:u16 BE ‖ minor:u16 BE ‖ frame(Hello)
+//! refusal    := magic "PMSH" ‖ major:u16 BE ‖ minor:u16 BE ‖ frame(Hello { refused: Some(reason), .. })
 //! ```
 //!
 //! A connection (a QUIC control stream, a Unix socket) starts with one handshake in each
-//! direction, then carries frames. Decoding never allocates before the length has been checked
+//! direction, then carries frames. The dialling side writes its handshake first; the accepting
+//! side reads it and only then answers, with its own handshake or with a **refusal**: a
+//! handshake (its own version in the prefix) whose [`Hello::refused`] says why — for a peer of
+//! another major version, a reason naming both versions (`"the peer speaks 2.0, we speak
+//! 1.0"`) — after which it closes. The Hello's `addr`, `name` and `refused` fields (named
+//! MessagePack) are frozen across major versions, so a peer of any version can read why it was
+//! refused; a dialler of another major refuses the answer itself from its prefix alone, naming
+//! both versions too (WIRE-4). Decoding never allocates before the length has been checked
 //! against the configured maximum, and "need more bytes" is its own error
 //! ([`CodecError::Incomplete`]), never confused with a corrupt frame.
 //!
@@ -19,12 +27,34 @@
 //! - **WIRE-4** A handshake whose major version differs from ours is refused with an error naming
 //!   both versions; a different minor version is accepted (fields added with `#[serde(default)]`).
 //! - **WIRE-5** No input makes the decoder panic.
+//! - **WIRE-6** A Hello without the newer optional fields (`node`, `refused`) decodes, and one
+//!   with them unset encodes to the same bytes as before they existed (they are skipped).
 
 use std::fmt;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::ids::HostAddr;
+
+crate::cas::hash_type! {
+    /// A node's proof that it holds its node secret (32 bytes): BLAKE3 keyed with the secret,
+    /// over a context string and, on QUIC, the TLS exporter of the connection it travels on (so
+    /// a proof cannot be replayed on another connection). Computed and checked by
+    /// `procmesh-transport` (`node_proof`, `proc_proof`).
+    NodeProof
+}
+
+/// Which node a peer speaks for, beyond what its certificate names: the node name of a host
+/// holding a fleet-wide shared host certificate, or the proc a proc agent is (to its host), and
+/// the proof that it holds that node's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeClaim {
+    /// The node (or proc) name claimed.
+    pub name: String,
+    /// The proof of the node secret, if the node has one.
+    #[serde(default)]
+    pub proof: Option<NodeProof>,
+}
 
 /// The first bytes of every procmesh connection.
 pub const MAGIC: [u8; 4] = *b"PMSH";
@@ -60,6 +90,24 @@ pub struct Hello {
     pub addr: HostAddr,
     /// A label: the proc name, `client`, `orchestrator`, …
     pub name: String,
+    /// Which node the peer speaks for and its proof (absent from older peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeClaim>,
+    /// Set only in a refusal: why the handshake was refused (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl Hello {
+    /// A hello at `addr` labelled `name`, claiming no node.
+    pub fn new(addr: HostAddr, name: impl Into<String>) -> Hello {
+        Hello {
+            addr,
+            name: name.into(),
+            node: None,
+            refused: None,
+        }
+    }
 }
 
 /// Why bytes are not (yet) a frame.

@@ -18,6 +18,8 @@ fn hello() -> Hello {
     Hello {
         addr: "quic!10.0.0.5:7700".parse().unwrap(),
         name: "worker-3".into(),
+        node: None,
+        refused: None,
     }
 }
 

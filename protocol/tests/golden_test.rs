@@ -156,6 +156,8 @@ fn handshake() {
     let hello = Hello {
         addr: "quic!10.0.0.5:7700".parse().unwrap(),
         name: "worker-3".into(),
+        node: None,
+        refused: None,
     };
     let mut bytes = Vec::new();
     FrameCodec::default()

@@ -5,8 +5,14 @@
 //! blob stream := "PMBL" ‖ frame(BlobRequest)
 //!   Push  { hash, size }  client → size raw bytes, then end of stream
 //!                         server → frame(BlobReply::Stored | Refused { reason })
-//!   Fetch { hash }        server → frame(BlobReply::Sending { size } | Missing) ‖ size raw bytes
+//!   Fetch { hash, ticket? } server → frame(BlobReply::Sending { size } | Missing | Forbidden) ‖ size raw bytes
 //! ```
+//!
+//! Who may push and fetch is the node's [`BlobPolicy`] ([`Node::set_blob_policy`]), asked with
+//! a [`BlobPeer`] — the transport, the verified certificate identity (QUIC), the remote address
+//! and `SO_PEERCRED` (Unix) of the stream — since a blob stream has no hello of its own. No
+//! policy installed means every request is allowed: a bare node (a test, a client's store)
+//! guards nothing, and each service that serves blobs worth guarding installs its own.
 //!
 //! # Invariants
 //! - **BLOB-1** A blob enters a store only after its bytes hashed to its name and its length
@@ -14,6 +20,9 @@
 //! - **BLOB-2** Partial files live in `tmp/` and become visible by one atomic rename into
 //!   `objects/`; `tmp/` is emptied when a store opens.
 //! - **BLOB-3** No read allocates more than one chunk ([`CHUNK`]) whatever size is announced.
+//! - **BLOB-4** Every blob request is put to the node's [`BlobPolicy`] before anything is read
+//!   or sent: a refused push is answered `Refused` (nothing kept), a refused fetch `Forbidden`
+//!   (nothing sent), and counted as `blob_forbidden`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +34,50 @@ use procmesh_protocol::HostAddr;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::node::{Node, NodeInner};
+use procmesh_protocol::cas::DownloadTicket;
+
+use crate::link::TransportKind;
+use crate::node::{refusal, Node, NodeInner, PeerCred};
+use crate::tls::PeerIdentity;
+
+/// Who opened a blob stream, as far as the transport knows (BLOB-4).
+#[derive(Debug, Clone)]
+pub struct BlobPeer {
+    /// The transport it came over.
+    pub transport: TransportKind,
+    /// The verified certificate identity (QUIC).
+    pub identity: Option<Arc<PeerIdentity>>,
+    /// The remote socket address (QUIC).
+    pub remote: Option<std::net::SocketAddr>,
+    /// `SO_PEERCRED` of the connection (Unix).
+    pub cred: Option<PeerCred>,
+}
+
+impl BlobPeer {
+    /// Whether the peer is on this machine (see [`PeerInfo::is_loopback`](crate::PeerInfo::is_loopback)).
+    pub fn is_loopback(&self) -> bool {
+        match self.transport {
+            TransportKind::Unix | TransportKind::Local => true,
+            TransportKind::Quic => self.remote.is_some_and(|a| a.ip().is_loopback()),
+        }
+    }
+
+    /// An in-process stream.
+    pub(crate) fn local() -> BlobPeer {
+        BlobPeer {
+            transport: TransportKind::Local,
+            identity: None,
+            remote: None,
+            cred: None,
+        }
+    }
+}
+
+/// Decides which blob requests a node serves (BLOB-4).
+pub trait BlobPolicy: Send + Sync + 'static {
+    /// `Ok` to serve `request` from `peer`; `Err(reason)` refuses it.
+    fn allow(&self, peer: &BlobPeer, request: &BlobRequest) -> Result<(), String>;
+}
 
 /// The first bytes of a blob stream.
 pub const BLOB_MAGIC: [u8; 4] = *b"PMBL";
@@ -46,6 +98,9 @@ pub enum BlobRequest {
     Fetch {
         /// The blob's blake3 hash.
         hash: BlobHash,
+        /// A download ticket for it, if the store wants one (an action's output).
+        #[serde(default)]
+        ticket: Option<DownloadTicket>,
     },
 }
 
@@ -66,6 +121,11 @@ pub enum BlobReply {
     },
     /// The fetched blob is not here.
     Missing,
+    /// The fetch was refused by the store's policy (BLOB-4); nothing follows.
+    Forbidden {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a blob operation failed.
@@ -85,6 +145,9 @@ pub enum BlobError {
     /// The peer refused a push.
     #[error("peer refused blob: {0}")]
     Refused(String),
+    /// The peer's policy forbids this fetch (BLOB-4).
+    #[error("blob fetch forbidden: {0}")]
+    Forbidden(String),
     /// The peer could not be reached or the stream broke.
     #[error("blob transfer: {0}")]
     Transfer(String),
@@ -310,7 +373,7 @@ async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 }
 
 /// Answers one blob stream whose magic was already read.
-pub(crate) async fn serve<R, W>(node: &NodeInner, mut reader: R, mut writer: W)
+pub(crate) async fn serve<R, W>(node: &NodeInner, mut reader: R, mut writer: W, peer: BlobPeer)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -324,6 +387,25 @@ where
             return;
         }
     };
+    // BLOB-4
+    let policy = node.blob_policy.read().expect("lock").clone();
+    if let Some(Err(reason)) = policy.map(|p| p.allow(&peer, &request)) {
+        node.refuse(refusal::BLOB_FORBIDDEN);
+        tracing::warn!(
+            %reason,
+            ?request,
+            identity = ?peer.identity.as_deref().map(PeerIdentity::uri),
+            remote = ?peer.remote,
+            "blob request refused"
+        );
+        let reply = match request {
+            BlobRequest::Push { .. } => BlobReply::Refused { reason },
+            BlobRequest::Fetch { .. } => BlobReply::Forbidden { reason },
+        };
+        let _ = write_frame(&mut writer, codec, &reply).await;
+        let _ = writer.shutdown().await;
+        return;
+    }
     let reply = match (request, &node.blobs) {
         (BlobRequest::Push { .. }, None) => BlobReply::Refused {
             reason: "this node keeps no blob store".into(),
@@ -354,7 +436,7 @@ where
             }
         }
         (BlobRequest::Fetch { .. }, None) => BlobReply::Missing,
-        (BlobRequest::Fetch { hash }, Some(store)) => match store.open_blob(&hash).await {
+        (BlobRequest::Fetch { hash, .. }, Some(store)) => match store.open_blob(&hash).await {
             Ok((mut file, size)) => {
                 if write_frame(&mut writer, codec, &BlobReply::Sending { size })
                     .await
@@ -399,7 +481,9 @@ impl Node {
                     .ok_or_else(|| BlobError::Transfer(format!("no in-process node {to}")))?;
                 let (ours, theirs) = tokio::io::duplex(CHUNK);
                 let (their_read, their_write) = tokio::io::split(theirs);
-                tokio::spawn(async move { serve(&target, their_read, their_write).await });
+                tokio::spawn(async move {
+                    serve(&target, their_read, their_write, BlobPeer::local()).await
+                });
                 let (r, w) = tokio::io::split(ours);
                 Ok((Box::new(w), Box::new(r)))
             }
@@ -450,13 +534,24 @@ impl Node {
     /// Fetches the blob `hash` from the node at `from` into this node's store, verified
     /// (BLOB-1). Returns where it now lives.
     pub async fn fetch_blob(&self, from: &HostAddr, hash: BlobHash) -> Result<PathBuf, BlobError> {
+        self.fetch_blob_with(from, hash, None).await
+    }
+
+    /// [`fetch_blob`](Self::fetch_blob) presenting a download ticket (an action's output from
+    /// the host that ran it). A refusal by the store's policy is [`BlobError::Forbidden`].
+    pub async fn fetch_blob_with(
+        &self,
+        from: &HostAddr,
+        hash: BlobHash,
+        ticket: Option<DownloadTicket>,
+    ) -> Result<PathBuf, BlobError> {
         let store = self.inner.blobs.clone().ok_or(BlobError::NoStore)?;
         if store.contains(&hash) {
             return Ok(store.path(&hash));
         }
         let (mut w, mut r) = self.open_blob_stream(from).await?;
         let codec = FrameCodec::new(4096);
-        write_frame(&mut w, codec, &BlobRequest::Fetch { hash }).await?;
+        write_frame(&mut w, codec, &BlobRequest::Fetch { hash, ticket }).await?;
         let _ = w.shutdown().await;
         match read_frame(&mut r, codec).await? {
             BlobReply::Sending { size } => {
@@ -464,6 +559,7 @@ impl Node {
                 Ok(store.path(&hash))
             }
             BlobReply::Missing => Err(BlobError::Missing(hash)),
+            BlobReply::Forbidden { reason } => Err(BlobError::Forbidden(reason)),
             other => Err(BlobError::Transfer(format!("unexpected reply {other:?}"))),
         }
     }

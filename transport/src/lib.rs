@@ -16,7 +16,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`tls`] — mesh CA, node and client certificates, rustls configs (`TLS-n`).
+//! - [`tls`] — mesh CA, node and client certificates, identities, rustls configs (`TLS-n`).
+//! - [`revoke`] — revoked certificate serials, watched on disk (TLS-6).
 //! - [`link`] — the channel abstraction (`LNK-n`).
 //! - [`node`] — the mailbox router: routes, delivery, pending asks (`NODE-n`).
 //! - [`remote`] — exposing kameo actors, typed [`RemoteRef`].
@@ -31,18 +32,23 @@ mod local;
 pub mod node;
 mod quic;
 pub mod remote;
+pub mod revoke;
 mod stream;
 pub mod tls;
 mod unix;
 
-pub use blob::{BlobError, BlobStore};
+pub use blob::{BlobError, BlobPeer, BlobPolicy, BlobReply, BlobRequest, BlobStore};
 pub use link::{Link, TransportKind};
 pub use local::LocalHub;
-pub use node::{Node, NodeBuilder, NodeConfig, NodeError, PeerInfo};
+pub use node::{
+    node_proof, proc_proof, refusal, verify_node_proof, Admission, DialPolicy, Limits, Node,
+    NodeBuilder, NodeConfig, NodeError, PeerCred, PeerInfo,
+};
 pub use quic::QuicOptions;
 pub use remote::{Handler, RemoteRef, Request, SendFailure, WireReply};
+pub use revoke::Revocations;
 pub use stream::HandshakeError;
-pub use tls::{install_crypto_provider, MeshCa, Role, TlsIdentity};
+pub use tls::{install_crypto_provider, MeshCa, PeerIdentity, Role, TlsError, TlsIdentity};
 
 /// Now, by this machine's wall clock, as the protocol's [`Timestamp`]: the one clock the
 /// runtime crates stamp transitions and heartbeats with (`procmesh_protocol` itself has none).

@@ -6,7 +6,6 @@
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
-use procmesh_protocol::codec::Hello;
 use procmesh_protocol::Envelope;
 use tokio::sync::mpsc;
 
@@ -83,21 +82,24 @@ pub(crate) async fn run_outbound(
         return fail_link(node, link, rx, reason).await;
     };
     // The target sees us as a peer, and may answer over a link of its own back to us.
-    let us = Arc::new(PeerInfo {
-        transport: TransportKind::Local,
-        hello: our_hello(&node),
-        version: procmesh_protocol::PROTOCOL_VERSION,
-        remote: None,
-    });
-    let them = Arc::new(PeerInfo {
-        transport: TransportKind::Local,
-        hello: Hello {
-            addr: target.proc_id.addr().clone(),
-            name: target.proc_id.name().to_owned(),
-        },
-        version: procmesh_protocol::PROTOCOL_VERSION,
-        remote: None,
-    });
+    let us = Arc::new(PeerInfo::new(TransportKind::Local, our_hello(&node, None)));
+    let them = Arc::new(PeerInfo::new(
+        TransportKind::Local,
+        our_hello(&target, None),
+    ));
+    // NODE-8, NODE-7: both ends admit the link before anything is routed over it.
+    if let Err((code, reason)) = target.admit_accepted(&us) {
+        target.refuse(code);
+        tracing::warn!(code, %reason, peer = %us.hello.addr, "in-process link refused");
+        let reason = format!("link to local!{name} refused by the peer: {reason}");
+        return fail_link(node, link, rx, reason).await;
+    }
+    if let Err((code, reason)) = node.admit(&them) {
+        node.refuse(code);
+        tracing::warn!(code, %reason, peer = %them.hello.addr, "in-process link refused");
+        let reason = format!("link to local!{name} refused: {reason}");
+        return fail_link(node, link, rx, reason).await;
+    }
     let (back, back_rx) = Link::new(us.hello.addr.to_string(), TransportKind::Local);
     target.adopt(&us, &back);
     tokio::spawn(forward(

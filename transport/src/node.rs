@@ -21,16 +21,44 @@
 //!   (Unix, in-process) whose hello claims our own address register procs.
 //! - **NODE-4** An ask is answered at most once: its pending slot is removed by the first reply,
 //!   bounce or timeout.
+//! - **NODE-5** The sender of every envelope is checked against the link it arrived on: from a
+//!   remote peer (QUIC, or a Unix/in-process node at another address) its proc must be at the
+//!   address the peer's hello claims; from one of our procs (a backend peer claiming our own
+//!   address, on a node without a default route) it must be exactly that proc. Violations —
+//!   replies and undeliverable notices included — are dropped (never bounced: the bounce would
+//!   go to the forged sender), logged and counted as `sender_mismatch`. (A proc agent trusts its
+//!   host, its default route, which relays for the whole mesh.)
+//! - **NODE-6** No open relay: an envelope from a remote peer is delivered only to our own proc
+//!   or (on a host) to one of our procs' routes (or bounced if there is no such proc); one for
+//!   anywhere else is dropped and counted as `relay`. Only envelopes from our own procs are
+//!   forwarded to other peers. Before one is forwarded into a proc route, [`Admission::relay`]
+//!   must allow it (else dropped, `relay`).
+//! - **NODE-7** A remote peer's claimed address (`hello.addr`) is bound to its identity key
+//!   (role, certificate name, claimed node name) by its first accepted link; a later link from
+//!   another identity key claiming a bound address is refused (`address_bound`) and the route
+//!   stays with the first. A QUIC peer claiming our own address is refused (NODE-3).
+//! - **NODE-8** Every link, accepted or dialled, on every transport, passes [`Admission::admit`]
+//!   after its handshake and before it is adopted or anything it sends is routed; a refusal
+//!   closes it (`admission`).
+//! - **NODE-9** With [`DialPolicy::Listed`] the node dials only addresses it was told to
+//!   ([`Node::allow_dial`]); a message for any other address without a live link is bounced
+//!   ("not dialling …"), so a peer cannot make us dial an address by naming it as a sender.
+//! - **NODE-10** Limits ([`Limits`]): incoming QUIC connections in total and per certificate
+//!   serial, and asks pending on one link. Past a limit a connection is closed with
+//!   [`CLOSE_LIMIT`] and a reason, an ask is answered `Undeliverable("too many pending asks")`;
+//!   both are counted, and the node keeps serving everyone else.
+//! - **NODE-11** Every refusal is counted by reason code ([`Node::refusals`]).
 
 use std::any::Any;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use procmesh_protocol::codec::{FrameCodec, Hello, DEFAULT_MAX_FRAME};
+use procmesh_protocol::codec::{FrameCodec, Hello, NodeProof, DEFAULT_MAX_FRAME};
 use procmesh_protocol::{
     ActorId, Body, Envelope, HostAddr, Payload, ProcId, RemoteError, TraceContext, Undeliverable,
 };
@@ -41,7 +69,36 @@ use crate::link::{Link, TransportKind};
 use crate::local::LocalHub;
 use crate::quic::{Quic, QuicOptions};
 use crate::remote::ErasedHandler;
-use crate::tls::TlsIdentity;
+use crate::revoke::Revocations;
+use crate::tls::{PeerIdentity, Role, TlsIdentity};
+
+/// Application close code of a QUIC connection refused for who its peer is (bad identity,
+/// revoked, wrong role).
+pub const CLOSE_REFUSED: u32 = 4;
+/// Application close code of a QUIC connection refused by a limit (NODE-10).
+pub const CLOSE_LIMIT: u32 = 5;
+/// Application close code of a connection whose certificate was revoked while it was open.
+pub const CLOSE_REVOKED: u32 = 6;
+
+/// The TLS exporter label of a connection's [`PeerInfo::binding`].
+pub const BINDING_LABEL: &[u8] = b"EXPORTER-procmesh-node-proof";
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_session() -> u64 {
+    NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The credentials of the process at the other end of a Unix socket (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its process id (0 if the kernel did not say).
+    pub pid: i32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
 
 /// Who an inbound envelope came from.
 #[derive(Debug, Clone)]
@@ -54,6 +111,200 @@ pub struct PeerInfo {
     pub version: procmesh_protocol::Version,
     /// The peer's socket address, for QUIC.
     pub remote: Option<SocketAddr>,
+    /// The verified identity of the peer's certificate (QUIC); `None` for Unix and in-process
+    /// peers.
+    pub identity: Option<Arc<PeerIdentity>>,
+    /// A process-unique id of this link.
+    pub session: u64,
+    /// The TLS exporter of the QUIC connection (label [`BINDING_LABEL`], no context, 32
+    /// bytes): the same on both ends of one connection, different on every other. Node proofs
+    /// are bound to it ([`node_proof`]).
+    pub binding: Option<[u8; 32]>,
+    /// `SO_PEERCRED` of an accepted Unix socket.
+    pub cred: Option<PeerCred>,
+    /// Asks from this link delivered to our actors whose replies are not sent yet (NODE-10).
+    asks: Arc<AtomicUsize>,
+}
+
+impl PeerInfo {
+    /// A peer on `transport` that said `hello`, with nothing verified about it (a fresh
+    /// session id, no identity, binding or credentials): for tests and in-process callers.
+    pub fn new(transport: TransportKind, hello: Hello) -> PeerInfo {
+        PeerInfo {
+            transport,
+            hello,
+            version: procmesh_protocol::PROTOCOL_VERSION,
+            remote: None,
+            identity: None,
+            session: next_session(),
+            binding: None,
+            cred: None,
+            asks: Arc::default(),
+        }
+    }
+
+    /// The role of the peer's certificate, if it has one.
+    pub fn role(&self) -> Option<Role> {
+        self.identity.as_ref().map(|i| i.role)
+    }
+
+    /// The key an address is bound to (NODE-7): role, certificate name, claimed node name.
+    pub(crate) fn identity_key(&self) -> IdentityKey {
+        IdentityKey {
+            role: self.role(),
+            cert_name: self.identity.as_ref().and_then(|i| i.name.clone()),
+            claim: self.hello.node.as_ref().map(|c| c.name.clone()),
+        }
+    }
+}
+
+/// Who a bound address belongs to (NODE-7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdentityKey {
+    role: Option<Role>,
+    cert_name: Option<String>,
+    claim: Option<String>,
+}
+
+impl std::fmt::Display for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let role = self.role.map_or("-", Role::as_str);
+        write!(
+            f,
+            "{role}/{}/{}",
+            self.cert_name.as_deref().unwrap_or("-"),
+            self.claim.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// A node's proof of its node secret on one QUIC connection: BLAKE3 keyed with `secret` over
+/// `"procmesh node proof v1" ‖ binding` ([`PeerInfo::binding`]). Bound to the connection, so a
+/// proof seen on one connection is worthless on any other.
+pub fn node_proof(secret: &[u8; 32], binding: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"procmesh node proof v1");
+    h.update(binding);
+    *h.finalize().as_bytes()
+}
+
+/// A proc's proof of its bootstrap secret to its host (Unix or in-process, no TLS exporter):
+/// BLAKE3 keyed with `secret` over `"procmesh proc proof v1"`.
+pub fn proc_proof(secret: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"procmesh proc proof v1");
+    *h.finalize().as_bytes()
+}
+
+/// Whether `proof` is what `secret` proves on this peer's link: [`node_proof`] over its
+/// binding on QUIC, [`proc_proof`] elsewhere. Constant-time.
+pub fn verify_node_proof(peer: &PeerInfo, secret: &[u8; 32]) -> bool {
+    let Some(proof) = peer.hello.node.as_ref().and_then(|c| c.proof) else {
+        return false;
+    };
+    let expected = match peer.binding {
+        Some(binding) => node_proof(secret, &binding),
+        None => proc_proof(secret),
+    };
+    blake3::Hash::from(expected) == blake3::Hash::from(*proof.as_bytes())
+}
+
+/// A service's say over which links and relays it accepts (NODE-8, NODE-6). Both default to
+/// allowing everything.
+pub trait Admission: Send + Sync + 'static {
+    /// Runs for every accepted and dialled link, on every transport, after its handshake and
+    /// before it is adopted or routed; `Err(reason)` closes it.
+    fn admit(&self, peer: &PeerInfo) -> Result<(), String> {
+        let _ = peer;
+        Ok(())
+    }
+
+    /// Runs before an envelope that arrived from `peer` is forwarded into the route of our
+    /// proc `proc`; `Err(reason)` drops it.
+    fn relay(&self, peer: &PeerInfo, proc: &str, env: &Envelope) -> Result<(), String> {
+        let _ = (peer, proc, env);
+        Ok(())
+    }
+}
+
+/// Which addresses a node dials on its own (NODE-9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DialPolicy {
+    /// Any address a message is for.
+    #[default]
+    Any,
+    /// Only addresses listed with [`Node::allow_dial`] (and those with a live link).
+    Listed,
+}
+
+/// Abuse limits (NODE-10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Incoming QUIC connections at once (including those still in their TLS handshake);
+    /// beyond it new ones are refused before the handshake.
+    pub max_connections: usize,
+    /// Incoming QUIC connections at once from one certificate (by serial).
+    pub max_connections_per_identity: usize,
+    /// Asks from one link delivered to our actors and not yet answered; beyond it an ask is
+    /// answered `Undeliverable("too many pending asks")`.
+    pub max_pending_asks_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_connections_per_identity: 64,
+            max_pending_asks_per_connection: 1024,
+        }
+    }
+}
+
+/// Reason codes of [`Node::refusals`].
+pub mod refusal {
+    /// A peer certificate without exactly one valid identity of our mesh, or of the wrong role.
+    pub const BAD_IDENTITY: &str = "bad_identity";
+    /// A revoked certificate (at the handshake, or closed when the list changed).
+    pub const REVOKED: &str = "revoked";
+    /// An envelope whose sender the link may not speak for (NODE-5).
+    pub const SENDER_MISMATCH: &str = "sender_mismatch";
+    /// An envelope we would have had to relay (NODE-6).
+    pub const RELAY: &str = "relay";
+    /// A link claiming an address bound to another identity, or our own (NODE-7).
+    pub const ADDRESS_BOUND: &str = "address_bound";
+    /// A link refused by [`Admission::admit`](super::Admission::admit).
+    pub const ADMISSION: &str = "admission";
+    /// An incoming connection beyond `max_connections`.
+    pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+    /// An incoming connection beyond `max_connections_per_identity`.
+    pub const TOO_MANY_PER_IDENTITY: &str = "too_many_per_identity";
+    /// An ask beyond `max_pending_asks_per_connection`.
+    pub const TOO_MANY_ASKS: &str = "too_many_asks";
+    /// A handshake of another major version.
+    pub const VERSION: &str = "version";
+    /// A handshake that timed out or failed.
+    pub const HANDSHAKE: &str = "handshake";
+    /// A blob request refused by the blob policy.
+    pub const BLOB_FORBIDDEN: &str = "blob_forbidden";
+    /// A message for an address we do not dial (NODE-9).
+    pub const NOT_DIALLING: &str = "not_dialling";
+
+    /// Every code.
+    pub const ALL: [&str; 13] = [
+        BAD_IDENTITY,
+        REVOKED,
+        SENDER_MISMATCH,
+        RELAY,
+        ADDRESS_BOUND,
+        ADMISSION,
+        TOO_MANY_CONNECTIONS,
+        TOO_MANY_PER_IDENTITY,
+        TOO_MANY_ASKS,
+        VERSION,
+        HANDSHAKE,
+        BLOB_FORBIDDEN,
+        NOT_DIALLING,
+    ];
 }
 
 impl PeerInfo {
@@ -74,8 +325,11 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// QUIC idle timeout, keep-alive and stream limits.
     pub quic: QuicOptions,
-    /// How long a handshake may take.
+    /// How long a handshake may take: the TLS handshake of an incoming QUIC connection, and
+    /// the procmesh handshake of every link.
     pub handshake_timeout: Duration,
+    /// Abuse limits (NODE-10).
+    pub limits: Limits,
 }
 
 impl Default for NodeConfig {
@@ -84,6 +338,7 @@ impl Default for NodeConfig {
             max_frame: DEFAULT_MAX_FRAME,
             quic: QuicOptions::default(),
             handshake_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
         }
     }
 }
@@ -121,6 +376,9 @@ pub struct NodeBuilder {
     default_route: Option<HostAddr>,
     blobs: Option<Arc<BlobStore>>,
     config: NodeConfig,
+    claim: Option<(String, Option<[u8; 32]>)>,
+    dial_policy: DialPolicy,
+    revocations: Option<Revocations>,
 }
 
 impl NodeBuilder {
@@ -135,7 +393,32 @@ impl NodeBuilder {
             default_route: None,
             blobs: None,
             config: NodeConfig::default(),
+            claim: None,
+            dial_policy: DialPolicy::Any,
+            revocations: None,
         }
+    }
+
+    /// Claim to speak for the node (or proc) `name` in every hello, with a proof of `secret`:
+    /// [`node_proof`] over the connection's binding on QUIC, [`proc_proof`] on Unix and
+    /// in-process links.
+    pub fn node_claim(mut self, name: &str, secret: Option<[u8; 32]>) -> Self {
+        self.claim = Some((name.to_owned(), secret));
+        self
+    }
+
+    /// Which addresses the node dials on its own (NODE-9).
+    pub fn dial_policy(mut self, policy: DialPolicy) -> Self {
+        self.dial_policy = policy;
+        self
+    }
+
+    /// Refuse peers whose certificate serial is in `list`, and close their connections when
+    /// it changes (TLS-6). A list loaded from a file is watched ([`Revocations::watch`]) while
+    /// the node runs.
+    pub fn revocations(mut self, list: Revocations) -> Self {
+        self.revocations = Some(list);
+        self
     }
 
     /// Listen and dial over QUIC on `bind` (port 0 = ephemeral) with this mTLS identity. The
@@ -184,7 +467,7 @@ impl NodeBuilder {
     /// Binds the listeners and starts the node.
     pub async fn start(self) -> Result<Node, NodeError> {
         let quic = match &self.quic {
-            Some((bind, identity)) => Some(Quic::bind(*bind, identity, &self.config.quic)?),
+            Some((bind, identity)) => Some(Quic::bind(*bind, identity, &self.config)?),
             None => None,
         };
         let addr = match (&self.addr, &quic, &self.unix, &self.local) {
@@ -195,6 +478,10 @@ impl NodeBuilder {
             (None, None, None, None) => return Err(NodeError::NoAddress),
         };
         let proc_id = ProcId::new(addr, &self.name)?;
+        let mesh = match &self.quic {
+            Some((_, identity)) => Some(identity.mesh()?),
+            None => None,
+        };
         let (undeliverable, _) = broadcast::channel(1024);
         let inner = Arc::new(NodeInner {
             proc_id,
@@ -211,7 +498,24 @@ impl NodeBuilder {
             hub: self.local.as_ref().map(|(hub, _)| hub.clone()),
             blobs: self.blobs,
             undeliverable,
+            claim: self.claim,
+            mesh,
+            dial_policy: self.dial_policy,
+            dial_allowed: RwLock::new(HashSet::new()),
+            admission: RwLock::new(None),
+            blob_policy: RwLock::new(None),
+            revocations: self.revocations,
+            bound: DashMap::new(),
+            refusals: Mutex::new(refusal::ALL.iter().map(|c| (*c, 0)).collect()),
+            tasks: Mutex::new(Vec::new()),
         });
+        if let Some(list) = &inner.revocations {
+            let mut tasks = inner.tasks.lock().expect("lock");
+            if list.path().is_some() {
+                tasks.push(list.watch());
+            }
+            tasks.push(crate::quic::spawn_revocation_sweeper(&inner, list));
+        }
         if let Some(quic) = &inner.quic {
             quic.spawn_accept(Arc::downgrade(&inner));
         }
@@ -237,6 +541,26 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("proc_id", &self.inner.proc_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// How a link's peer relates to us (NODE-5, NODE-6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerClass {
+    /// One of our procs (a backend peer claiming our address; we are its host).
+    OurProc,
+    /// Our host (a backend peer claiming our address; we are a proc with a default route).
+    OurHost,
+    /// Anyone else.
+    Remote,
+}
+
+/// Counts an ask as pending on its link until dropped (NODE-10).
+struct AskGuard(Arc<AtomicUsize>);
+
+impl Drop for AskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -272,6 +596,28 @@ pub(crate) struct NodeInner {
     pub hub: Option<LocalHub>,
     pub blobs: Option<Arc<BlobStore>>,
     undeliverable: broadcast::Sender<Undeliverable>,
+    /// The node claim our hellos carry.
+    pub claim: Option<(String, Option<[u8; 32]>)>,
+    /// Our CA's mesh name (QUIC nodes): peers must be of the same mesh (TLS-5).
+    pub mesh: Option<String>,
+    dial_policy: DialPolicy,
+    dial_allowed: RwLock<HashSet<HostAddr>>,
+    admission: RwLock<Option<Arc<dyn Admission>>>,
+    pub blob_policy: RwLock<Option<Arc<dyn crate::blob::BlobPolicy>>>,
+    pub revocations: Option<Revocations>,
+    /// Remote peers' addresses and the identity each is bound to (NODE-7).
+    bound: DashMap<HostAddr, IdentityKey>,
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Background tasks ended at shutdown.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().expect("lock").drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl Node {
@@ -305,6 +651,43 @@ impl Node {
         self.inner.blobs.as_ref()
     }
 
+    /// Installs the admission hook (NODE-8, NODE-6), replacing any earlier one.
+    pub fn set_admission(&self, admission: Arc<dyn Admission>) {
+        *self.inner.admission.write().expect("lock") = Some(admission);
+    }
+
+    /// Installs the blob policy (BLOB-4), replacing any earlier one. Without one every blob
+    /// request is allowed: services that keep blobs worth guarding install theirs.
+    pub fn set_blob_policy(&self, policy: Arc<dyn crate::blob::BlobPolicy>) {
+        *self.inner.blob_policy.write().expect("lock") = Some(policy);
+    }
+
+    /// Lets the node dial `addr` under [`DialPolicy::Listed`] (NODE-9).
+    pub fn allow_dial(&self, addr: &HostAddr) {
+        self.inner
+            .dial_allowed
+            .write()
+            .expect("lock")
+            .insert(addr.clone());
+    }
+
+    /// Takes `addr` off the dial list; an open link to it stays until it ends.
+    pub fn disallow_dial(&self, addr: &HostAddr) {
+        self.inner.dial_allowed.write().expect("lock").remove(addr);
+    }
+
+    /// Forgets which identity `addr` is bound to (NODE-7), so another may claim it (a host
+    /// removed from the fleet for good).
+    pub fn unbind_address(&self, addr: &HostAddr) -> bool {
+        self.inner.bound.remove(addr).is_some()
+    }
+
+    /// How many links, connections, envelopes and requests were refused, by reason code
+    /// ([`refusal`]); every known code is present.
+    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        self.inner.refusals.lock().expect("lock").clone()
+    }
+
     /// Routes an envelope as if it had been sent by a local actor.
     pub async fn route(&self, env: Envelope) {
         self.inner.route(env, None).await
@@ -329,6 +712,9 @@ impl Node {
     /// delivered (LNK-3), for at most `grace`; what cannot be is bounced. Pending asks then
     /// fail as undeliverable.
     pub async fn shutdown(&self, grace: Duration) {
+        for task in self.inner.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
         let links: Vec<Link> = self
             .inner
             .peers
@@ -366,6 +752,21 @@ impl Node {
 impl NodeInner {
     /// Routes one envelope (NODE-1, NODE-2). `from` is the link it arrived on, if any.
     pub(crate) async fn route(self: &Arc<Self>, env: Envelope, from: Option<&Arc<PeerInfo>>) {
+        if let Some(peer) = from {
+            if let Err((code, reason)) = self.check_inbound(peer, &env) {
+                self.refuse(code);
+                tracing::warn!(
+                    code,
+                    %reason,
+                    sender = %env.sender,
+                    dest = %env.dest,
+                    peer = %peer.hello.addr,
+                    identity = ?peer.identity.as_deref().map(PeerIdentity::uri),
+                    "dropped an envelope"
+                );
+                return;
+            }
+        }
         let dest = env.dest.proc_id();
         if *dest == self.proc_id {
             return self.deliver(env, from).await;
@@ -373,6 +774,16 @@ impl NodeInner {
         if dest.addr() == self.proc_id.addr() {
             let name = dest.name().to_owned();
             let link = self.procs.get(&name).map(|l| l.clone());
+            if let (Some(peer), Some(_)) = (from, &link) {
+                let admission = self.admission.read().expect("lock").clone();
+                if let Some(admission) = admission {
+                    if let Err(reason) = admission.relay(peer, &name, &env) {
+                        self.refuse(refusal::RELAY);
+                        tracing::warn!(%reason, sender = %env.sender, dest = %env.dest, "relay refused; dropped");
+                        return;
+                    }
+                }
+            }
             return match link {
                 Some(link) => {
                     if let Err(env) = link.send(env) {
@@ -392,6 +803,10 @@ impl NodeInner {
             return self.send_default(env).await;
         }
         let addr = dest.addr().clone();
+        if let Err(reason) = self.may_dial(&addr) {
+            self.refuse(refusal::NOT_DIALLING);
+            return self.bounce(env, reason).await;
+        }
         let link = self.peer_link(&addr);
         if let Err(env) = link.send(env) {
             // The link died between lookup and send: forget it and dial once more.
@@ -419,6 +834,141 @@ impl NodeInner {
             self.bounce(env, format!("default route {addr} is down"))
                 .await;
         }
+    }
+
+    /// Counts a refusal (NODE-11).
+    pub(crate) fn refuse(&self, code: &'static str) {
+        *self.refusals.lock().expect("lock").entry(code).or_insert(0) += 1;
+    }
+
+    /// Which kind of peer a link leads to, for the sender and relay rules (NODE-5, NODE-6).
+    fn peer_class(&self, peer: &PeerInfo) -> PeerClass {
+        if peer.transport != TransportKind::Quic && peer.hello.addr == *self.proc_id.addr() {
+            if self.default_addr.is_some() {
+                PeerClass::OurHost
+            } else {
+                PeerClass::OurProc
+            }
+        } else {
+            PeerClass::Remote
+        }
+    }
+
+    /// NODE-5 and NODE-6 for one inbound envelope.
+    fn check_inbound(&self, peer: &PeerInfo, env: &Envelope) -> Result<(), (&'static str, String)> {
+        let sender = env.sender.proc_id();
+        match self.peer_class(peer) {
+            PeerClass::OurHost => Ok(()),
+            PeerClass::OurProc => {
+                if sender.addr() == self.proc_id.addr() && sender.name() == peer.hello.name {
+                    Ok(())
+                } else {
+                    Err((
+                        refusal::SENDER_MISMATCH,
+                        format!("proc {:?} may only send as itself", peer.hello.name),
+                    ))
+                }
+            }
+            PeerClass::Remote => {
+                if *sender.addr() != peer.hello.addr {
+                    return Err((
+                        refusal::SENDER_MISMATCH,
+                        format!(
+                            "a peer at {} may only send as its own actors",
+                            peer.hello.addr
+                        ),
+                    ));
+                }
+                let dest = env.dest.proc_id();
+                let ours = *dest == self.proc_id
+                    || (dest.addr() == self.proc_id.addr() && self.default_addr.is_none());
+                if ours {
+                    Ok(())
+                } else {
+                    Err((refusal::RELAY, "not relaying for a remote peer".into()))
+                }
+            }
+        }
+    }
+
+    /// NODE-9: whether we may dial `addr` for a message.
+    pub(crate) fn may_dial(&self, addr: &HostAddr) -> Result<(), String> {
+        if self.dial_policy == DialPolicy::Any {
+            return Ok(());
+        }
+        let live = self.peers.get(addr).is_some_and(|l| !l.is_closed());
+        let connected = match (addr, &self.quic) {
+            (HostAddr::Quic(sa), Some(quic)) => quic.has_connection(*sa),
+            _ => false,
+        };
+        if live || connected || self.dial_allowed.read().expect("lock").contains(addr) {
+            Ok(())
+        } else {
+            Err(format!(
+                "not dialling {addr}: no link, and it is not a known node"
+            ))
+        }
+    }
+
+    /// NODE-8, NODE-7, NODE-3 for a link the peer opened, after its handshake: `Err` refuses
+    /// it with a reason code and a reason. Binds the peer's address on success.
+    pub(crate) fn admit_accepted(&self, peer: &PeerInfo) -> Result<(), (&'static str, String)> {
+        if peer.transport == TransportKind::Quic && peer.hello.addr == *self.proc_id.addr() {
+            return Err((
+                refusal::ADDRESS_BOUND,
+                format!("{} is our own address", peer.hello.addr),
+            ));
+        }
+        self.admit(peer)?;
+        if self.peer_class(peer) == PeerClass::Remote {
+            let key = peer.identity_key();
+            match self.bound.entry(peer.hello.addr.clone()) {
+                dashmap::Entry::Occupied(e) if *e.get() != key => {
+                    return Err((
+                        refusal::ADDRESS_BOUND,
+                        format!(
+                            "{} is bound to another identity ({}), not {key}",
+                            peer.hello.addr,
+                            e.get()
+                        ),
+                    ));
+                }
+                dashmap::Entry::Occupied(_) => {}
+                dashmap::Entry::Vacant(e) => {
+                    e.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// NODE-8: the admission hook for any link.
+    pub(crate) fn admit(&self, peer: &PeerInfo) -> Result<(), (&'static str, String)> {
+        let admission = self.admission.read().expect("lock").clone();
+        match admission {
+            Some(admission) => admission
+                .admit(peer)
+                .map_err(|reason| (refusal::ADMISSION, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Our node claim for a link with this binding (QUIC) or none (Unix, in-process).
+    pub(crate) fn claim_for(
+        &self,
+        binding: Option<&[u8; 32]>,
+    ) -> Option<procmesh_protocol::codec::NodeClaim> {
+        let (name, secret) = self.claim.as_ref()?;
+        let proof = secret.as_ref().map(|secret| {
+            NodeProof::from_bytes(match binding {
+                Some(b) => node_proof(secret, b),
+                None => proc_proof(secret),
+            })
+        });
+        Some(procmesh_protocol::codec::NodeClaim {
+            name: name.clone(),
+            proof,
+        })
     }
 
     /// The link to a peer address, dialling a new one when there is none.
@@ -462,6 +1012,7 @@ impl NodeInner {
         let ours = self.proc_id.addr();
         if peer.hello.addr == *ours {
             if peer.transport == TransportKind::Quic {
+                // Refused by admit_accepted before we get here (NODE-3).
                 tracing::warn!(peer = ?peer.remote, "QUIC peer claims our own address; not routing to it");
                 return;
             }
@@ -590,6 +1141,31 @@ impl NodeInner {
                     }
                     return;
                 };
+                // NODE-10: a bound on asks pending per link.
+                let guard = match from {
+                    Some(peer) => {
+                        let limit = self.config.limits.max_pending_asks_per_connection;
+                        if peer.asks.fetch_add(1, Ordering::AcqRel) >= limit {
+                            peer.asks.fetch_sub(1, Ordering::AcqRel);
+                            self.refuse(refusal::TOO_MANY_ASKS);
+                            tracing::warn!(peer = %peer.hello.addr, limit, "too many pending asks");
+                            let reply = Envelope {
+                                dest: sender,
+                                sender: dest,
+                                body: Body::Reply {
+                                    id,
+                                    result: Err(RemoteError::Undeliverable(
+                                        "too many pending asks".into(),
+                                    )),
+                                },
+                                trace,
+                            };
+                            return self.route_boxed(reply).await;
+                        }
+                        Some(AskGuard(peer.asks.clone()))
+                    }
+                    None => None,
+                };
                 let ctx = crate::remote::CallContext {
                     from: sender.clone(),
                     peer: from.cloned(),
@@ -599,6 +1175,7 @@ impl NodeInner {
                 let reply = handler.ask(&message, ctx).await;
                 let node = self.clone();
                 let send = move |result| async move {
+                    drop(guard);
                     let reply = Envelope {
                         dest: sender,
                         sender: dest,
@@ -669,6 +1246,9 @@ mod tests {
         let c = NodeConfig::default();
         assert_eq!(c.max_frame, 16 * 1024 * 1024);
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.limits.max_connections_per_identity, 64);
+        assert_eq!(c.limits.max_pending_asks_per_connection, 1024);
         assert_eq!(c.quic.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.quic.keep_alive, Duration::from_secs(5));
         assert_eq!(c.quic.max_bidi_streams, 64);

@@ -31,8 +31,10 @@
 //!   caught by QUIC-4 when it dials again.) An ask that times out has its peer's connection
 //!   probed the same way, and closed if the peer does not answer: the next message dials afresh.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -42,9 +44,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::blob::{self, BLOB_MAGIC};
 use crate::link::{Link, TransportKind};
-use crate::node::{NodeError, NodeInner};
-use crate::stream::{handshake_timed, run_dialled, serve_control};
-use crate::tls::{quic_configs, TlsIdentity, NODE_SERVER_NAME};
+use crate::node::{
+    refusal, Limits, NodeConfig, NodeError, NodeInner, BINDING_LABEL, CLOSE_LIMIT, CLOSE_REFUSED,
+    CLOSE_REVOKED,
+};
+use crate::revoke::Revocations;
+use crate::stream::{handshake_timed, run_dialled, serve_control, Carrier};
+use crate::tls::{quic_configs, PeerIdentity, TlsIdentity, NODE_SERVER_NAME};
 
 /// The first bytes of a liveness probe stream: the peer answers by finishing it (QUIC-4).
 pub(crate) const PROBE_MAGIC: [u8; 4] = *b"PMPG";
@@ -100,6 +106,8 @@ struct Conn {
     conn: quinn::Connection,
     /// We dialled it (else the peer did).
     dialled: bool,
+    /// The peer's verified identity (TLS-5).
+    identity: Arc<PeerIdentity>,
 }
 
 pub(crate) struct Quic {
@@ -110,6 +118,141 @@ pub(crate) struct Quic {
     /// Peers whose connection is being probed after a timed-out ask (one probe at a time).
     probing: Arc<DashMap<SocketAddr, ()>>,
     connect_timeout: Duration,
+    handshake_timeout: Duration,
+    limits: Limits,
+    /// Every open connection by stable id, with its peer's identity (TLS-6 sweeps these).
+    live: Arc<DashMap<usize, (quinn::Connection, Arc<PeerIdentity>)>>,
+    /// Incoming connections, handshaking or open (NODE-10).
+    incoming: Arc<AtomicUsize>,
+    /// Open incoming connections per certificate serial (NODE-10).
+    per_identity: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Holds one incoming-connection slot (NODE-10) until dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds one per-identity slot (NODE-10) until dropped.
+struct IdentitySlot {
+    map: Arc<Mutex<HashMap<String, usize>>>,
+    serial: String,
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().expect("lock");
+        if let Some(n) = map.get_mut(&self.serial) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.serial);
+            }
+        }
+    }
+}
+
+/// Removes a connection from [`Quic::live`] when its serving task ends.
+struct LiveEntry {
+    live: Arc<DashMap<usize, (quinn::Connection, Arc<PeerIdentity>)>>,
+    id: usize,
+}
+
+impl Drop for LiveEntry {
+    fn drop(&mut self) {
+        self.live.remove(&self.id);
+    }
+}
+
+/// The TLS exporter of a connection (see [`crate::PeerInfo::binding`]).
+fn binding_of(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, BINDING_LABEL, b"")
+        .ok()
+        .map(|()| out)
+}
+
+/// The verified identity of a connection's peer, checked against our mesh, the role a dialled
+/// server must have, and the revocation list (TLS-5, TLS-6). `Err`: a reason code and a reason.
+fn check_peer(
+    node: &NodeInner,
+    conn: &quinn::Connection,
+    dialled: bool,
+) -> Result<Arc<PeerIdentity>, (&'static str, String)> {
+    let bad = |reason: String| (refusal::BAD_IDENTITY, reason);
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| bad("the peer presented no certificate".into()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| bad("the peer presented no certificate".into()))?;
+    let identity = PeerIdentity::from_cert_der(first.as_ref()).map_err(|e| bad(e.to_string()))?;
+    if let Some(mesh) = &node.mesh {
+        if identity.mesh != *mesh {
+            return Err(bad(format!(
+                "{} is of mesh {:?}, not ours ({mesh:?})",
+                identity.uri(),
+                identity.mesh
+            )));
+        }
+    }
+    if dialled && !identity.role.is_node() {
+        return Err(bad(format!(
+            "the server we dialled is {}: not an orchestrator or a host",
+            identity.uri()
+        )));
+    }
+    if node
+        .revocations
+        .as_ref()
+        .is_some_and(|r| r.contains(&identity.serial))
+    {
+        return Err((
+            refusal::REVOKED,
+            format!("certificate {} is revoked", identity.serial),
+        ));
+    }
+    Ok(Arc::new(identity))
+}
+
+/// Closes every open connection whose peer's certificate is revoked whenever `list` changes
+/// (TLS-6).
+pub(crate) fn spawn_revocation_sweeper(
+    node: &Arc<NodeInner>,
+    list: &Revocations,
+) -> tokio::task::AbortHandle {
+    let weak = Arc::downgrade(node);
+    let mut changed = list.subscribe();
+    let list = list.clone();
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            let Some(node) = weak.upgrade() else { return };
+            let Some(quic) = &node.quic else { return };
+            let revoked: Vec<(quinn::Connection, Arc<PeerIdentity>)> = quic
+                .live
+                .iter()
+                .filter(|e| list.contains(&e.value().1.serial))
+                .map(|e| e.value().clone())
+                .collect();
+            for (conn, identity) in revoked {
+                node.refuse(refusal::REVOKED);
+                tracing::warn!(
+                    identity = %identity,
+                    remote = %conn.remote_address(),
+                    "closing the connection of a revoked certificate"
+                );
+                conn.close(CLOSE_REVOKED.into(), b"certificate revoked");
+            }
+        }
+    })
+    .abort_handle()
 }
 
 /// Our connection ids: 8 unpredictable bytes, BLAKE3 of a counter under a per-endpoint random
@@ -184,8 +327,9 @@ impl Quic {
     pub(crate) fn bind(
         bind: SocketAddr,
         identity: &TlsIdentity,
-        opts: &QuicOptions,
+        node_config: &NodeConfig,
     ) -> Result<Quic, NodeError> {
+        let opts = &node_config.quic;
         let (server_crypto, client_crypto) = quic_configs(identity)?;
         let transport = Arc::new(transport_config(opts));
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -216,7 +360,51 @@ impl Quic {
             dialing: DashMap::new(),
             probing: Arc::new(DashMap::new()),
             connect_timeout: opts.connect_timeout,
+            handshake_timeout: node_config.handshake_timeout,
+            limits: node_config.limits.clone(),
+            live: Arc::new(DashMap::new()),
+            incoming: Arc::new(AtomicUsize::new(0)),
+            per_identity: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Whether a live connection to `addr` exists.
+    pub(crate) fn has_connection(&self, addr: SocketAddr) -> bool {
+        self.conns.get(&addr).is_some_and(|c| live(&c.conn))
+    }
+
+    /// Takes a slot for one more incoming connection, if under the limit (NODE-10).
+    fn incoming_slot(&self) -> Option<Slot> {
+        let max = self.limits.max_connections;
+        self.incoming
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.incoming.clone()))
+    }
+
+    /// Takes a slot for one more connection from `serial`, if under the limit (NODE-10).
+    fn identity_slot(&self, serial: &str) -> Option<IdentitySlot> {
+        let mut map = self.per_identity.lock().expect("lock");
+        let n = map.entry(serial.to_owned()).or_insert(0);
+        if *n >= self.limits.max_connections_per_identity {
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            map: self.per_identity.clone(),
+            serial: serial.to_owned(),
+        })
+    }
+
+    fn track(&self, conn: &quinn::Connection, identity: &Arc<PeerIdentity>) -> LiveEntry {
+        self.live
+            .insert(conn.stable_id(), (conn.clone(), identity.clone()));
+        LiveEntry {
+            live: self.live.clone(),
+            id: conn.stable_id(),
+        }
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -227,32 +415,92 @@ impl Quic {
         let endpoint = self.endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let Some(inner) = node.upgrade() else { return };
+                let Some(quic) = &inner.quic else { return };
+                // NODE-10: refused before any TLS work when the node is full.
+                let Some(slot) = quic.incoming_slot() else {
+                    inner.refuse(refusal::TOO_MANY_CONNECTIONS);
+                    tracing::warn!(
+                        remote = %incoming.remote_address(),
+                        max = quic.limits.max_connections,
+                        "too many connections; refusing a new one"
+                    );
+                    incoming.refuse();
+                    continue;
+                };
+                let within = quic.handshake_timeout;
+                drop(inner);
                 let node = node.clone();
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
-                    match incoming.await {
-                        Ok(conn) => {
-                            // Probe and blob streams are served at once (a peer probing us
-                            // while we probe it must get its answer); control streams wait
-                            // until the older connection is settled (QUIC-4).
-                            let (settled, settling) = watch::channel(false);
-                            tokio::spawn(serve_connection(node.clone(), conn.clone(), settling));
-                            let Some(inner) = node.upgrade() else { return };
-                            if let Some(quic) = &inner.quic {
-                                quic.register_accepted(remote, &conn).await;
-                            }
-                            settled.send_replace(true);
-                        }
+                    let conn = match tokio::time::timeout(within, incoming).await {
+                        Ok(Ok(conn)) => conn,
                         // TLS-1: no certificate, or one from another CA, ends here.
-                        Err(error) => tracing::info!(%error, %remote, "refused QUIC connection"),
-                    }
+                        Ok(Err(error)) => {
+                            tracing::info!(%error, %remote, "refused QUIC connection");
+                            return;
+                        }
+                        Err(_) => {
+                            if let Some(inner) = node.upgrade() {
+                                inner.refuse(refusal::HANDSHAKE);
+                            }
+                            tracing::info!(%remote, ?within, "QUIC handshake timed out");
+                            return;
+                        }
+                    };
+                    let Some(inner) = node.upgrade() else { return };
+                    let Some(quic) = &inner.quic else { return };
+                    // TLS-5, TLS-6
+                    let identity = match check_peer(&inner, &conn, false) {
+                        Ok(identity) => identity,
+                        Err((code, reason)) => {
+                            inner.refuse(code);
+                            tracing::warn!(code, %reason, %remote, "refused QUIC connection");
+                            conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+                            return;
+                        }
+                    };
+                    // NODE-10
+                    let Some(identity_slot) = quic.identity_slot(&identity.serial) else {
+                        inner.refuse(refusal::TOO_MANY_PER_IDENTITY);
+                        tracing::warn!(
+                            %remote,
+                            identity = %identity,
+                            max = quic.limits.max_connections_per_identity,
+                            "too many connections from one identity; refusing a new one"
+                        );
+                        conn.close(
+                            CLOSE_LIMIT.into(),
+                            b"too many connections from this identity",
+                        );
+                        return;
+                    };
+                    let carrier = Carrier {
+                        binding: binding_of(&conn),
+                        conn: conn.clone(),
+                        identity: identity.clone(),
+                    };
+                    let entry = quic.track(&conn, &identity);
+                    // Probe and blob streams are served at once (a peer probing us
+                    // while we probe it must get its answer); control streams wait
+                    // until the older connection is settled (QUIC-4).
+                    let (settled, settling) = watch::channel(false);
+                    let guards = (slot, identity_slot, entry);
+                    tokio::spawn(serve_connection(node.clone(), carrier, settling, guards));
+                    quic.register_accepted(remote, &conn, &identity).await;
+                    settled.send_replace(true);
                 });
             }
         });
     }
 
     /// Registers a connection the peer at `remote` opened, replacing an older one (QUIC-4).
-    async fn register_accepted(&self, remote: SocketAddr, conn: &quinn::Connection) {
+    async fn register_accepted(
+        &self,
+        remote: SocketAddr,
+        conn: &quinn::Connection,
+        identity: &Arc<PeerIdentity>,
+    ) {
         let older = self
             .conns
             .get(&remote)
@@ -279,6 +527,7 @@ impl Quic {
             Conn {
                 conn: conn.clone(),
                 dialled: false,
+                identity: identity.clone(),
             },
         );
     }
@@ -307,15 +556,20 @@ impl Quic {
         &self,
         node: &Arc<NodeInner>,
         addr: SocketAddr,
-    ) -> Result<quinn::Connection, String> {
-        let current = |quic: &Quic| quic.conns.get(&addr).map(|c| c.conn.clone()).filter(live);
-        if let Some(conn) = current(self) {
-            return Ok(conn);
+    ) -> Result<(quinn::Connection, Arc<PeerIdentity>), String> {
+        let current = |quic: &Quic| {
+            quic.conns
+                .get(&addr)
+                .filter(|c| live(&c.conn))
+                .map(|c| (c.conn.clone(), c.identity.clone()))
+        };
+        if let Some(found) = current(self) {
+            return Ok(found);
         }
         let lock = self.dialing.entry(addr).or_default().clone();
         let _guard = lock.lock().await;
-        if let Some(conn) = current(self) {
-            return Ok(conn);
+        if let Some(found) = current(self) {
+            return Ok(found);
         }
         let connecting = self
             .endpoint
@@ -330,6 +584,16 @@ impl Quic {
                 )
             })?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        // TLS-5, TLS-6: the server must be a node of our mesh, not revoked.
+        let identity = match check_peer(node, &conn, true) {
+            Ok(identity) => identity,
+            Err((code, reason)) => {
+                node.refuse(code);
+                tracing::warn!(code, %reason, remote = %addr, "refused the server we dialled");
+                conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+                return Err(format!("cannot connect to {addr}: {reason}"));
+            }
+        };
         // QUIC-1: the newest connection serves what comes next. An accepted one that arrived
         // while we dialled is the twin of a simultaneous dial: it stays open (QUIC-4).
         self.conns.insert(
@@ -337,16 +601,24 @@ impl Quic {
             Conn {
                 conn: conn.clone(),
                 dialled: true,
+                identity: identity.clone(),
             },
         );
         // The peer may open streams on this connection too (its replies reuse it, QUIC-1).
         let (_, settled) = watch::channel(true);
+        let carrier = Carrier {
+            binding: binding_of(&conn),
+            conn: conn.clone(),
+            identity: identity.clone(),
+        };
+        let entry = self.track(&conn, &identity);
         tokio::spawn(serve_connection(
             Arc::downgrade(node),
-            conn.clone(),
+            carrier,
             settled,
+            entry,
         ));
-        Ok(conn)
+        Ok((conn, identity))
     }
 
     pub(crate) async fn close_gracefully(&self, grace: Duration) {
@@ -358,19 +630,23 @@ impl Quic {
     }
 }
 
-/// Accepts the streams a peer opens on a connection until it closes.
-async fn serve_connection(
+/// Accepts the streams a peer opens on a connection until it closes. `guards` (limit slots,
+/// the live-connection entry) are held until then.
+async fn serve_connection<G: Send + 'static>(
     node: Weak<NodeInner>,
-    conn: quinn::Connection,
+    carrier: Carrier,
     settled: watch::Receiver<bool>,
+    guards: G,
 ) {
+    let _guards = guards;
+    let conn = carrier.conn.clone();
     let remote = conn.remote_address();
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 let Some(inner) = node.upgrade() else { return };
                 let settled = settled.clone();
-                tokio::spawn(serve_stream(inner, conn.clone(), settled, send, recv));
+                tokio::spawn(serve_stream(inner, carrier.clone(), settled, send, recv));
             }
             Err(error) => {
                 tracing::debug!(%error, %remote, "QUIC connection ended");
@@ -389,18 +665,24 @@ async fn serve_connection(
 /// Classifies an accepted stream by its magic (QUIC-3) and serves it.
 async fn serve_stream(
     node: Arc<NodeInner>,
-    conn: quinn::Connection,
+    carrier: Carrier,
     mut settled: watch::Receiver<bool>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let remote = conn.remote_address();
+    let remote = carrier.conn.remote_address();
     let mut magic = [0u8; 4];
     if recv.read_exact(&mut magic).await.is_err() {
         return;
     }
     if magic == BLOB_MAGIC {
-        blob::serve(&node, recv, send).await;
+        let peer = blob::BlobPeer {
+            transport: TransportKind::Quic,
+            identity: Some(carrier.identity.clone()),
+            remote: Some(remote),
+            cred: None,
+        };
+        blob::serve(&node, recv, send, peer).await;
         return;
     }
     if magic == PROBE_MAGIC {
@@ -415,7 +697,7 @@ async fn serve_stream(
     }
     // QUIC-4: adopt the link only once the connection's predecessor is settled.
     let _ = settled.wait_for(|done| *done).await;
-    serve_control(node, recv, send, TransportKind::Quic, Some(conn)).await;
+    serve_control(node, recv, send, TransportKind::Quic, Some(carrier), None).await;
 }
 
 /// Dials `addr`, shakes hands on a fresh control stream and runs the link.
@@ -430,19 +712,27 @@ pub(crate) async fn run_outbound(
             .quic
             .as_ref()
             .ok_or_else(|| format!("cannot reach quic!{addr}: this node has no QUIC endpoint"))?;
-        let conn = quic.connection(&node, addr).await?;
+        let (conn, identity) = quic.connection(&node, addr).await?;
         link.set_carrier(conn.clone());
+        let carrier = Carrier {
+            binding: binding_of(&conn),
+            conn: conn.clone(),
+            identity,
+        };
         let (mut send, mut recv) = conn
             .open_bi()
             .await
             .map_err(|e| format!("cannot open a stream to {addr}: {e}"))?;
-        let hs = handshake_timed(&node, &mut recv, &mut send)
+        let hs = handshake_timed(&node, &mut recv, &mut send, carrier.binding.as_ref())
             .await
             .map_err(|e| format!("handshake with quic!{addr} failed: {e}"))?;
-        Ok::<_, String>((send, recv, hs))
+        Ok::<_, String>((send, recv, hs, carrier))
     };
-    let setup = setup.await.map(|(send, recv, hs)| (recv, send, hs));
-    run_dialled(node, link, rx, setup, Some(addr)).await;
+    let (setup, carrier) = match setup.await {
+        Ok((send, recv, hs, carrier)) => (Ok((recv, send, hs)), Some(carrier)),
+        Err(e) => (Err(e), None),
+    };
+    run_dialled(node, link, rx, setup, carrier).await;
 }
 
 /// Opens a blob stream to `addr` (QUIC-1: on the shared connection).
@@ -454,7 +744,8 @@ pub(crate) async fn open_blob_stream(
         .quic
         .as_ref()
         .ok_or_else(|| format!("cannot reach quic!{addr}: this node has no QUIC endpoint"))?;
-    let conn = quic.connection(node, addr).await?;
+    node.may_dial(&procmesh_protocol::HostAddr::Quic(addr))?;
+    let (conn, _) = quic.connection(node, addr).await?;
     let (mut send, recv) = conn
         .open_bi()
         .await

@@ -69,6 +69,11 @@ impl<M> Request<M> {
     pub fn is_loopback(&self) -> bool {
         self.peer.as_ref().is_none_or(|p| p.is_loopback())
     }
+
+    /// The verified certificate identity of the peer it came over (QUIC only).
+    pub fn identity(&self) -> Option<&crate::tls::PeerIdentity> {
+        self.peer.as_ref().and_then(|p| p.identity.as_deref())
+    }
 }
 
 pub(crate) struct CallContext {

@@ -13,6 +13,10 @@
 //!   with messages still queued) is bounced to its sender, never dropped silently.
 //! - **STR-3** A corrupt frame body is logged and skipped (frames are length-delimited, so the
 //!   stream stays in sync); an oversized frame closes the stream before anything is allocated.
+//! - **STR-4** The accepting side reads the dialler's handshake before answering. A peer of
+//!   another major version gets a refusal (a handshake whose hello's `refused` names both
+//!   versions) before the stream closes, and so does a link refused by admission or address
+//!   binding (its reason); the dialler's error carries that reason.
 
 use std::sync::Arc;
 
@@ -23,7 +27,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::link::{Link, TransportKind};
-use crate::node::{NodeInner, PeerInfo};
+use crate::node::{refusal, NodeInner, PeerCred, PeerInfo};
+use crate::tls::PeerIdentity;
+
+/// What the QUIC connection under a stream says about its peer.
+#[derive(Clone)]
+pub(crate) struct Carrier {
+    pub conn: quinn::Connection,
+    pub identity: Arc<PeerIdentity>,
+    pub binding: Option<[u8; 32]>,
+}
 
 /// How long a closing link waits for its peer to acknowledge what it wrote.
 const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -69,6 +82,9 @@ pub enum HandshakeError {
     /// The handshake did not complete in time.
     #[error("handshake timed out")]
     Timeout,
+    /// The peer answered with a refusal (STR-4).
+    #[error("refused by the peer: {0}")]
+    Refused(String),
 }
 
 /// What a completed handshake yields: the peer's hello and version, and bytes read past it.
@@ -90,10 +106,31 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    write_handshake(writer, codec, ours).await?;
+    let hs = read_handshake(reader, codec).await?;
+    match &hs.hello.refused {
+        Some(reason) => Err(HandshakeError::Refused(reason.clone())),
+        None => Ok(hs),
+    }
+}
+
+async fn write_handshake<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    codec: FrameCodec,
+    hello: &Hello,
+) -> Result<(), HandshakeError> {
     let mut out = Vec::new();
-    codec.encode_handshake(ours, &mut out)?;
+    codec.encode_handshake(hello, &mut out)?;
     writer.write_all(&out).await?;
     writer.flush().await?;
+    Ok(())
+}
+
+/// Reads a peer's handshake (WIRE-4 is checked by the codec before its hello is parsed).
+async fn read_handshake<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    codec: FrameCodec,
+) -> Result<Handshaken, HandshakeError> {
     let mut buf = BytesMut::with_capacity(READ_BUF);
     loop {
         match codec.decode_handshake(&buf) {
@@ -341,25 +378,28 @@ pub(crate) async fn run_link<R, W>(
     write_loop(writer, rx, codec, node, link).await;
 }
 
-/// Our side of a handshake.
-pub(crate) fn our_hello(node: &NodeInner) -> Hello {
+/// Our side of a handshake on a link with this binding (QUIC) or none.
+pub(crate) fn our_hello(node: &NodeInner, binding: Option<&[u8; 32]>) -> Hello {
     Hello {
         addr: node.proc_id.addr().clone(),
         name: node.proc_id.name().to_owned(),
+        node: node.claim_for(binding),
+        refused: None,
     }
 }
 
-/// Shakes hands within the node's handshake timeout.
+/// Shakes hands as the dialler within the node's handshake timeout.
 pub(crate) async fn handshake_timed<R, W>(
     node: &NodeInner,
     reader: &mut R,
     writer: &mut W,
+    binding: Option<&[u8; 32]>,
 ) -> Result<Handshaken, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let hello = our_hello(node);
+    let hello = our_hello(node, binding);
     match tokio::time::timeout(
         node.config.handshake_timeout,
         handshake(reader, writer, node.codec, &hello),
@@ -371,40 +411,100 @@ where
     }
 }
 
-/// Serves an accepted control stream whose magic (already read) was `PMSH`: handshake, adopt
-/// the link for replies and later messages (NODE-3), then run it.
+/// Writes a refusal (STR-4) and closes the stream.
+async fn refuse_stream<W: Delivered>(node: &NodeInner, writer: &mut W, reason: String) {
+    let hello = Hello {
+        refused: Some(reason),
+        node: None,
+        ..our_hello(node, None)
+    };
+    let _ = tokio::time::timeout(node.config.handshake_timeout, async {
+        let _ = write_handshake(writer, node.codec, &hello).await;
+        if writer.shutdown().await.is_ok() {
+            writer.delivered().await;
+        }
+    })
+    .await;
+}
+
+/// Serves an accepted control stream whose magic (already read) was `PMSH`: read the peer's
+/// handshake, check it (WIRE-4, NODE-8, NODE-7, STR-4), answer, adopt the link for replies and
+/// later messages (NODE-3), then run it.
 pub(crate) async fn serve_control<R, W>(
     node: Arc<NodeInner>,
     reader: R,
     mut writer: W,
     transport: TransportKind,
-    carrier: Option<quinn::Connection>,
+    carrier: Option<Carrier>,
+    cred: Option<PeerCred>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: Delivered,
 {
-    let remote = carrier.as_ref().map(quinn::Connection::remote_address);
+    let remote = carrier.as_ref().map(|c| c.conn.remote_address());
     let mut reader = AsyncReadExt::chain(
         std::io::Cursor::new(procmesh_protocol::codec::MAGIC),
         reader,
     );
-    let hs = match handshake_timed(&node, &mut reader, &mut writer).await {
+    let read = tokio::time::timeout(
+        node.config.handshake_timeout,
+        read_handshake(&mut reader, node.codec),
+    )
+    .await
+    .unwrap_or(Err(HandshakeError::Timeout));
+    let hs = match read {
         Ok(hs) => hs,
+        Err(HandshakeError::Codec(CodecError::IncompatibleVersion { ours, theirs })) => {
+            node.refuse(refusal::VERSION);
+            let reason = format!("the peer speaks {theirs}, we speak {ours}");
+            tracing::warn!(%reason, ?transport, ?remote, "handshake refused");
+            refuse_stream(&node, &mut writer, reason).await;
+            return;
+        }
         Err(error) => {
+            node.refuse(refusal::HANDSHAKE);
             tracing::warn!(%error, ?transport, ?remote, "handshake refused");
             let _ = writer.shutdown().await;
             return;
         }
     };
-    let peer = Arc::new(PeerInfo {
-        transport,
-        hello: hs.hello,
-        version: hs.version,
-        remote,
-    });
+    let mut info = PeerInfo::new(transport, hs.hello);
+    info.version = hs.version;
+    info.remote = remote;
+    info.identity = carrier.as_ref().map(|c| c.identity.clone());
+    info.binding = carrier.as_ref().and_then(|c| c.binding);
+    info.cred = cred;
+    let peer = Arc::new(info);
+    if let Err((code, reason)) = node.admit_accepted(&peer) {
+        node.refuse(code);
+        tracing::warn!(
+            code,
+            %reason,
+            peer = %peer.hello.addr,
+            identity = ?peer.identity.as_deref().map(PeerIdentity::uri),
+            ?remote,
+            "link refused"
+        );
+        refuse_stream(&node, &mut writer, reason).await;
+        return;
+    }
+    let answer = tokio::time::timeout(
+        node.config.handshake_timeout,
+        write_handshake(
+            &mut writer,
+            node.codec,
+            &our_hello(&node, peer.binding.as_ref()),
+        ),
+    )
+    .await
+    .unwrap_or(Err(HandshakeError::Timeout));
+    if let Err(error) = answer {
+        tracing::debug!(%error, ?transport, ?remote, "handshake answer failed");
+        return;
+    }
     let (link, rx) = Link::new(peer.hello.addr.to_string(), transport);
-    if let Some(conn) = carrier {
-        link.set_carrier(conn);
+    if let Some(c) = carrier {
+        link.set_carrier(c.conn);
     }
     node.adopt(&peer, &link);
     run_link(node, link, rx, reader, writer, hs.leftover, peer).await;
@@ -417,19 +517,26 @@ pub(crate) async fn run_dialled<R, W>(
     link: Link,
     rx: mpsc::UnboundedReceiver<Envelope>,
     setup: Result<(R, W, Handshaken), String>,
-    remote: Option<std::net::SocketAddr>,
+    carrier: Option<Carrier>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: Delivered,
 {
     match setup {
         Ok((reader, writer, hs)) => {
-            let peer = Arc::new(PeerInfo {
-                transport: link.kind(),
-                hello: hs.hello,
-                version: hs.version,
-                remote,
-            });
+            let mut info = PeerInfo::new(link.kind(), hs.hello);
+            info.version = hs.version;
+            info.remote = carrier.as_ref().map(|c| c.conn.remote_address());
+            info.identity = carrier.as_ref().map(|c| c.identity.clone());
+            info.binding = carrier.as_ref().and_then(|c| c.binding);
+            let peer = Arc::new(info);
+            // NODE-8: dialled links pass admission too.
+            if let Err((code, reason)) = node.admit(&peer) {
+                node.refuse(code);
+                tracing::warn!(code, %reason, peer = %peer.hello.addr, "dialled link refused");
+                let reason = format!("link to {} refused: {reason}", link.peer());
+                return fail_link(node, link, rx, reason).await;
+            }
             run_link(node, link, rx, reader, writer, hs.leftover, peer).await;
         }
         Err(reason) => fail_link(node, link, rx, reason).await,

@@ -2,10 +2,35 @@
 //!
 //! Identity follows the role model of Nomad and Consul: every certificate is signed by the
 //! fleet's mesh CA and carries a role name as a subject alternative name — `node.procmesh` for
-//! hosts and orchestrators, `client.procmesh` for clients. A dialer verifies that the peer is a
-//! *node of this mesh* (chain to the mesh CA, SAN `node.procmesh`), not that it sits at one IP:
-//! addresses in a fleet move, the CA does not. Which node a peer is comes from the handshake
-//! that follows, over the authenticated channel.
+//! hosts and orchestrators, `client.procmesh` for clients and operators. A dialer verifies that
+//! the peer is a *node of this mesh* (chain to the mesh CA, SAN `node.procmesh`), not that it
+//! sits at one IP: addresses in a fleet move, the CA does not.
+//!
+//! # Identities: `spiffe://<mesh>/<role>[/<name>]`
+//! Which role (and which node) a certificate's holder is, is written into the certificate as
+//! one URI SAN in the SPIFFE form — `spiffe://<mesh>/<role>` or `spiffe://<mesh>/<role>/<name>`,
+//! `<role>` one of `orchestrator`, `host`, `client`, `operator`, `<mesh>` the CA's mesh name and
+//! `<name>` the node name (`[A-Za-z0-9._-]{1,63}`). A URI SAN rather than a DNS name because it
+//! is the standard place for a workload identity (SPIFFE X.509-SVID): it is never taken for a
+//! host name by a verifier, it keeps the DNS server name (`node.procmesh`) that dialers check
+//! untouched, and it carries mesh, role and name in one structured value. The handshake yields
+//! that verified identity ([`PeerIdentity`]: role, name, mesh, serial); a peer certificate
+//! without exactly one valid procmesh SPIFFE URI of our mesh is refused at connection time.
+//!
+//! Which fleets use which node identity:
+//! - **Per-node certificates** (`--role host --name h1`): fleets that provision each machine
+//!   on its own (a configuration-management run, a PKI per machine). The name is in the
+//!   certificate, so the orchestrator binds the host's address to that name, and a stolen
+//!   certificate can speak only for its one node.
+//! - **One shared host certificate** (`--role host`, no name) **plus a node secret**: fleets
+//!   whose hosts are identical copies (an autoscaling group, a Kubernetes DaemonSet, Nomad-style
+//!   clients sharing one client certificate). Each host draws a random secret at its first
+//!   start and keeps it in its state directory; its hellos claim its node name with a proof of
+//!   the secret bound to the connection ([`node_proof`](crate::node_proof)). The orchestrator
+//!   binds the node's name and address to the secret of its first registration (persisted in
+//!   its journal) and refuses any other peer speaking for that node.
+//! - Orchestrator, client and operator certificates may carry a name (for logs and
+//!   revocation) or not.
 //!
 //! # Invariants
 //! - **TLS-1** Every listener requires a client certificate chaining to the mesh CA; a peer with
@@ -21,6 +46,16 @@
 //!   a new identity (a new key) means a new reset key, as it should. (The endpoint must also
 //!   not drop the dead process's connection ids as foreign before answering them: see the
 //!   connection-id generator in `quic`.)
+//! - **TLS-4** Every issued certificate carries exactly one identity URI SAN
+//!   `spiffe://<mesh>/<role>[/<name>]`; only orchestrator and host certificates carry the node
+//!   server name `node.procmesh` (clients and operators `client.procmesh`), so a client
+//!   certificate can never serve as a node. Names outside `[A-Za-z0-9._-]{1,63}` are refused.
+//! - **TLS-5** A peer certificate that does not yield exactly one valid identity of our mesh
+//!   ([`PeerIdentity::from_cert_der`]) is refused right after the TLS handshake, both when we
+//!   accept and when we dial; a dialled server must be an orchestrator or a host.
+//! - **TLS-6** A peer whose certificate serial is in the node's [`Revocations`] is refused right
+//!   after the TLS handshake, and when the revocation file changes every open connection of a
+//!   now-revoked peer is closed (within about two seconds).
 
 use std::fs;
 use std::path::Path;
@@ -83,6 +118,37 @@ pub enum TlsError {
     /// quinn refused the rustls config (e.g. no TLS 1.3 suite).
     #[error("quic crypto: {0}")]
     Quic(String),
+    /// A certificate's identity is missing or malformed, or a name is invalid (TLS-4, TLS-5).
+    #[error("identity: {0}")]
+    Identity(String),
+    /// A revocation file has a malformed line.
+    #[error("{path}:{line}: {reason}")]
+    Revocations {
+        /// The file.
+        path: String,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn mesh_of_ca_pem(cert_pem: &str) -> Result<String, TlsError> {
+    let bad = |reason: String| TlsError::Identity(format!("mesh CA certificate: {reason}"));
+    let der = parse_certs(cert_pem).map_err(bad)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref())
+        .map_err(|e| bad(format!("unparsable: {e}")))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| bad("no common name".into()))?;
+    let mesh = cn
+        .strip_prefix(CA_CN_PREFIX)
+        .ok_or_else(|| bad(format!("common name {cn:?} is not {CA_CN_PREFIX:?}<mesh>")))?;
+    validate_identity_name("mesh name", mesh)?;
+    Ok(mesh.to_owned())
 }
 
 static PROVIDER: Once = Once::new();
@@ -100,18 +166,179 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Which kind of certificate to issue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The role a certificate names: what its holder may do in the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
-    /// A host or orchestrator: listens and dials.
-    Node,
-    /// A client: dials only.
+    /// The orchestrator: schedules, dispatches, owns the journal. Listens and dials.
+    Orchestrator,
+    /// A host agent: runs procs for the orchestrator. Listens and dials.
+    Host,
+    /// A client: submits and follows work in its own queues. Dials only.
     Client,
+    /// An operator: administers hosts (spawn, kill, list procs) besides what a client may do.
+    Operator,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Orchestrator, Role::Host, Role::Client, Role::Operator];
+
+    /// Its name in certificates and on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Orchestrator => "orchestrator",
+            Role::Host => "host",
+            Role::Client => "client",
+            Role::Operator => "operator",
+        }
+    }
+
+    /// Whether holders listen and may be dialled (their certificate names the server name
+    /// [`NODE_SERVER_NAME`]).
+    pub const fn is_node(self) -> bool {
+        matches!(self, Role::Orchestrator | Role::Host)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (orchestrator, host, client, operator)"))
+    }
+}
+
+/// The URI scheme of identity SANs.
+pub const SPIFFE_SCHEME: &str = "spiffe://";
+
+/// The common name prefix of a mesh CA certificate; the mesh name follows.
+const CA_CN_PREFIX: &str = "procmesh mesh CA ";
+
+/// Checks a mesh or node name: `[A-Za-z0-9._-]{1,63}`.
+pub fn validate_identity_name(what: &str, name: &str) -> Result<(), TlsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TlsError::Identity(format!(
+            "bad {what} {name:?}: use 1 to 63 of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// Who a certificate says its holder is (TLS-4, TLS-5): parsed from its one
+/// `spiffe://<mesh>/<role>[/<name>]` URI SAN.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    /// The role.
+    pub role: Role,
+    /// The node name, if the certificate names one (a shared host certificate does not).
+    pub name: Option<String>,
+    /// The mesh (the CA's mesh name).
+    pub mesh: String,
+    /// The certificate's serial: lowercase hex of its DER integer bytes, as `procmesh certs`
+    /// prints it and as revocation files list it.
+    pub serial: String,
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.uri())?;
+        write!(f, " (serial {})", self.serial)
+    }
+}
+
+impl PeerIdentity {
+    /// The identity URI: `spiffe://<mesh>/<role>[/<name>]`.
+    pub fn uri(&self) -> String {
+        spiffe_uri(&self.mesh, self.role, self.name.as_deref())
+    }
+
+    /// Parses the identity of a DER certificate: exactly one valid procmesh SPIFFE URI SAN.
+    pub fn from_cert_der(der: &[u8]) -> Result<PeerIdentity, TlsError> {
+        use x509_parser::extensions::GeneralName;
+        let bad = |reason: String| TlsError::Identity(reason);
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| bad(format!("unparsable certificate: {e}")))?;
+        let serial = hex::encode(cert.tbs_certificate.raw_serial());
+        let sans = cert
+            .subject_alternative_name()
+            .map_err(|e| bad(format!("bad subject alternative names: {e}")))?;
+        let uris: Vec<&str> = sans
+            .iter()
+            .flat_map(|ext| ext.value.general_names.iter())
+            .filter_map(|n| match n {
+                GeneralName::URI(uri) if uri.starts_with(SPIFFE_SCHEME) => Some(*uri),
+                _ => None,
+            })
+            .collect();
+        let uri = match uris.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(bad(format!(
+                    "certificate {serial} names no procmesh identity"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "certificate {serial} names {} identities",
+                    uris.len()
+                )))
+            }
+        };
+        let (role, name, mesh) = parse_spiffe(uri)
+            .map_err(|reason| bad(format!("certificate {serial}: identity {uri:?}: {reason}")))?;
+        Ok(PeerIdentity {
+            role,
+            name,
+            mesh,
+            serial,
+        })
+    }
+}
+
+fn spiffe_uri(mesh: &str, role: Role, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("{SPIFFE_SCHEME}{mesh}/{role}/{name}"),
+        None => format!("{SPIFFE_SCHEME}{mesh}/{role}"),
+    }
+}
+
+fn parse_spiffe(uri: &str) -> Result<(Role, Option<String>, String), String> {
+    let rest = uri
+        .strip_prefix(SPIFFE_SCHEME)
+        .ok_or_else(|| "not a spiffe:// URI".to_owned())?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (mesh, role, name) = match parts.as_slice() {
+        [mesh, role] => (*mesh, *role, None),
+        [mesh, role, name] => (*mesh, *role, Some(*name)),
+        _ => return Err("expected spiffe://<mesh>/<role>[/<name>]".into()),
+    };
+    validate_identity_name("mesh name", mesh).map_err(|e| e.to_string())?;
+    let role: Role = role.parse()?;
+    if let Some(name) = name {
+        validate_identity_name("node name", name).map_err(|e| e.to_string())?;
+    }
+    Ok((role, name.map(str::to_owned), mesh.to_owned()))
 }
 
 /// A mesh certificate authority: signs node and client certificates.
 pub struct MeshCa {
     cert_pem: String,
+    mesh: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -122,13 +349,15 @@ impl std::fmt::Debug for MeshCa {
 }
 
 impl MeshCa {
-    /// A new CA named `mesh`, valid for `valid_for` from one hour ago (clock skew).
+    /// A new CA named `mesh` (`[A-Za-z0-9._-]{1,63}`), valid for `valid_for` from one hour ago
+    /// (clock skew).
     pub fn generate(mesh: &str, valid_for: Duration) -> Result<MeshCa, TlsError> {
+        validate_identity_name("mesh name", mesh)?;
         let mut params = CertificateParams::new(Vec::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params
             .distinguished_name
-            .push(DnType::CommonName, format!("procmesh mesh CA {mesh}"));
+            .push(DnType::CommonName, format!("{CA_CN_PREFIX}{mesh}"));
         params
             .distinguished_name
             .push(DnType::OrganizationName, "procmesh");
@@ -142,18 +371,27 @@ impl MeshCa {
         let cert = params.self_signed(&key)?;
         Ok(MeshCa {
             cert_pem: cert.pem(),
+            mesh: mesh.to_owned(),
             issuer: Issuer::new(params, key),
         })
     }
 
-    /// Loads a CA from its certificate and private key (PEM).
+    /// Loads a CA from its certificate and private key (PEM). The mesh name comes from the
+    /// certificate's common name (`procmesh mesh CA <mesh>`).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<MeshCa, TlsError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let mesh = mesh_of_ca_pem(cert_pem)?;
         Ok(MeshCa {
             cert_pem: cert_pem.to_owned(),
+            mesh,
             issuer,
         })
+    }
+
+    /// The mesh name.
+    pub fn mesh(&self) -> &str {
+        &self.mesh
     }
 
     /// The CA certificate (PEM): every node and client trusts it.
@@ -166,8 +404,10 @@ impl MeshCa {
         self.issuer.key().serialize_pem()
     }
 
-    /// Issues a certificate for `role`, named `name`, with extra SANs (DNS names or IPs) beside
-    /// the role name. Both server and client auth are allowed: nodes dial each other.
+    /// Issues a certificate for `role`, named `name` (`""`: no node name, e.g. a fleet-wide
+    /// shared host certificate), with extra SANs (DNS names or IPs) beside the role's server
+    /// name and the identity URI `spiffe://<mesh>/<role>[/<name>]` (TLS-4). Both server and
+    /// client auth are allowed: nodes dial each other.
     pub fn issue(
         &self,
         role: Role,
@@ -175,14 +415,34 @@ impl MeshCa {
         extra_sans: &[String],
         valid_for: Duration,
     ) -> Result<TlsIdentity, TlsError> {
-        let role_san = match role {
-            Role::Node => NODE_SERVER_NAME,
-            Role::Client => CLIENT_NAME,
+        let name = (!name.is_empty()).then_some(name);
+        if let Some(name) = name {
+            validate_identity_name("node name", name)?;
+        }
+        let role_san = if role.is_node() {
+            NODE_SERVER_NAME
+        } else {
+            CLIENT_NAME
         };
         let mut sans = vec![role_san.to_owned()];
-        sans.extend(extra_sans.iter().cloned());
+        for san in extra_sans {
+            if san.starts_with(SPIFFE_SCHEME) || san == NODE_SERVER_NAME || san == CLIENT_NAME {
+                return Err(TlsError::Identity(format!(
+                    "extra SAN {san:?} is reserved: the role decides it"
+                )));
+            }
+            sans.push(san.clone());
+        }
         let mut params = CertificateParams::new(sans)?;
-        params.distinguished_name.push(DnType::CommonName, name);
+        let uri = spiffe_uri(&self.mesh, role, name);
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(rcgen::string::Ia5String::try_from(
+                uri.as_str(),
+            )?));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.unwrap_or(role.as_str()));
         params
             .distinguished_name
             .push(DnType::OrganizationName, "procmesh");
@@ -232,6 +492,21 @@ impl std::fmt::Debug for TlsIdentity {
 }
 
 impl TlsIdentity {
+    /// The identity our own certificate names (TLS-4).
+    pub fn identity(&self) -> Result<PeerIdentity, TlsError> {
+        let chain = parse_certs(&self.cert_pem).map_err(|reason| TlsError::Pem {
+            what: "certificate",
+            path: "identity".into(),
+            reason,
+        })?;
+        PeerIdentity::from_cert_der(chain[0].as_ref())
+    }
+
+    /// The mesh name of our CA certificate.
+    pub fn mesh(&self) -> Result<String, TlsError> {
+        mesh_of_ca_pem(&self.ca_cert_pem)
+    }
+
     /// Writes `ca.pem`, `cert.pem` and `key.pem` (mode 0600) into `dir`, creating it.
     pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
         let io = |path: &Path| {
@@ -424,7 +699,7 @@ mod tests {
         let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
         let id = ca
             .issue(
-                Role::Node,
+                Role::Host,
                 "host-a",
                 &["127.0.0.1".into()],
                 Duration::from_secs(3600),
@@ -449,10 +724,10 @@ mod tests {
     fn the_reset_key_follows_the_private_key() {
         let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
         let a = ca
-            .issue(Role::Node, "a", &[], Duration::from_secs(3600))
+            .issue(Role::Host, "a", &[], Duration::from_secs(3600))
             .unwrap();
         let b = ca
-            .issue(Role::Node, "b", &[], Duration::from_secs(3600))
+            .issue(Role::Host, "b", &[], Duration::from_secs(3600))
             .unwrap();
         let token = |id: &TlsIdentity| {
             let key = id.reset_key().unwrap();

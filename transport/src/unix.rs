@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::blob::{self, BLOB_MAGIC};
 use crate::link::{Link, TransportKind};
-use crate::node::{NodeError, NodeInner};
+use crate::node::{NodeError, NodeInner, PeerCred};
 use crate::stream::{handshake_timed, run_dialled, serve_control};
 
 pub(crate) fn listen(node: &Arc<NodeInner>, path: &Path) -> Result<(), NodeError> {
@@ -50,20 +50,42 @@ pub(crate) fn listen(node: &Arc<NodeInner>, path: &Path) -> Result<(), NodeError
     Ok(())
 }
 
+/// `SO_PEERCRED` of a connected socket.
+fn peer_cred(stream: &UnixStream) -> Option<PeerCred> {
+    match stream.peer_cred() {
+        Ok(c) => Some(PeerCred {
+            pid: c.pid().unwrap_or(0),
+            uid: c.uid(),
+            gid: c.gid(),
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "no SO_PEERCRED for a unix connection");
+            None
+        }
+    }
+}
+
 async fn serve(node: Arc<NodeInner>, stream: UnixStream) {
+    let cred = peer_cred(&stream);
     let (mut read, write) = stream.into_split();
     let mut magic = [0u8; 4];
     if read.read_exact(&mut magic).await.is_err() {
         return;
     }
     if magic == BLOB_MAGIC {
-        return blob::serve(&node, read, write).await;
+        let peer = blob::BlobPeer {
+            transport: TransportKind::Unix,
+            identity: None,
+            remote: None,
+            cred,
+        };
+        return blob::serve(&node, read, write, peer).await;
     }
     if magic != MAGIC {
         tracing::warn!(?magic, "closing a unix connection that is not procmesh");
         return;
     }
-    serve_control(node, read, write, TransportKind::Unix, None).await;
+    serve_control(node, read, write, TransportKind::Unix, None, cred).await;
 }
 
 pub(crate) async fn run_outbound(
@@ -77,7 +99,7 @@ pub(crate) async fn run_outbound(
             .await
             .map_err(|e| format!("cannot connect to unix!{}: {e}", path.display()))?;
         let (mut read, mut write) = stream.into_split();
-        let hs = handshake_timed(&node, &mut read, &mut write)
+        let hs = handshake_timed(&node, &mut read, &mut write, None)
             .await
             .map_err(|e| format!("handshake with unix!{} failed: {e}", path.display()))?;
         Ok::<_, String>((read, write, hs))

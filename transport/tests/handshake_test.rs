@@ -36,10 +36,7 @@ async fn a_peer_of_another_major_version_is_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v2.sock");
     let mut reply = Vec::new();
-    let hello = Hello {
-        addr: HostAddr::Unix(path.clone()),
-        name: "future".into(),
-    };
+    let hello = Hello::new(HostAddr::Unix(path.clone()), "future");
     FrameCodec::default()
         .encode_handshake(&hello, &mut reply)
         .unwrap();

@@ -56,7 +56,7 @@ impl Drop for ChildGuard {
 async fn two_processes_ask_and_tell() {
     let (ca, id) = identity();
     let dir = tempfile::tempdir().unwrap();
-    ca.issue(Role::Node, "child", &[], T * 100)
+    ca.issue(Role::Host, "child", &[], T * 100)
         .unwrap()
         .save(dir.path())
         .unwrap();
@@ -130,13 +130,7 @@ async fn raw_client_tell(config: rustls::ClientConfig, actor: &ActorId) {
         let mut out = Vec::new();
         let me: ActorId = "quic!127.0.0.1:1,intruder.x".parse().unwrap();
         codec
-            .encode_handshake(
-                &Hello {
-                    addr: me.addr().clone(),
-                    name: "intruder".into(),
-                },
-                &mut out,
-            )
+            .encode_handshake(&Hello::new(me.addr().clone(), "intruder"), &mut out)
             .unwrap();
         let msg = procmesh_protocol::codec::encode_body(&TestMsg::Seq(0)).unwrap();
         let env = Envelope {
@@ -195,7 +189,7 @@ async fn clients_without_a_mesh_certificate_are_refused() {
             loopback(),
             MeshCa::generate("other", T)
                 .unwrap()
-                .issue(Role::Node, "s", &[], T)
+                .issue(Role::Host, "s", &[], T)
                 .unwrap(),
         )
         .start()

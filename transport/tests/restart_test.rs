@@ -129,7 +129,7 @@ impl Peer {
 fn child_identity() -> (TlsIdentity, tempfile::TempDir) {
     let (ca, ours) = identity();
     let dir = tempfile::tempdir().unwrap();
-    ca.issue(Role::Node, "child", &[], T * 100)
+    ca.issue(Role::Host, "child", &[], T * 100)
         .unwrap()
         .save(dir.path())
         .unwrap();

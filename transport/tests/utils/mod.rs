@@ -84,7 +84,7 @@ pub enum Kind {
 pub fn identity() -> (MeshCa, TlsIdentity) {
     let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
     let id = ca
-        .issue(Role::Node, "node", &[], Duration::from_secs(3600))
+        .issue(Role::Host, "node", &[], Duration::from_secs(3600))
         .unwrap();
     (ca, id)
 }

@@ -40,6 +40,8 @@ pub(crate) struct Step<'a> {
     pub env: &'a dyn Env,
     pub effects: Vec<Effect>,
     pub changed: bool,
+    /// Parts of the input refused by authority checks (transitions of a batch).
+    pub refused: u32,
 }
 
 impl Core {
@@ -84,6 +86,14 @@ impl Core {
         &self.records
     }
 
+    /// Every bound node: its name, the address it registered at, its secret (when it proves
+    /// one): for the shell's admission check (ORC-38).
+    pub fn node_bindings(
+        &self,
+    ) -> impl Iterator<Item = (&str, &procmesh_protocol::HostAddr, Option<&[u8; 32]>)> + '_ {
+        self.registry.bindings()
+    }
+
     /// The one entry point (STYLE §11, §12): applies `input` at `now` and says what to do.
     /// Nothing else changes the state.
     pub fn handle(&mut self, input: Input, now: Timestamp, env: &dyn Env) -> Outcome {
@@ -91,6 +101,7 @@ impl Core {
             env,
             effects: Vec::new(),
             changed: false,
+            refused: 0,
         };
         let reply = match input {
             Input::Request(req) => self.request(req, now, &mut step),
@@ -131,6 +142,7 @@ impl Core {
             reply,
             changed: step.changed,
             effects: step.effects,
+            refused: step.refused,
         }
     }
 
@@ -138,8 +150,14 @@ impl Core {
     fn request(&mut self, req: Request, now: Timestamp, step: &mut Step<'_>) -> Option<Answer> {
         use OrchestratorRequest as R;
         let loopback = req.loopback;
+        if let Some(peer) = &req.peer {
+            if let Err(error) = self.authorize(&req.message, &req.from, peer) {
+                return Some(Err(error));
+            }
+        }
+        let peer = req.peer.as_ref();
         let answer = match req.message {
-            R::RegisterHost(info) => Ok(self.register_host(info, now, step)),
+            R::RegisterHost(info) => self.register_host(info, peer, now, step),
             R::Heartbeat(heartbeat) => self.heartbeat(heartbeat, now, step),
             R::ProcLost {
                 proc_id, reason, ..
@@ -152,6 +170,14 @@ impl Core {
                 // Each on its own, in order: one refused (stale, unknown) does not hold up the
                 // rest.
                 for t in transitions {
+                    if let Some(peer) = peer {
+                        // ORC-35, for each transition of the batch.
+                        if let Err(error) = self.check_update(&t, &req.from, peer) {
+                            tracing::warn!(%error, lsn = %t.lsn, "update of a batch refused");
+                            step.refused += 1;
+                            continue;
+                        }
+                    }
                     if let Err(error) = self.action_update(t, now, step) {
                         tracing::debug!(%error, "update of a batch refused");
                     }
@@ -417,6 +443,7 @@ impl Core {
                     outputs: detail.map(|d| d.outputs.clone()).unwrap_or_default(),
                     stdout_tail: detail.map(|d| d.stdout_tail.clone()).unwrap_or_default(),
                     stderr_tail: detail.map(|d| d.stderr_tail.clone()).unwrap_or_default(),
+                    tickets: Vec::new(),
                 }
             })
             .collect())

@@ -46,6 +46,7 @@ fn request(message: OrchestratorRequest, loopback: bool) -> Input {
         from: client(),
         loopback,
         token: None,
+        peer: None,
     })
 }
 
@@ -71,6 +72,7 @@ fn create_queue(core: &mut Core, n: u8) -> (u64, QueueToken) {
         from: client(),
         loopback: false,
         token: Some(token(n)),
+        peer: None,
     });
     let outcome = core.handle(input, Timestamp(0), &World::default());
     assert!(outcome.changed);
@@ -147,6 +149,8 @@ fn info() -> HostInfo {
             arch: "x86_64".into(),
         },
         version: "0.1.0".into(),
+        node: String::new(),
+        node_secret: None,
     }
 }
 
@@ -379,6 +383,7 @@ fn a_replayed_core_gives_its_hosts_a_fresh_window() {
             from: client(),
             loopback: false,
             token: Some(token(1)),
+            peer: None,
         }),
         0,
     );

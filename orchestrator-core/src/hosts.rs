@@ -9,6 +9,7 @@ use procmesh_protocol::messages::host::HostInfo;
 use procmesh_protocol::messages::orchestrator::{Heartbeat, OrchestratorError, OrchestratorReply};
 use procmesh_protocol::{ActionState, AttemptRef, ProcId, Timestamp, Transition};
 
+use crate::authority::{parse_secret, NodeGrant, Peer};
 use crate::core::{reason_detail, Core, Step};
 use crate::input::Answer;
 
@@ -19,13 +20,27 @@ impl Core {
     pub(crate) fn register_host(
         &mut self,
         info: HostInfo,
+        peer: Option<&Peer>,
         now: Timestamp,
         step: &mut Step<'_>,
-    ) -> OrchestratorReply {
+    ) -> Answer {
+        let grant = match peer {
+            Some(peer) => self.check_register(&info, peer)?,
+            // This process, or a replay of a registration that passed its checks.
+            None => NodeGrant {
+                name: if info.node.is_empty() {
+                    info.addr.to_string()
+                } else {
+                    info.node.clone()
+                },
+                secret: info.node_secret.as_deref().and_then(parse_secret),
+            },
+        };
         let addr = info.addr.clone();
         let capacity = info.capacity;
+        let node = grant.name.clone();
         step.changed = true;
-        if self.registry.register(info, now) {
+        if self.registry.register(info, grant, now) {
             // ORC-18: a host registering while alive restarted; what it ran is gone.
             let updates = self.book.host_lost(
                 &addr,
@@ -37,11 +52,12 @@ impl Core {
             }
             self.publish_updates(&updates, "the host restarted", step);
         }
-        tracing::info!(host = %addr, capacity, "host registered");
-        OrchestratorReply::HostRegistered {
+        tracing::info!(host = %addr, %node, capacity, "host registered");
+        Ok(OrchestratorReply::HostRegistered {
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             lost_after_ms: self.config.lost_after_ms,
-        }
+            ticket_key: None,
+        })
     }
 
     pub(crate) fn heartbeat(

@@ -12,6 +12,7 @@ use procmesh_protocol::messages::orchestrator::{
 use procmesh_protocol::{ActorId, AttemptRef, BlobHash, Lsn, ProcId, Timestamp, Transition};
 use serde::{Deserialize, Serialize};
 
+use crate::authority::Peer;
 use crate::config::CoreConfig;
 use crate::events::Backlog;
 
@@ -64,6 +65,11 @@ pub struct Request {
     /// For `CreateQueue`: the token the shell drew from the OS CSPRNG.
     #[serde(default)]
     pub token: Option<QueueToken>,
+    /// What the transport verified about the sender's connection; `None` for this process.
+    /// Not journaled: a journaled input passed its checks when it was live, and replays
+    /// without them.
+    #[serde(skip)]
+    pub peer: Option<Peer>,
 }
 
 impl Input {
@@ -132,6 +138,9 @@ pub struct Outcome {
     pub changed: bool,
     /// What the shell must do, in order, once the input is committed.
     pub effects: Vec<Effect>,
+    /// How many parts of the input (transitions of a batch) were refused as forbidden; a
+    /// whole request refused is its `reply`.
+    pub refused: u32,
 }
 
 /// One thing the shell carries out.

@@ -83,6 +83,20 @@
 //!   index of that queue (from 1, dense, never reused — part of the state, so a restart keeps
 //!   counting); the last `event_backlog` of them are kept, so `Subscribe { from }` replays
 //!   exactly the ones from `from` on (or says how many are no longer kept) before going live.
+//! - **ORC-33** Registration binds a node ([`authority`]): only a host certificate registers a
+//!   host, only for the address its connection speaks for, as the node its certificate names
+//!   or — with a shared certificate — the node it claims *and* proves by the node secret it
+//!   sends. The first registration of a name binds its secret; another secret for the name, or
+//!   another node for a bound address, is `forbidden`. The secret is kept in the binding only,
+//!   never in a view.
+//! - **ORC-34** `Heartbeat` and `ProcLost` are served only to the host bound to the address
+//!   they name (its certificate names the node, or its connection proves the node's secret).
+//! - **ORC-35** A transition is applied only from the agent of the proc its attempt is placed
+//!   on, over its host's connection; a forged one in a batch is skipped and counted.
+//! - **ORC-36** `GetWorker` is served only to a host with a placed action running that worker.
+//! - **ORC-37** Client requests need a client or operator certificate. Every refusal of
+//!   ORC-33..37 is `NotPermitted` (code `forbidden`), changes nothing and is not journaled;
+//!   requests without a peer are this process's own (or a replay of checked inputs).
 //!
 //! # Decisions where the architecture is silent
 //! - A refused or failed submission is `Abandoned` (not `Failed`): the work never ran.
@@ -93,6 +107,7 @@
 //! - `ListResults` returns at most `result_page` results whatever the client asks.
 #![deny(missing_docs)]
 
+pub mod authority;
 pub mod config;
 mod core;
 mod dispatch;
@@ -104,6 +119,7 @@ mod registry;
 pub mod sched;
 
 pub use crate::core::Core;
+pub use authority::{Peer, PeerRole};
 pub use config::CoreConfig;
 pub use events::{Backlog, Events};
 pub use hosts::MIN_SILENCE_MS;

@@ -18,6 +18,7 @@ use procmesh_protocol::messages::host::HostInfo;
 use procmesh_protocol::messages::orchestrator::{Heartbeat, HostState, HostView, ProcCapacity};
 use serde::{Deserialize, Serialize};
 
+use crate::authority::NodeGrant;
 use crate::sched::{Book, Labels, ProcFree};
 use procmesh_protocol::{ActorId, HostAddr, ProcId, Timestamp};
 
@@ -31,6 +32,15 @@ struct HostEntry {
     /// Procs that refused a submission or could not be reached: no placement until the next
     /// heartbeat (ORC-17).
     sidelined: BTreeSet<ProcId>,
+}
+
+/// A node's binding (ORC-33): the address it last registered at, and the secret it proves,
+/// when its certificate names no node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct NodeBinding {
+    addr: HostAddr,
+    #[serde(default)]
+    secret: Option<[u8; 32]>,
 }
 
 /// A proc that may receive actions: its id, its maximum, its host's labels.
@@ -48,13 +58,27 @@ pub(crate) struct Registry {
     /// The agent of every proc a heartbeat named (kept after the proc leaves, so that a stop
     /// order still finds it).
     agents: BTreeMap<ProcId, ActorId>,
+    /// Every node's binding, by name (ORC-33). Never shown: it holds secrets.
+    #[serde(default)]
+    nodes: BTreeMap<String, NodeBinding>,
 }
 
 impl Registry {
     /// A host registers (or registers again). Returns whether it was alive before: a host that
     /// registers while alive restarted, and the procs it had are gone (ORC-18).
-    pub fn register(&mut self, info: HostInfo, now: Timestamp) -> bool {
+    pub fn register(&mut self, mut info: HostInfo, node: NodeGrant, now: Timestamp) -> bool {
         let addr = info.addr.clone();
+        // The secret is kept in the node's binding only, never in what views show.
+        info.node_secret = None;
+        info.node = node.name.clone();
+        let binding = self.nodes.entry(node.name).or_insert(NodeBinding {
+            addr: addr.clone(),
+            secret: node.secret,
+        });
+        binding.addr = addr.clone();
+        if node.secret.is_some() {
+            binding.secret = node.secret;
+        }
         let entry = HostEntry {
             info,
             state: HostState::Alive,
@@ -145,6 +169,27 @@ impl Registry {
         }
     }
 
+    /// The node the host at `addr` registered as; `None` when unknown, or registered before
+    /// nodes were bound.
+    pub fn node_at(&self, addr: &HostAddr) -> Option<&str> {
+        self.hosts
+            .get(addr)
+            .map(|e| e.info.node.as_str())
+            .filter(|n| !n.is_empty())
+    }
+
+    /// The secret node `name` is bound to, if it registered with one.
+    pub fn node_secret(&self, name: &str) -> Option<[u8; 32]> {
+        self.nodes.get(name).and_then(|b| b.secret)
+    }
+
+    /// Every bound node: name, address, secret (for the transport's admission check).
+    pub fn bindings(&self) -> impl Iterator<Item = (&str, &HostAddr, Option<&[u8; 32]>)> + '_ {
+        self.nodes
+            .iter()
+            .map(|(name, b)| (name.as_str(), &b.addr, b.secret.as_ref()))
+    }
+
     /// The agent of `proc`, if a heartbeat ever named it.
     pub fn agent(&self, proc: &ProcId) -> Option<&ActorId> {
         self.agents.get(proc)
@@ -224,6 +269,15 @@ mod tests {
                 arch: "x86_64".into(),
             },
             version: "0.1.0".into(),
+            node: String::new(),
+            node_secret: None,
+        }
+    }
+
+    fn grant() -> NodeGrant {
+        NodeGrant {
+            name: "a".into(),
+            secret: None,
         }
     }
 
@@ -247,7 +301,7 @@ mod tests {
         let a = HostAddr::Local("a".into());
         let mut reg = Registry::default();
         assert!(!reg.heartbeat(&beat(&a, &["p1"]), Timestamp(0)));
-        assert!(!reg.register(info(&a), Timestamp(0)));
+        assert!(!reg.register(info(&a), grant(), Timestamp(0)));
         assert!(reg.heartbeat(&beat(&a, &["p2", "p1"]), Timestamp(10)));
         let names: Vec<String> = reg
             .ready_procs()
@@ -274,11 +328,11 @@ mod tests {
             "lost: register again"
         );
         assert!(
-            !reg.register(info(&a), Timestamp(140)),
+            !reg.register(info(&a), grant(), Timestamp(140)),
             "it was lost, not alive"
         );
         assert!(
-            reg.register(info(&a), Timestamp(150)),
+            reg.register(info(&a), grant(), Timestamp(150)),
             "a second registration while alive"
         );
     }

@@ -496,6 +496,7 @@ fn input_of(op: &Op, core: &Core, ctx: &mut Ctx) -> Option<Input> {
                         from: client,
                         loopback: false,
                         token: None,
+                        peer: None,
                     }))
                 }
             };

@@ -273,3 +273,137 @@ mod tests {
         assert_eq!(hasher.finalize(), BlobHash::of(b"hello world!"));
     }
 }
+
+hash_type! {
+    /// The MAC of a [`DownloadTicket`]: BLAKE3 keyed hash, 32 bytes.
+    TicketMac
+}
+
+/// A signed, expiring permission to fetch one blob from one store (an action's output from the
+/// host that ran it). The orchestrator issues it with the result; the store verifies it with
+/// the key it shares with the orchestrator (a per-host key, handed over at registration), so it
+/// needs no queue state of its own.
+///
+/// ```text
+/// mac = BLAKE3-keyed(key, "procmesh download ticket v1" ‖ hash[32] ‖ expires_ms:u64 LE)
+/// ```
+///
+/// # Invariants
+/// - **CAS-3** A ticket verifies only under the key it was issued with, for the hash it names,
+///   before it expires; changing any byte of hash, expiry or MAC fails it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DownloadTicket {
+    /// The blob it opens.
+    pub hash: BlobHash,
+    /// Until when (milliseconds since the Unix epoch).
+    pub expires_ms: u64,
+    /// The MAC over hash and expiry.
+    pub mac: TicketMac,
+}
+
+/// Why a [`DownloadTicket`] does not open a blob.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// It names another blob.
+    #[error("the ticket is for blob {ticket}, not {wanted}")]
+    WrongBlob {
+        /// What it names.
+        ticket: BlobHash,
+        /// What was asked for.
+        wanted: BlobHash,
+    },
+    /// It has expired.
+    #[error("the ticket expired at {expires_ms} ms (now {now_ms} ms)")]
+    Expired {
+        /// When it expired.
+        expires_ms: u64,
+        /// Now.
+        now_ms: u64,
+    },
+    /// Its MAC is wrong (another key, or tampered).
+    #[error("the ticket's signature does not verify")]
+    BadMac,
+}
+
+impl DownloadTicket {
+    fn mac_of(key: &[u8; HASH_LEN], hash: &BlobHash, expires_ms: u64) -> TicketMac {
+        let mut h = blake3::Hasher::new_keyed(key);
+        h.update(b"procmesh download ticket v1");
+        h.update(hash.as_bytes());
+        h.update(&expires_ms.to_le_bytes());
+        TicketMac(*h.finalize().as_bytes())
+    }
+
+    /// A ticket for `hash` under `key`, valid until `expires_ms`.
+    pub fn issue(key: &[u8; HASH_LEN], hash: BlobHash, expires_ms: u64) -> DownloadTicket {
+        DownloadTicket {
+            hash,
+            expires_ms,
+            mac: Self::mac_of(key, &hash, expires_ms),
+        }
+    }
+
+    /// Whether this ticket opens `wanted` under `key` at `now_ms` (CAS-3).
+    pub fn verify(
+        &self,
+        key: &[u8; HASH_LEN],
+        wanted: &BlobHash,
+        now_ms: u64,
+    ) -> Result<(), TicketError> {
+        if self.hash != *wanted {
+            return Err(TicketError::WrongBlob {
+                ticket: self.hash,
+                wanted: *wanted,
+            });
+        }
+        let expected = Self::mac_of(key, &self.hash, self.expires_ms);
+        // Constant-time comparison of the MACs.
+        if blake3::Hash::from(*expected.as_bytes()) != blake3::Hash::from(*self.mac.as_bytes()) {
+            return Err(TicketError::BadMac);
+        }
+        if now_ms >= self.expires_ms {
+            return Err(TicketError::Expired {
+                expires_ms: self.expires_ms,
+                now_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::*;
+
+    // Attests CAS-3
+    #[test]
+    fn a_ticket_opens_only_its_blob_under_its_key_until_it_expires() {
+        let key = [7u8; HASH_LEN];
+        let hash = BlobHash::of(b"output");
+        let t = DownloadTicket::issue(&key, hash, 1_000);
+        assert_eq!(t.verify(&key, &hash, 999), Ok(()));
+        assert!(matches!(
+            t.verify(&key, &hash, 1_000),
+            Err(TicketError::Expired { .. })
+        ));
+        assert_eq!(
+            t.verify(&[8u8; HASH_LEN], &hash, 1),
+            Err(TicketError::BadMac)
+        );
+        let other = BlobHash::of(b"other");
+        assert!(matches!(
+            t.verify(&key, &other, 1),
+            Err(TicketError::WrongBlob { .. })
+        ));
+        let stretched = DownloadTicket {
+            expires_ms: 2_000,
+            ..t
+        };
+        assert_eq!(
+            stretched.verify(&key, &hash, 1_500),
+            Err(TicketError::BadMac)
+        );
+        let forged = DownloadTicket { hash: other, ..t };
+        assert_eq!(forged.verify(&key, &other, 1), Err(TicketError::BadMac));
+    }
+}

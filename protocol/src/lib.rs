@@ -32,7 +32,7 @@ pub use action::{
     ActionRecord, ActionState, Applied, Attempt, AttemptRef, Execution, ExitStatus, Ignored, Lsn,
     RetryError, StateTimes, Timestamp, Transition, TransitionDetail,
 };
-pub use cas::{BlobHash, BlobHasher, HexError};
+pub use cas::{BlobHash, BlobHasher, DownloadTicket, HexError, TicketError};
 pub use codec::{CodecError, FrameCodec, Hello, Version, PROTOCOL_VERSION};
 pub use envelope::{Body, Envelope, Payload, RemoteError, TraceContext, Undeliverable};
 pub use ids::{ActorId, HostAddr, IdError, ProcId, LOCAL_PROC, SERVICE_PROC};

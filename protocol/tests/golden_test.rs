@@ -339,6 +339,8 @@ fn older_peers_messages_decode_with_defaults() {
                 arch: String::new(),
             },
             version: String::new(),
+            node: String::new(),
+            node_secret: None,
         })
     );
 

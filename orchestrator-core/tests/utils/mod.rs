@@ -58,6 +58,8 @@ pub fn host_info(i: usize, capacity: u32) -> HostInfo {
             arch: "x86_64".into(),
         },
         version: "0.1.0".into(),
+        node: String::new(),
+        node_secret: None,
     }
 }
 
@@ -84,6 +86,7 @@ pub fn request(message: OrchestratorRequest, from: ActorId) -> Input {
         from,
         loopback: true,
         token: None,
+        peer: None,
     })
 }
 
@@ -99,6 +102,7 @@ pub fn create_queue(retry_limit: u32, token: QueueToken) -> Input {
         from: client_id(),
         loopback: false,
         token: Some(token),
+        peer: None,
     })
 }
 

@@ -207,6 +207,9 @@ pub enum AgentError {
     /// Anything else; the text says what.
     #[error("proc agent error: {0}")]
     Internal(String),
+    /// The sender's verified identity may not make this request; nothing changed.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl AgentError {
@@ -220,6 +223,7 @@ impl AgentError {
             AgentError::Stopping => "stopping",
             AgentError::Unreachable { .. } => "unreachable",
             AgentError::Internal(_) => "internal",
+            AgentError::Forbidden(_) => "forbidden",
         }
     }
 }

@@ -37,6 +37,48 @@ pub const ENV_WORKERS_DIR: &str = "PROCMESH_WORKERS_DIR";
 pub const ENV_BLOBS_DIR: &str = "PROCMESH_BLOBS_DIR";
 /// Environment variable holding the most actions the proc runs at once (`0` = logical CPUs).
 pub const ENV_MAX_ACTIONS: &str = "PROCMESH_MAX_ACTIONS";
+/// Environment variable holding the proc's bootstrap secret (64 hex characters): drawn fresh
+/// by the host for every proc it starts; the proc proves with it, in the hello of its backend
+/// connection, which proc it is. The proc agent removes it from its own environment as soon
+/// as it has read it, so nothing it starts inherits it.
+pub const ENV_BOOTSTRAP_SECRET: &str = "PROCMESH_BOOTSTRAP_SECRET";
+/// Environment variable holding the orchestrator's actor the host registers with, when it has
+/// one: besides the host's own `service` actors, the only sender a proc agent takes requests
+/// from.
+pub const ENV_ORCHESTRATOR: &str = "PROCMESH_ORCHESTRATOR";
+
+/// A proc's bootstrap secret: 32 random bytes the host draws for each proc it starts. Its
+/// `Debug` form never shows the bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for BootstrapSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootstrapSecret(..)")
+    }
+}
+
+impl BootstrapSecret {
+    /// Its text form in [`ENV_BOOTSTRAP_SECRET`]: 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        crate::cas::write_hex(&self.0, &mut s).expect("writing to a String");
+        s
+    }
+
+    /// Parses the text form.
+    pub fn from_hex(text: &str) -> Result<BootstrapSecret, String> {
+        let text = text.trim();
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("not 64 hex characters".into());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(BootstrapSecret(bytes))
+    }
+}
 
 /// The bootstrap values of a proc: what the host hands a proc it starts (as the `ENV_*`
 /// environment variables for an OS child, as this value in-process) and what the proc reads.
@@ -56,6 +98,10 @@ pub struct ProcBootstrap {
     pub blobs_dir: std::path::PathBuf,
     /// Most actions the proc runs at once; `None` for the logical CPUs.
     pub max_actions: Option<u32>,
+    /// The proc's bootstrap secret ([`ENV_BOOTSTRAP_SECRET`]); `None` from hosts that predate it.
+    pub secret: Option<BootstrapSecret>,
+    /// The orchestrator the host works for ([`ENV_ORCHESTRATOR`]); `None` for a standalone host.
+    pub orchestrator: Option<ActorId>,
 }
 
 /// A bootstrap variable that is missing or malformed.
@@ -70,7 +116,8 @@ pub struct BootstrapVarError {
 
 impl ProcBootstrap {
     /// The environment variables carrying these values, in a fixed order
-    /// (`PROCMESH_MAX_ACTIONS` only when a maximum is set).
+    /// (`PROCMESH_MAX_ACTIONS`, `PROCMESH_BOOTSTRAP_SECRET` and `PROCMESH_ORCHESTRATOR` only
+    /// when set).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut vars = vec![
             (ENV_PROC_ID, self.proc_id.to_string()),
@@ -82,6 +129,12 @@ impl ProcBootstrap {
         ];
         if let Some(max) = self.max_actions {
             vars.push((ENV_MAX_ACTIONS, max.to_string()));
+        }
+        if let Some(secret) = &self.secret {
+            vars.push((ENV_BOOTSTRAP_SECRET, secret.to_hex()));
+        }
+        if let Some(orchestrator) = &self.orchestrator {
+            vars.push((ENV_ORCHESTRATOR, orchestrator.to_string()));
         }
         vars
     }
@@ -117,6 +170,21 @@ impl ProcBootstrap {
             blobs_dir: text(ENV_BLOBS_DIR)?.into(),
             max_actions: match get(ENV_MAX_ACTIONS) {
                 Some(max) => Some(parsed(ENV_MAX_ACTIONS, max)?),
+                None => None,
+            },
+            secret: match get(ENV_BOOTSTRAP_SECRET) {
+                Some(text) => {
+                    Some(
+                        BootstrapSecret::from_hex(&text).map_err(|reason| BootstrapVarError {
+                            var: ENV_BOOTSTRAP_SECRET,
+                            reason,
+                        })?,
+                    )
+                }
+                None => None,
+            },
+            orchestrator: match get(ENV_ORCHESTRATOR) {
+                Some(text) => Some(parsed(ENV_ORCHESTRATOR, text)?),
                 None => None,
             },
         })
@@ -185,7 +253,10 @@ pub struct ProcConfig {
     /// Most actions its runner runs at once, e.g. `Some(8)`; `None` for the logical CPUs.
     #[serde(default)]
     pub max_actions: Option<u32>,
-    /// Extra environment of the child, e.g. `{"RUST_LOG": "debug"}`.
+    /// Extra environment of the child, e.g. `{"RUST_LOG": "debug"}`. In a [`HostRequest::Spawn`]
+    /// every name must be allowed by the host's `spawn_env_allow` (exact names or `PREFIX_*`,
+    /// none by default), and `LD_*` and `PROCMESH_*` never are: a refused name fails the spawn
+    /// with [`HostError::Forbidden`] naming it, and nothing is started.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Extra arguments of the proc-agent binary.
@@ -325,6 +396,15 @@ pub struct HostInfo {
     /// The host agent's version, e.g. `0.1.0`.
     #[serde(default)]
     pub version: String,
+    /// The node's name: the one its certificate names, or (with a fleet-wide host
+    /// certificate) the name it chose at first start. Empty from hosts that predate it.
+    #[serde(default)]
+    pub node: String,
+    /// The node secret (64 hex characters) of a host whose certificate names no node: drawn at
+    /// its first start and kept in its state dir. The orchestrator binds the node's name and
+    /// address to the first registration's secret and refuses any other. Never shown.
+    #[serde(default)]
+    pub node_secret: Option<String>,
 }
 
 /// The machine a host runs on.
@@ -438,6 +518,9 @@ pub enum HostError {
     /// Anything else; the text says what.
     #[error("host error: {0}")]
     Internal(String),
+    /// The sender's verified identity may not make this request; nothing changed.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl HostError {
@@ -459,6 +542,7 @@ impl HostError {
             HostError::Blob { .. } => "blob",
             HostError::ShuttingDown => "shutting_down",
             HostError::Internal(_) => "internal",
+            HostError::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -484,8 +568,15 @@ mod bootstrap_tests {
             workers_dir: "/var/lib/procmesh/workers".into(),
             blobs_dir: "/var/lib/procmesh/blobs".into(),
             max_actions: Some(8),
+            secret: Some(BootstrapSecret([0xa5; 32])),
+            orchestrator: Some("quic!10.0.0.1:7600,service.orchestrator".parse().unwrap()),
         };
         let vars: HashMap<_, _> = boot.env().into_iter().collect();
+        assert_eq!(vars[ENV_BOOTSTRAP_SECRET], "a5".repeat(32));
+        assert!(
+            !format!("{boot:?}").contains("a5a5"),
+            "the secret is never shown"
+        );
         assert_eq!(
             ProcBootstrap::from_vars(|k| vars.get(k).cloned()).unwrap(),
             boot

@@ -178,6 +178,12 @@ pub enum OrchestratorReply {
         heartbeat_interval_ms: u64,
         /// Silence after which the host is declared lost, in milliseconds.
         lost_after_ms: u64,
+        /// The key (64 hex characters) this host verifies download tickets with: the
+        /// orchestrator's ticket key for this node (see [`DownloadTicket`]).
+        ///
+        /// [`DownloadTicket`]: crate::cas::DownloadTicket
+        #[serde(default)]
+        ticket_key: Option<String>,
     },
     /// Heartbeat received.
     HeartbeatAck {
@@ -521,6 +527,10 @@ pub struct ActionResult {
     /// The bounded tail of its stderr.
     #[serde(default, with = "serde_bytes")]
     pub stderr_tail: Vec<u8>,
+    /// One download ticket per output, for the host that holds it (fetching an output from a
+    /// host needs its ticket).
+    #[serde(default)]
+    pub tickets: Vec<crate::cas::DownloadTicket>,
 }
 
 /// One action of a submission.
@@ -587,6 +597,10 @@ pub enum OrchestratorError {
     /// A queue id from a remote client: remote access needs the token.
     #[error("queue ids are accepted from loopback only; use the queue token")]
     Forbidden,
+    /// The sender's verified identity may not make this request (a client reporting a
+    /// transition, a host speaking for another node, …); nothing changed. Code `forbidden`.
+    #[error("forbidden: {0}")]
+    NotPermitted(String),
     /// The queue is draining: no new actions.
     #[error("queue {0} is draining")]
     QueueDraining(u64),
@@ -663,6 +677,7 @@ impl OrchestratorError {
         match self {
             OrchestratorError::UnknownQueue(_) => "unknown_queue",
             OrchestratorError::Forbidden => "forbidden",
+            OrchestratorError::NotPermitted(_) => "forbidden",
             OrchestratorError::QueueDraining(_) => "queue_draining",
             OrchestratorError::QueueCancelled(_) => "queue_cancelled",
             OrchestratorError::UnknownAction(_) => "unknown_action",

@@ -314,6 +314,8 @@ pub fn host_info() -> impl Strategy<Value = HostInfo> {
             labels,
             system,
             version,
+            node: String::new(),
+            node_secret: None,
         },
     )
 }
@@ -660,6 +662,7 @@ pub fn orchestrator_result() -> impl Strategy<Value = Result<OrchestratorReply, 
             outputs,
             stdout_tail,
             stderr_tail,
+            tickets: Vec::new(),
         });
     let host_view = (
         host_info(),
@@ -685,6 +688,7 @@ pub fn orchestrator_result() -> impl Strategy<Value = Result<OrchestratorReply, 
             R::HostRegistered {
                 heartbeat_interval_ms,
                 lost_after_ms,
+                ticket_key: None,
             }
         }),
         vec(attempt_ref(), 0..3).prop_map(|orphans| R::HeartbeatAck { orphans }),

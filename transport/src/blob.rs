@@ -502,12 +502,28 @@ impl Node {
         let (mut w, mut r) = self.open_blob_stream(to).await?;
         let codec = FrameCodec::new(4096);
         write_frame(&mut w, codec, &BlobRequest::Push { hash, size }).await?;
-        let sent = tokio::io::copy(&mut (&mut source).take(size), &mut w)
-            .await
-            .map_err(|e| BlobError::Transfer(e.to_string()))?;
-        w.shutdown()
-            .await
-            .map_err(|e| BlobError::Transfer(e.to_string()))?;
+        let written = async {
+            let sent = tokio::io::copy(&mut (&mut source).take(size), &mut w).await?;
+            w.shutdown().await?;
+            Ok::<_, std::io::Error>(sent)
+        }
+        .await;
+        let sent = match written {
+            Ok(sent) => sent,
+            Err(e) => {
+                // A store refusing the push (BLOB-4) answers before reading the bytes and stops
+                // the stream: its answer says why.
+                let reply = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    read_frame::<_, BlobReply>(&mut r, codec),
+                )
+                .await;
+                return match reply {
+                    Ok(Ok(BlobReply::Refused { reason })) => Err(BlobError::Refused(reason)),
+                    _ => Err(BlobError::Transfer(e.to_string())),
+                };
+            }
+        };
         let reply: BlobReply = read_frame(&mut r, codec).await?;
         match reply {
             BlobReply::Stored if sent == size => Ok(()),

@@ -28,6 +28,9 @@ pub enum TestMsg {
     Sleep(u64),
     /// Answers with an error from the handler.
     Fail,
+    /// Answers the role of the peer's certificate: 0 none, 1 orchestrator, 2 host, 3 client,
+    /// 4 operator.
+    PeerRole,
 }
 
 impl RemoteMessage for TestMsg {
@@ -68,6 +71,13 @@ impl Message<Request<TestMsg>> for Recorder {
                 ms
             }
             TestMsg::Fail => return Err("asked to fail".into()),
+            TestMsg::PeerRole => match req.identity().map(|i| i.role) {
+                None => 0,
+                Some(Role::Orchestrator) => 1,
+                Some(Role::Host) => 2,
+                Some(Role::Client) => 3,
+                Some(Role::Operator) => 4,
+            },
         })
     }
 }

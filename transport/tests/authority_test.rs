@@ -1,0 +1,848 @@
+//! Identity and authority at the transport, with real QUIC peers on 127.0.0.1: certificate
+//! identities, sender and relay checks, address binding, admission, dial policy, limits,
+//! revocation, version refusals and blob policy.
+
+mod utils;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use kameo::actor::Spawn;
+use procmesh_protocol::cas::{BlobHash, DownloadTicket};
+use procmesh_protocol::codec::{encode_body, FrameCodec, Hello};
+use procmesh_protocol::{ActorId, Body, Envelope, HostAddr};
+use procmesh_transport::{
+    node_proof, proc_proof, verify_node_proof, Admission, BlobError, BlobPeer, BlobPolicy,
+    BlobRequest, BlobStore, DialPolicy, LocalHub, MeshCa, Node, NodeBuilder, NodeConfig,
+    PeerIdentity, PeerInfo, Revocations, Role, TlsIdentity,
+};
+use utils::{eventually, loopback, Recorder, TestMsg};
+
+const T: Duration = Duration::from_secs(10);
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn ca() -> MeshCa {
+    MeshCa::generate("test", HOUR).unwrap()
+}
+
+fn issue(ca: &MeshCa, role: Role, name: &str) -> TlsIdentity {
+    ca.issue(role, name, &[], HOUR).unwrap()
+}
+
+async fn quic_node(name: &str, id: TlsIdentity) -> Node {
+    NodeBuilder::new(name)
+        .quic(loopback(), id)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A node exposing a recorder as `rec`; returns the node and the recorder's id.
+async fn serving(builder: NodeBuilder) -> (Node, ActorId) {
+    let node = builder.start().await.unwrap();
+    let rec = node
+        .expose("rec", Recorder::spawn(Recorder::default()))
+        .unwrap();
+    (node, rec)
+}
+
+fn refused(node: &Node, code: &str) -> u64 {
+    node.refusals().get(code).copied().unwrap_or(0)
+}
+
+/// An identity signed by the mesh CA with exactly the SANs given (URIs start `spiffe://`).
+fn custom_identity(ca: &MeshCa, dns: &[&str], uris: &[&str]) -> TlsIdentity {
+    let key = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca.cert_pem(), key).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    for uri in uris {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(*uri).unwrap(),
+        ));
+    }
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    TlsIdentity {
+        ca_cert_pem: ca.cert_pem().to_owned(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// A raw quinn client endpoint holding `id`.
+fn raw_endpoint(id: &TlsIdentity) -> quinn::Endpoint {
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(id.client_config().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+async fn raw_connect(endpoint: &quinn::Endpoint, to: SocketAddr) -> Option<quinn::Connection> {
+    let connecting = endpoint.connect(to, "node.procmesh").ok()?;
+    tokio::time::timeout(T, connecting).await.ok()?.ok()
+}
+
+/// A raw control stream: our handshake written (with `major` in the prefix), the answer read.
+struct RawLink {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    answer: Hello,
+}
+
+async fn raw_link(conn: &quinn::Connection, hello: &Hello, major: u16) -> RawLink {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let codec = FrameCodec::default();
+    let mut out = Vec::new();
+    codec.encode_handshake(hello, &mut out).unwrap();
+    out[4..6].copy_from_slice(&major.to_be_bytes());
+    send.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let answer = tokio::time::timeout(T, async {
+        loop {
+            // The answer is always of our major (1): read it as such.
+            if let Ok((hello, _, used)) = codec.decode_handshake(&buf) {
+                buf.advance(used);
+                return hello;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = recv.read(&mut chunk).await.unwrap().expect("answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    RawLink {
+        send,
+        recv,
+        buf,
+        answer,
+    }
+}
+
+impl RawLink {
+    async fn send(&mut self, env: &Envelope) {
+        let mut out = Vec::new();
+        FrameCodec::default().encode(env, &mut out).unwrap();
+        self.send.write_all(&out).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Envelope {
+        let codec = FrameCodec::default();
+        tokio::time::timeout(T, async {
+            loop {
+                if let Ok((env, used)) = codec.decode::<Envelope>(&self.buf) {
+                    self.buf.advance(used);
+                    return env;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.recv.read(&mut chunk).await.unwrap().expect("frame");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn tell(dest: &ActorId, sender: &ActorId, msg: &TestMsg) -> Envelope {
+    Envelope {
+        dest: dest.clone(),
+        sender: sender.clone(),
+        body: Body::Tell {
+            message: encode_body(msg).unwrap(),
+        },
+        trace: None,
+    }
+}
+
+/// Records every admitted peer; refuses the roles listed.
+#[derive(Default)]
+struct Capture {
+    seen: Mutex<Vec<PeerInfo>>,
+    refuse: Vec<Role>,
+    refuse_relay: bool,
+}
+
+impl Admission for Capture {
+    fn admit(&self, peer: &PeerInfo) -> Result<(), String> {
+        self.seen.lock().unwrap().push(peer.clone());
+        match peer.role() {
+            Some(role) if self.refuse.contains(&role) => Err(format!("no {role}s here")),
+            _ => Ok(()),
+        }
+    }
+
+    fn relay(&self, _peer: &PeerInfo, proc: &str, _env: &Envelope) -> Result<(), String> {
+        if self.refuse_relay {
+            Err(format!("nobody reaches {proc}"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+// Attests TLS-5
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_server_must_be_a_node_and_every_peer_needs_one_identity() {
+    let ca = ca();
+    // A certificate naming the node server name but the client role: a dialler refuses it.
+    let fake = custom_identity(&ca, &["node.procmesh"], &["spiffe://test/client/evil"]);
+    let (server, rec) = serving(NodeBuilder::new("s").quic(loopback(), fake)).await;
+    let dialler = quic_node("d", issue(&ca, Role::Host, "d")).await;
+    let err = dialler
+        .remote_ref::<TestMsg>(rec.clone())
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not an orchestrator or a host"),
+        "{err}"
+    );
+    assert_eq!(refused(&dialler, "bad_identity"), 1);
+
+    // A server holding a host certificate: its identity reaches the handler as `Host`.
+    let (good, good_rec) =
+        serving(NodeBuilder::new("g").quic(loopback(), issue(&ca, Role::Host, "g"))).await;
+    let client = quic_node("c", issue(&ca, Role::Client, "c")).await;
+    let role = client
+        .remote_ref::<TestMsg>(good_rec.clone())
+        .ask(TestMsg::PeerRole, T)
+        .await
+        .unwrap();
+    assert_eq!(role, 3, "the server sees a client");
+
+    // A peer whose certificate has no identity URI, or two, is refused at the connection.
+    for uris in [
+        &[][..],
+        &["spiffe://test/host/a", "spiffe://test/host/b"][..],
+    ] {
+        let bad = custom_identity(&ca, &["node.procmesh"], uris);
+        let endpoint = raw_endpoint(&bad);
+        if let Some(conn) = raw_connect(&endpoint, good.quic_addr().unwrap()).await {
+            let _ = tokio::time::timeout(T, conn.closed()).await;
+            assert!(conn.close_reason().is_some());
+        }
+    }
+    assert!(
+        eventually(T, || async { refused(&good, "bad_identity") == 2 }).await,
+        "{:?}",
+        good.refusals()
+    );
+    // A certificate of another mesh's name, signed by our CA, is refused too.
+    let other = custom_identity(&ca, &["node.procmesh"], &["spiffe://elsewhere/host/x"]);
+    let endpoint = raw_endpoint(&other);
+    if let Some(conn) = raw_connect(&endpoint, good.quic_addr().unwrap()).await {
+        let _ = tokio::time::timeout(T, conn.closed()).await;
+    }
+    assert!(eventually(T, || async { refused(&good, "bad_identity") == 3 }).await);
+    drop(server);
+}
+
+// Attests NODE-5
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_sender_is_dropped_not_bounced() {
+    let ca = ca();
+    let (node, rec) =
+        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "intruder"));
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mine: HostAddr = "quic!127.0.0.1:1".parse().unwrap();
+    let mut link = raw_link(&conn, &Hello::new(mine.clone(), "intruder"), 1).await;
+    assert_eq!(link.answer.refused, None);
+    // As an actor of the node itself, and of a third address: both dropped.
+    for forged in [
+        node.actor_id("rec").unwrap(),
+        "quic!10.9.9.9:7,x.y".parse().unwrap(),
+    ] {
+        link.send(&tell(&rec, &forged, &TestMsg::Seq(0))).await;
+    }
+    // Then one honest message: once it is counted, the forged ones were routed before it.
+    let me = mine.proc("intruder").unwrap().actor("x").unwrap();
+    link.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
+    let local = node.remote_ref::<TestMsg>(rec.clone());
+    assert!(
+        eventually(T, || async {
+            local.ask(TestMsg::Count, T).await.unwrap() == 1
+        })
+        .await
+    );
+    assert_eq!(refused(&node, "sender_mismatch"), 2);
+}
+
+// Attests NODE-6
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_not_an_open_relay() {
+    let ca = ca();
+    let (node, rec) =
+        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let (third, third_rec) =
+        serving(NodeBuilder::new("c").quic(loopback(), issue(&ca, Role::Host, "c"))).await;
+    let endpoint = raw_endpoint(&issue(&ca, Role::Client, "cl"));
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mine: HostAddr = "quic!127.0.0.1:2".parse().unwrap();
+    let me = mine.proc("cl").unwrap().actor("x").unwrap();
+    let mut link = raw_link(&conn, &Hello::new(mine.clone(), "cl"), 1).await;
+    link.send(&tell(&third_rec, &me, &TestMsg::Seq(0))).await;
+    link.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
+    let local = node.remote_ref::<TestMsg>(rec.clone());
+    assert!(
+        eventually(T, || async {
+            local.ask(TestMsg::Count, T).await.unwrap() == 1
+        })
+        .await
+    );
+    assert_eq!(refused(&node, "relay"), 1);
+    let far = third.remote_ref::<TestMsg>(third_rec);
+    assert_eq!(far.ask(TestMsg::Count, T).await.unwrap(), 0);
+}
+
+// Attests NODE-6 (the relay hook)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_hook_decides_who_reaches_a_proc() {
+    let hub = LocalHub::new();
+    let host = NodeBuilder::new("host")
+        .local(&hub, "h")
+        .start()
+        .await
+        .unwrap();
+    let capture = Arc::new(Capture {
+        refuse_relay: true,
+        ..Capture::default()
+    });
+    host.set_admission(capture.clone());
+    let proc_node = NodeBuilder::new("p")
+        .local(&hub, "p")
+        .addr(host.addr().clone())
+        .default_route(HostAddr::Local("h".into()))
+        .node_claim("p", Some([9; 32]))
+        .start()
+        .await
+        .unwrap();
+    let rec = proc_node
+        .expose("rec", Recorder::spawn(Recorder::default()))
+        .unwrap();
+    let host_rec = host
+        .expose("rec", Recorder::spawn(Recorder::default()))
+        .unwrap();
+    // The proc registers itself by sending to its host.
+    proc_node
+        .remote_ref::<TestMsg>(host_rec.clone())
+        .ask(TestMsg::Ping(0), T)
+        .await
+        .unwrap();
+    assert_eq!(host.proc_routes(), vec!["p".to_owned()]);
+    // NODE-8 on a backend link: the proc's claim carries its bootstrap proof.
+    let proc_peer = capture
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p.hello.name == "p")
+        .cloned()
+        .unwrap();
+    assert!(verify_node_proof(&proc_peer, &[9; 32]));
+    assert!(!verify_node_proof(&proc_peer, &[8; 32]));
+    assert_eq!(
+        proc_peer
+            .hello
+            .node
+            .as_ref()
+            .unwrap()
+            .proof
+            .unwrap()
+            .as_bytes(),
+        &proc_proof(&[9; 32])
+    );
+
+    let client = NodeBuilder::new("c")
+        .local(&hub, "c")
+        .start()
+        .await
+        .unwrap();
+    let err = client
+        .remote_ref::<TestMsg>(rec.clone())
+        .ask(TestMsg::Ping(1), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no reply"), "{err}");
+    assert_eq!(refused(&host, "relay"), 1);
+    // Our own proc is never relayed into by the host's own sends (from = None).
+    let direct = host.remote_ref::<TestMsg>(rec.clone());
+    assert_eq!(direct.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
+}
+
+// Attests NODE-7
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_address_stays_with_its_first_identity() {
+    let ca = ca();
+    let (node, rec) =
+        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let claimed: HostAddr = "quic!127.0.0.1:3".parse().unwrap();
+    let me = claimed.proc("h").unwrap().actor("x").unwrap();
+    let first_ep = raw_endpoint(&issue(&ca, Role::Host, "h1"));
+    let first = raw_connect(&first_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mut one = raw_link(&first, &Hello::new(claimed.clone(), "h"), 1).await;
+    assert_eq!(one.answer.refused, None);
+    one.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
+    let local = node.remote_ref::<TestMsg>(rec.clone());
+    assert!(
+        eventually(T, || async {
+            local.ask(TestMsg::Count, T).await.unwrap() == 1
+        })
+        .await
+    );
+
+    let second_ep = raw_endpoint(&issue(&ca, Role::Host, "h2"));
+    let second = raw_connect(&second_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let two = raw_link(&second, &Hello::new(claimed.clone(), "h"), 1).await;
+    let reason = two.answer.refused.clone().expect("refused");
+    assert!(reason.contains("bound to another identity"), "{reason}");
+    assert_eq!(refused(&node, "address_bound"), 1);
+
+    // The first keeps working, and the route to the address is still its link.
+    one.send(&tell(&rec, &me, &TestMsg::Seq(1))).await;
+    assert!(
+        eventually(T, || async {
+            local.ask(TestMsg::Count, T).await.unwrap() == 2
+        })
+        .await
+    );
+    node.remote_ref::<TestMsg>(me.clone())
+        .tell(TestMsg::Seq(7))
+        .await
+        .unwrap();
+    let env = one.next().await;
+    assert_eq!(env.dest, me);
+
+    // A QUIC peer claiming the node's own address is refused (NODE-3).
+    let third = raw_link(&first, &Hello::new(node.addr().clone(), "b"), 1).await;
+    assert!(third.answer.refused.unwrap().contains("our own address"));
+}
+
+// Attests NODE-8
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_sees_every_link_and_may_refuse_it() {
+    let ca = ca();
+    let (node, rec) =
+        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let capture = Arc::new(Capture {
+        refuse: vec![Role::Client],
+        ..Capture::default()
+    });
+    node.set_admission(capture.clone());
+    let client = quic_node("c", issue(&ca, Role::Client, "c")).await;
+    let err = client
+        .remote_ref::<TestMsg>(rec.clone())
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no clients here"), "{err}");
+    assert_eq!(refused(&node, "admission"), 1);
+
+    let secret = [5u8; 32];
+    let host = NodeBuilder::new("h")
+        .quic(loopback(), issue(&ca, Role::Host, ""))
+        .node_claim("h7", Some(secret))
+        .start()
+        .await
+        .unwrap();
+    let remote = host.remote_ref::<TestMsg>(rec.clone());
+    assert_eq!(remote.ask(TestMsg::PeerRole, T).await.unwrap(), 2);
+    let peer = capture
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p.hello.name == "h")
+        .cloned()
+        .unwrap();
+    let identity = peer.identity.as_deref().unwrap();
+    assert_eq!(
+        (identity.role, identity.name.as_deref()),
+        (Role::Host, None)
+    );
+    // The proof is bound to this connection's exporter.
+    let binding = peer.binding.unwrap();
+    assert!(verify_node_proof(&peer, &secret));
+    assert_eq!(
+        peer.hello.node.as_ref().unwrap().proof.unwrap().as_bytes(),
+        &node_proof(&secret, &binding)
+    );
+    assert!(!verify_node_proof(&peer, &[6u8; 32]));
+
+    // The dialler runs admission on its own links, too: it sees the server's identity.
+    let dial_capture = Arc::new(Capture::default());
+    host.set_admission(dial_capture.clone());
+    let (other, other_rec) =
+        serving(NodeBuilder::new("o").quic(loopback(), issue(&ca, Role::Orchestrator, "o"))).await;
+    host.remote_ref::<TestMsg>(other_rec)
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .unwrap();
+    let seen = dial_capture.seen.lock().unwrap().clone();
+    let server = seen.iter().find(|p| p.hello.addr == *other.addr()).unwrap();
+    assert_eq!(server.role(), Some(Role::Orchestrator));
+    // Both ends of one connection see the same binding.
+    let accepted = capture
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.hello.name == "h")
+        .count();
+    assert!(accepted >= 1);
+}
+
+// Attests NODE-8 (Unix peers carry SO_PEERCRED)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_peers_carry_their_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, rec) = serving(NodeBuilder::new("b").unix(dir.path().join("b.sock"))).await;
+    let capture = Arc::new(Capture::default());
+    node.set_admission(capture.clone());
+    let other = NodeBuilder::new("a")
+        .unix(dir.path().join("a.sock"))
+        .start()
+        .await
+        .unwrap();
+    other
+        .remote_ref::<TestMsg>(rec)
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .unwrap();
+    let seen = capture.seen.lock().unwrap().clone();
+    let cred = seen[0].cred.expect("SO_PEERCRED");
+    assert_eq!(cred.pid as u32, std::process::id());
+    assert_eq!(seen[0].identity, None);
+}
+
+// Attests NODE-9
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_dial_policy_dials_only_known_nodes() {
+    let ca = ca();
+    let orch = NodeBuilder::new("o")
+        .quic(loopback(), issue(&ca, Role::Orchestrator, "o"))
+        .dial_policy(DialPolicy::Listed)
+        .start()
+        .await
+        .unwrap();
+    let (host, rec) =
+        serving(NodeBuilder::new("h").quic(loopback(), issue(&ca, Role::Host, "h"))).await;
+    let err = orch
+        .remote_ref::<TestMsg>(rec.clone())
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "not dialling {}: no link, and it is not a known node",
+            host.addr()
+        )),
+        "{err}"
+    );
+    orch.allow_dial(host.addr());
+    assert_eq!(
+        orch.remote_ref::<TestMsg>(rec.clone())
+            .ask(TestMsg::Ping(1), T)
+            .await
+            .unwrap(),
+        2
+    );
+    // Replies to a peer go back over its own accepted link, listed or not.
+    let orch_rec = orch
+        .expose("rec", Recorder::spawn(Recorder::default()))
+        .unwrap();
+    let client = quic_node("c", issue(&ca, Role::Client, "c")).await;
+    assert_eq!(
+        client
+            .remote_ref::<TestMsg>(orch_rec)
+            .ask(TestMsg::Ping(4), T)
+            .await
+            .unwrap(),
+        5
+    );
+}
+
+// Attests NODE-10
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_identity_limit_are_refused_while_others_are_served() {
+    let ca = ca();
+    let mut config = NodeConfig::default();
+    config.limits.max_connections_per_identity = 8;
+    let (node, rec) = serving(
+        NodeBuilder::new("b")
+            .quic(loopback(), issue(&ca, Role::Host, "b"))
+            .config(config),
+    )
+    .await;
+    let flood_id = issue(&ca, Role::Client, "flood");
+    let to = node.quic_addr().unwrap();
+    // One endpoint (source port) per connection: a newer connection from the same address
+    // would replace the older one (QUIC-4). In waves, so the Initial packets fit the buffers.
+    let mut conns: Vec<(quinn::Endpoint, quinn::Connection)> = Vec::new();
+    for _ in 0..10 {
+        let wave = futures_join((0..30).map(|_| {
+            let endpoint = raw_endpoint(&flood_id);
+            async move { raw_connect(&endpoint, to).await.map(|c| (endpoint, c)) }
+        }))
+        .await;
+        conns.extend(wave.into_iter().flatten());
+    }
+    assert!(
+        eventually(T, || async {
+            refused(&node, "too_many_per_identity") == 300 - 8
+        })
+        .await,
+        "{:?}",
+        node.refusals()
+    );
+    let open = conns
+        .iter()
+        .filter(|(_, c)| c.close_reason().is_none())
+        .count();
+    assert!(open <= 8, "{open} connections stayed open");
+    // Another identity is still served.
+    let other = quic_node("o", issue(&ca, Role::Client, "other")).await;
+    assert_eq!(
+        other
+            .remote_ref::<TestMsg>(rec)
+            .ask(TestMsg::Ping(1), T)
+            .await
+            .unwrap(),
+        2
+    );
+    drop(conns);
+}
+
+/// Runs futures concurrently.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+// Attests NODE-10
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_ask_limits_hold() {
+    let ca = ca();
+    let mut config = NodeConfig::default();
+    config.limits.max_connections = 2;
+    config.limits.max_pending_asks_per_connection = 2;
+    let (node, rec) = serving(
+        NodeBuilder::new("b")
+            .quic(loopback(), issue(&ca, Role::Host, "b"))
+            .config(config),
+    )
+    .await;
+    let a = quic_node("a", issue(&ca, Role::Host, "a")).await;
+    let remote = a.remote_ref::<TestMsg>(rec.clone());
+    let asks = futures_join((0..5).map(|_| {
+        let remote = remote.clone();
+        async move { remote.ask(TestMsg::Sleep(300), T).await }
+    }))
+    .await;
+    let refused_asks = asks
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("too many pending asks"))
+        })
+        .count();
+    assert_eq!(refused_asks, 3, "{asks:?}");
+    assert_eq!(refused(&node, "too_many_asks"), 3);
+
+    // Two connections at once at most: a third identity is refused before TLS.
+    let b = quic_node("c", issue(&ca, Role::Host, "c")).await;
+    b.remote_ref::<TestMsg>(rec.clone())
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .unwrap();
+    let c = quic_node("d", issue(&ca, Role::Host, "d")).await;
+    assert!(c
+        .remote_ref::<TestMsg>(rec.clone())
+        .ask(TestMsg::Ping(1), T)
+        .await
+        .is_err());
+    assert!(refused(&node, "too_many_connections") >= 1);
+    // The first two are still served.
+    assert_eq!(remote.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
+}
+
+// Attests TLS-6
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_and_its_connection_closed() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("revoked");
+    std::fs::write(&file, "# nothing revoked yet\n").unwrap();
+    let list = Revocations::load(&file).unwrap();
+    let (node, rec) = serving(
+        NodeBuilder::new("b")
+            .quic(loopback(), issue(&ca, Role::Host, "b"))
+            .revocations(list),
+    )
+    .await;
+    let victim_id = issue(&ca, Role::Client, "laptop");
+    let serial = victim_id.identity().unwrap().serial;
+    let victim = quic_node("v", victim_id.clone()).await;
+    let remote = victim.remote_ref::<TestMsg>(rec.clone());
+    assert_eq!(remote.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
+    let endpoint = raw_endpoint(&victim_id);
+    let held = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+
+    std::fs::write(&file, format!("# stolen\n{}\n", serial.to_uppercase())).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(4), held.closed()).await;
+    assert!(closed.is_ok(), "the revoked connection stayed open");
+    assert!(refused(&node, "revoked") >= 1);
+    // A new connection with it is refused at the handshake.
+    let err = remote.ask(TestMsg::Ping(1), T).await.unwrap_err();
+    assert!(err.is_undeliverable(), "{err}");
+    let again = raw_connect(&endpoint, node.quic_addr().unwrap()).await;
+    if let Some(conn) = again {
+        let _ = tokio::time::timeout(T, conn.closed()).await;
+        assert!(conn.close_reason().is_some());
+    }
+    // Others are still served; a malformed file keeps the list.
+    std::fs::write(&file, "zz-not-hex\n").unwrap();
+    let other = quic_node("o", issue(&ca, Role::Client, "other")).await;
+    assert_eq!(
+        other
+            .remote_ref::<TestMsg>(rec)
+            .ask(TestMsg::Ping(1), T)
+            .await
+            .unwrap(),
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap()).await;
+    if let Some(conn) = conn {
+        let _ = tokio::time::timeout(T, conn.closed()).await;
+        assert!(conn.close_reason().is_some());
+    }
+}
+
+// Attests STR-4, WIRE-4
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_major_is_told_both_versions() {
+    let ca = ca();
+    let node = quic_node("b", issue(&ca, Role::Host, "b")).await;
+    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "future"));
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let hello = Hello::new("quic!127.0.0.1:4".parse().unwrap(), "future");
+    let link = raw_link(&conn, &hello, 2).await;
+    let reason = link.answer.refused.expect("a refusal");
+    assert!(
+        reason.contains("the peer speaks 2.0") && reason.contains("we speak 1.0"),
+        "{reason}"
+    );
+    assert_eq!(refused(&node, "version"), 1);
+}
+
+/// Fetches need a ticket under `key`; pushes are refused.
+struct TicketPolicy {
+    key: [u8; 32],
+}
+
+impl BlobPolicy for TicketPolicy {
+    fn allow(&self, peer: &BlobPeer, request: &BlobRequest) -> Result<(), String> {
+        assert!(peer.identity.is_some());
+        match request {
+            BlobRequest::Push { .. } => Err("no pushes".into()),
+            BlobRequest::Fetch { hash, ticket } => ticket
+                .ok_or_else(|| "a ticket is needed".to_owned())?
+                .verify(&self.key, hash, u64::MAX - 1)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+// Attests BLOB-4
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_policy_refuses_fetches_and_pushes() {
+    let ca = ca();
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path().join("server")).unwrap();
+    let hash = store.put_bytes(b"secret output").await.unwrap();
+    let server = NodeBuilder::new("s")
+        .quic(loopback(), issue(&ca, Role::Host, "s"))
+        .blob_store(store)
+        .start()
+        .await
+        .unwrap();
+    let key = [3u8; 32];
+    server.set_blob_policy(Arc::new(TicketPolicy { key }));
+    let client = NodeBuilder::new("c")
+        .quic(loopback(), issue(&ca, Role::Client, "c"))
+        .blob_store(BlobStore::open(dir.path().join("client")).unwrap())
+        .start()
+        .await
+        .unwrap();
+    let err = client.fetch_blob(server.addr(), hash).await.unwrap_err();
+    assert!(
+        matches!(&err, BlobError::Forbidden(r) if r.contains("a ticket is needed")),
+        "{err}"
+    );
+    let forged = DownloadTicket::issue(&[4u8; 32], hash, u64::MAX);
+    assert!(matches!(
+        client
+            .fetch_blob_with(server.addr(), hash, Some(forged))
+            .await,
+        Err(BlobError::Forbidden(_))
+    ));
+    let ticket = DownloadTicket::issue(&key, hash, u64::MAX);
+    let path = client
+        .fetch_blob_with(server.addr(), hash, Some(ticket))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"secret output");
+    let other = BlobHash::of(b"x");
+    let err = client
+        .push_blob(server.addr(), other, 1, &b"x"[..])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BlobError::Refused(r) if r == "no pushes"),
+        "{err}"
+    );
+    assert_eq!(refused(&server, "blob_forbidden"), 3);
+}
+
+#[test]
+fn identities_parse_from_our_own_certificates() {
+    let ca = ca();
+    let id = issue(&ca, Role::Operator, "alice");
+    let parsed: PeerIdentity = id.identity().unwrap();
+    assert_eq!(parsed.role, Role::Operator);
+    assert_eq!(parsed.name.as_deref(), Some("alice"));
+    assert_eq!(parsed.uri(), "spiffe://test/operator/alice");
+}

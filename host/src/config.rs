@@ -10,12 +10,16 @@
 //! orchestrator = "quic!10.0.0.1:7600,service.orchestrator"
 //! labels = { zone = "eu-1" }
 //! respawn = true
+//! node_name = "rack4-node17"           # only when the certificate names no node
+//! spawn_env_allow = ["RUST_LOG", "MYAPP_*"]
 //! ```
 //!
 //! The state directory holds, by [`StatePaths`]:
 //!
 //! ```text
-//! <state_dir>/host.sock        backend Unix socket: every proc of the host connects here
+//! <state_dir>/node.secret      the node secret (32 bytes, 0600), drawn at first start, kept
+//! <state_dir>/run/             0700: only the host's user reaches the backend socket
+//! <state_dir>/run/host.sock    backend Unix socket: every proc of the host connects here
 //! <state_dir>/blobs/           the host's blob store, shared on disk with its procs
 //! <state_dir>/workers/         worker cache of the procs (wiped at host start: stale)
 //! <state_dir>/procs/<name>/    a proc's work directory (wiped at host start: stale)
@@ -57,6 +61,10 @@ pub struct HostConfig {
     /// symlinks and `..` cannot lead out), e.g. `"/usr/lib/procmesh"`. `None`: the directory
     /// of the running executable.
     pub allowed_dir: Option<PathBuf>,
+    /// The BLAKE3 hash (64 hex) the proc-agent binary must have, e.g. the one `b3sum` prints
+    /// for the installed release. `None`: the hash of the binary at the host's first spawn is
+    /// recorded, and a binary replaced later is refused until the host restarts (HST-20).
+    pub proc_binary_blake3: Option<procmesh_protocol::BlobHash>,
     /// How long a spawn waits for the proc's ready callback, in milliseconds, e.g. `30000`;
     /// 0 waits without limit. A spawn request may override it.
     pub ready_timeout_ms: u64,
@@ -87,6 +95,18 @@ pub struct HostConfig {
     /// 200 ms once it stayed up 30 s), e.g. `true`. Procs stopped on purpose (terminate, kill,
     /// shutdown) never are (HST-14).
     pub respawn: bool,
+    /// The node's name, e.g. `"rack4-node17"`, used only when the host's certificate names no
+    /// node (a fleet-wide host certificate): the certificate's name always wins. `None`: the
+    /// machine's hostname. The orchestrator binds this name (and the host's address) to the
+    /// node secret of the first registration, kept in `<state_dir>/node.secret`.
+    pub node_name: Option<String>,
+    /// Environment variables a `Spawn` request may set for its proc (`ProcConfig.env`): exact
+    /// names, or prefixes ending in `*` (e.g. `["RUST_LOG", "MYAPP_*"]`). Empty (the default):
+    /// none. `LD_*` and `PROCMESH_*` are refused whatever this says. A request naming anything
+    /// else is refused `Forbidden`, naming the variable, and nothing is started. Spawns made by
+    /// code in this process ([`Host::spawn`](crate::Host::spawn)) are not requests and are not
+    /// filtered.
+    pub spawn_env_allow: Vec<String>,
 }
 
 impl Default for HostConfig {
@@ -99,6 +119,7 @@ impl Default for HostConfig {
             state_dir: PathBuf::from("/var/lib/procmesh"),
             proc_binary: None,
             allowed_dir: None,
+            proc_binary_blake3: None,
             ready_timeout_ms: 30_000,
             terminate_grace_ms: 10_000,
             kill_wait_ms: 5_000,
@@ -109,6 +130,8 @@ impl Default for HostConfig {
             labels: BTreeMap::new(),
             capacity: None,
             respawn: true,
+            node_name: None,
+            spawn_env_allow: Vec::new(),
         }
     }
 }
@@ -151,7 +174,11 @@ impl HostConfig {
 pub struct StatePaths {
     /// The state directory itself.
     pub root: PathBuf,
-    /// The backend Unix socket (`host.sock`).
+    /// The node secret (`node.secret`).
+    pub node_secret: PathBuf,
+    /// The 0700 directory of the backend socket (`run/`).
+    pub run: PathBuf,
+    /// The backend Unix socket (`run/host.sock`).
     pub socket: PathBuf,
     /// The blob store (`blobs/`).
     pub blobs: PathBuf,
@@ -166,7 +193,9 @@ impl StatePaths {
     pub fn new(root: &Path) -> StatePaths {
         StatePaths {
             root: root.to_owned(),
-            socket: root.join("host.sock"),
+            node_secret: root.join("node.secret"),
+            run: root.join("run"),
+            socket: root.join("run").join("host.sock"),
             blobs: root.join("blobs"),
             workers: root.join("workers"),
             procs: root.join("procs"),
@@ -193,6 +222,7 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/procmesh"));
         assert_eq!(c.proc_binary, None);
         assert_eq!(c.allowed_dir, None);
+        assert_eq!(c.proc_binary_blake3, None);
         assert_eq!(c.ready_timeout_ms, 30_000);
         assert_eq!(c.terminate_grace_ms, 10_000);
         assert_eq!(c.kill_wait_ms, 5_000);
@@ -203,12 +233,16 @@ mod tests {
         assert!(c.labels.is_empty());
         assert_eq!(c.capacity, None);
         assert!(c.respawn);
+        assert_eq!(c.node_name, None);
+        assert!(c.spawn_env_allow.is_empty());
     }
 
     #[test]
     fn paths_follow_the_layout() {
         let p = StatePaths::new(Path::new("/s"));
-        assert_eq!(p.socket, PathBuf::from("/s/host.sock"));
+        assert_eq!(p.socket, PathBuf::from("/s/run/host.sock"));
+        assert_eq!(p.run, PathBuf::from("/s/run"));
+        assert_eq!(p.node_secret, PathBuf::from("/s/node.secret"));
         assert_eq!(p.blobs, PathBuf::from("/s/blobs"));
         assert_eq!(p.workers, PathBuf::from("/s/workers"));
         assert_eq!(p.proc_dir("w-1"), PathBuf::from("/s/procs/w-1"));

@@ -36,10 +36,13 @@ use tokio::sync::{watch, OnceCell, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
+use crate::authority::{check_spawn_env, decide, Kind, Refusals, Sender};
 use crate::blobs::BlobFetcher;
 use crate::config::{HostConfig, StatePaths};
 use crate::handle::{HandleTimeouts, ProcHandle};
 use crate::manager::ProcManager;
+use crate::node_id::{hex, load_or_create_secret, node_name, NodeSecretError};
+use crate::policy::{HostAdmission, HostBlobPolicy};
 use crate::respawn::Respawns;
 use crate::service::{BootstrapAgent, HostAgent, BOOTSTRAP_ACTOR, HOST_ACTOR};
 use crate::system::{logical_cpus, system_info};
@@ -71,6 +74,9 @@ pub enum StartError {
     /// The node could not start (a listener could not bind).
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The node secret in the state directory is unusable (HST-21).
+    #[error(transparent)]
+    NodeSecret(#[from] NodeSecretError),
     /// An actor could not be exposed (a bad name: a bug).
     #[error("cannot expose the host's actors: {0}")]
     Expose(#[from] procmesh_protocol::IdError),
@@ -111,6 +117,15 @@ pub(crate) struct HostInner {
     registration: Mutex<Option<JoinHandle<()>>>,
     /// What is needed to respawn the procs that crash (HST-14).
     pub respawns: Respawns,
+    /// Requests, links and relays refused, by kind (HST-16, HST-17, HST-18).
+    pub refusals: Refusals,
+    /// The key download tickets for this host's blobs verify under (HST-22), from the latest
+    /// registration.
+    pub ticket_key: Arc<Mutex<Option<[u8; 32]>>>,
+    /// The node's name (the certificate's, the configured one, or the hostname).
+    node_name: String,
+    /// The node secret (HST-21), sent at registration when the certificate names no node.
+    node_secret: Option<[u8; 32]>,
 }
 
 pub(crate) use procmesh_transport::now;
@@ -150,6 +165,23 @@ impl Host {
         }
         let paths = config.paths();
         std::fs::create_dir_all(&paths.root).map_err(state_err(&paths.root))?;
+        // HST-18: only the host's user reaches the backend socket.
+        std::fs::create_dir_all(&paths.run).map_err(state_err(&paths.run))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&paths.run, std::fs::Permissions::from_mode(0o700))
+                .map_err(state_err(&paths.run))?;
+        }
+        let secret = load_or_create_secret(&paths.node_secret)?;
+        let system = system_info();
+        let cert_name = identity.identity()?.name;
+        let node_name = node_name(
+            cert_name.as_deref(),
+            config.node_name.as_deref(),
+            &system.hostname,
+        );
+        // A per-node certificate proves the node by itself; a fleet-wide one needs the secret.
+        let node_secret = cert_name.is_none().then_some(secret);
         wipe_dir(&paths.workers)?;
         wipe_dir(&paths.procs)?;
         let store = procmesh_transport::BlobStore::open(&paths.blobs)?;
@@ -164,7 +196,8 @@ impl Host {
             .quic(config.listen, identity)
             .unix(&paths.socket)
             .local(&hub, &hub_name)
-            .blob_store(store);
+            .blob_store(store)
+            .node_claim(&node_name, node_secret);
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
         }
@@ -187,11 +220,21 @@ impl Host {
             started_at: now(),
             shutting_down: AtomicBool::new(false),
             shutdown,
-            system: system_info(),
+            system,
             local: OnceCell::new(),
             registration: Mutex::new(None),
             respawns: Respawns::default(),
+            refusals: Refusals::default(),
+            ticket_key: Arc::default(),
+            node_name,
+            node_secret,
         });
+        inner.node.set_admission(Arc::new(HostAdmission {
+            host: Arc::downgrade(&inner),
+        }));
+        inner.node.set_blob_policy(Arc::new(HostBlobPolicy {
+            ticket_key: inner.ticket_key.clone(),
+        }));
         // The actors hold the host weakly: the node holds the actors.
         let host_agent = HostAgent::spawn_with_mailbox(
             HostAgent {
@@ -437,10 +480,43 @@ impl Host {
         Ok(node.clone())
     }
 
-    /// Answers one [`HostRequest`].
+    /// Requests, backend links and relays this host refused, by kind (`spawn`, `kill`,
+    /// `list_procs`, …, `proc_ready`, `relay`, `backend`): HST-16, HST-17, HST-18.
+    pub fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.inner.refusals.snapshot()
+    }
+
+    /// The node name this host registers as.
+    pub fn node_name(&self) -> &str {
+        &self.inner.node_name
+    }
+
+    /// Answers one [`HostRequest`] sent by code in this process (which may ask anything).
     pub async fn handle_request(&self, request: HostRequest) -> Result<HostReply, HostError> {
+        self.handle_request_from(None, request).await
+    }
+
+    /// Answers one [`HostRequest`] that arrived over `peer` (`None`: from this process),
+    /// if its sender may make it (HST-16).
+    pub async fn handle_request_from(
+        &self,
+        peer: Option<&procmesh_transport::PeerInfo>,
+        request: HostRequest,
+    ) -> Result<HostReply, HostError> {
+        let kind = Kind::of(&request);
+        let sender = Sender::of(peer, self.addr());
+        if let Err(reason) = decide(kind, &sender) {
+            return Err(self.inner.refusals.refuse(kind, reason));
+        }
         match request {
-            HostRequest::Spawn(spec) => Ok(HostReply::Spawned(self.spawn(spec).await?.info())),
+            HostRequest::Spawn(spec) => {
+                if sender != Sender::ThisProcess {
+                    // HST-19: a request's environment is filtered; code in this process is not.
+                    check_spawn_env(spec.config.env.keys(), &self.inner.config.spawn_env_allow)
+                        .inspect_err(|e| tracing::warn!(%e, proc = %spec.name, "spawn refused"))?;
+                }
+                Ok(HostReply::Spawned(self.spawn(spec).await?.info()))
+            }
             HostRequest::Terminate {
                 name,
                 grace_ms,
@@ -517,6 +593,8 @@ impl HostInner {
             labels: self.config.labels.clone(),
             system: self.system.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            node: self.node_name.clone(),
+            node_secret: self.node_secret.as_ref().map(|s| hex(s)),
         }
     }
 

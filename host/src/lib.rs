@@ -33,6 +33,11 @@
 //! - `blobs` — `FetchBlobs` with shared transfers (`HST-10`).
 //! - `registration` — registration, heartbeats, lost procs (`HST-7`, `HST-11`).
 //! - `respawn` — bringing back procs that exited unasked, with a bounded backoff (`HST-14`).
+//! - `authority` — who may send which request (`HST-16`), the spawn environment filter
+//!   (`HST-19`).
+//! - `policy` — the node's admission of backend links (`HST-18`), relays into procs (`HST-17`)
+//!   and blob streams (`HST-22`).
+//! - `node_id` — the node's name and its kept node secret (`HST-21`).
 //! - [`system`] — what the host says about its machine.
 //! - [`env`](mod@crate::env) — the environment variables of a proc's bootstrap.
 //!
@@ -40,15 +45,20 @@
 //! Each is stated where it is kept: HST-1 (`table`), HST-2, HST-3, HST-6 (`lifecycle`),
 //! HST-13 ([`host`]),
 //! HST-4, HST-5 ([`handle`]), HST-7, HST-11 (`registration`), HST-8, HST-9 ([`manager`]'s OS
-//! manager), HST-10 (`blobs`), HST-12 (`service`), HST-14 (`respawn`).
+//! manager), HST-10 (`blobs`), HST-12 (`service`), HST-14 (`respawn`), HST-16, HST-19
+//! (`authority`), HST-17, HST-18, HST-22 (`policy`), HST-20 ([`manager`]'s OS manager),
+//! HST-21 (`node_id`).
 #![deny(missing_docs)]
 
+mod authority;
 mod blobs;
 pub mod config;
 pub mod handle;
 pub mod host;
 mod lifecycle;
 pub mod manager;
+mod node_id;
+mod policy;
 mod registration;
 mod respawn;
 mod service;
@@ -62,6 +72,7 @@ pub use manager::{
     ChildRecord, InProcessLaunch, InProcessManager, Launch, OsProcManager, OsProcManagerError,
     ProcControl, ProcFactory, ProcManager, StopSignal,
 };
+pub use node_id::NodeSecretError;
 pub use service::{BOOTSTRAP_ACTOR, HOST_ACTOR};
 pub use table::check_spawn_name;
 
@@ -79,18 +90,21 @@ pub use table::check_spawn_name;
 /// | [`WORKERS_DIR`](env::WORKERS_DIR) | the shared worker cache, `<state>/workers` |
 /// | [`BLOBS_DIR`](env::BLOBS_DIR) | the shared blob store, `<state>/blobs` |
 /// | [`MAX_ACTIONS`](env::MAX_ACTIONS) | most actions at once; unset: logical CPUs |
+/// | [`BOOTSTRAP_SECRET`](env::BOOTSTRAP_SECRET) | 64 hex: this proc's fresh secret, proven on its backend link (HST-18) |
+/// | [`ORCHESTRATOR`](env::ORCHESTRATOR) | the orchestrator's actor, when the host has one |
 ///
 /// A proc's node is built so that the host routes to it with no further setup: it names the
 /// host's frontend as its address and sends everything through the backend,
-/// `NodeBuilder::new(name).addr(frontend).default_route(backend)` (+ `.local(hub, name)` for
-/// an in-process proc); its first message over the backend — its `ProcReady` to
+/// `NodeBuilder::new(name).addr(frontend).default_route(backend)
+/// .node_claim(name, Some(secret))` (+ `.local(hub, name)` for an in-process proc); its first message over the backend — its `ProcReady` to
 /// `PROCMESH_CALLBACK` — installs the host's route to it. `ProcReady.addr` is an address the
 /// proc listens at itself (the OS proc agent: `<work dir>/agent.sock`), `pid` its OS pid.
 pub mod env {
     // The names live in the protocol, which the proc agent reads too.
     pub use procmesh_protocol::messages::host::{
-        ENV_BACKEND_ADDR as BACKEND_ADDR, ENV_BLOBS_DIR as BLOBS_DIR, ENV_CALLBACK as CALLBACK,
-        ENV_MAX_ACTIONS as MAX_ACTIONS, ENV_PROC_ID as PROC_ID, ENV_WORKERS_DIR as WORKERS_DIR,
-        ENV_WORK_DIR as WORK_DIR,
+        ENV_BACKEND_ADDR as BACKEND_ADDR, ENV_BLOBS_DIR as BLOBS_DIR,
+        ENV_BOOTSTRAP_SECRET as BOOTSTRAP_SECRET, ENV_CALLBACK as CALLBACK,
+        ENV_MAX_ACTIONS as MAX_ACTIONS, ENV_ORCHESTRATOR as ORCHESTRATOR, ENV_PROC_ID as PROC_ID,
+        ENV_WORKERS_DIR as WORKERS_DIR, ENV_WORK_DIR as WORK_DIR,
     };
 }

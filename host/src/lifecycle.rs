@@ -39,7 +39,7 @@ use crate::handle::{ProcHandle, ReadyInfo};
 use crate::host::{now, HostInner};
 use crate::manager::Launch;
 use crate::table::{Callback, Reservation};
-use procmesh_protocol::messages::host::ProcBootstrap;
+use procmesh_protocol::messages::host::{BootstrapSecret, ProcBootstrap};
 
 /// How a ready callback was judged.
 enum Check {
@@ -85,6 +85,7 @@ impl HostInner {
         let Reservation {
             mut callbacks,
             handle: publish,
+            secret,
         } = reservation;
         let launched = async {
             let proc_id = self
@@ -105,6 +106,8 @@ impl HostInner {
                     workers_dir: self.paths.workers.clone(),
                     blobs_dir: self.paths.blobs.clone(),
                     max_actions: spec.config.max_actions,
+                    secret: Some(BootstrapSecret(secret)),
+                    orchestrator: self.config.orchestrator.clone(),
                 },
                 config: spec.config.clone(),
             };

@@ -1,8 +1,10 @@
 //! Talking to the orchestrator: registration, heartbeats and lost procs.
 //!
 //! ```text
-//! start ─▶ RegisterHost(HostInfo) ─ error ─▶ retry after backoff (doubling, ≤ the interval)
-//!              │ HostRegistered { heartbeat_interval_ms }   (0: keep ours)
+//! start ─▶ RegisterHost(HostInfo: node name, node secret if the cert names no node)
+//!              │ ─ error ─▶ retry after backoff (doubling, ≤ the interval)
+//!              │ HostRegistered { heartbeat_interval_ms (0: keep ours), ticket_key }
+//!              │   ticket_key replaces the blob policy's key (HST-22)
 //!              ▼
 //!          every interval: Heartbeat { procs (agent, capacity), running attempts }
 //!              │ HeartbeatAck { orphans } ─▶ cancel each orphan on the proc that runs it
@@ -109,9 +111,18 @@ async fn register(
         match answer {
             Ok(Ok(OrchestratorReply::HostRegistered {
                 heartbeat_interval_ms,
+                ticket_key,
                 ..
             })) => {
                 tracing::info!(%orchestrator, heartbeat_interval_ms, "registered");
+                // HST-22: the key of this registration replaces any earlier one.
+                if let Some(inner) = host.upgrade() {
+                    let key = ticket_key.as_deref().and_then(crate::node_id::parse_key);
+                    if ticket_key.is_some() && key.is_none() {
+                        tracing::warn!("the orchestrator's ticket key is not 64 hex characters");
+                    }
+                    *inner.ticket_key.lock().expect("ticket key lock") = key;
+                }
                 return Some(match heartbeat_interval_ms {
                     0 => ours,
                     ms => Duration::from_millis(ms),

@@ -16,9 +16,12 @@
 //! answer inside its own handler would never answer that ask.
 //!
 //! # Invariants
-//! - **HST-12** A `ProcReady` from a peer on another machine, for a proc that is not starting,
-//!   or carrying another pid than the child's, is refused [`HostError::UnexpectedProc`] and
-//!   changes nothing.
+//! - **HST-12** A `ProcReady` that did not come over a backend link (from a QUIC peer, even on
+//!   this machine), that came over the Unix backend link of another proc than the one it
+//!   names, for a proc that is not starting, or carrying another pid than the child's, is
+//!   refused [`HostError::UnexpectedProc`], counted (`proc_ready`) and changes nothing.
+//!
+//! Which requests `service.host` carries out for whom is decided by `authority` (HST-16).
 
 use std::sync::Weak;
 
@@ -29,6 +32,7 @@ use procmesh_protocol::messages::{HostError, HostReply, HostRequest, ProcReady};
 use procmesh_transport::{Request, WireReply};
 use tokio::sync::oneshot;
 
+use crate::authority::{decide, Kind, Sender};
 use crate::host::{Host, HostInner};
 use crate::table::Callback;
 
@@ -58,7 +62,10 @@ impl Message<Request<HostRequest>> for HostAgent {
         let host = self.host.upgrade().map(Host::from_inner);
         ctx.spawn(async move {
             Ok(match host {
-                Some(host) => host.handle_request(req.message).await,
+                Some(host) => {
+                    host.handle_request_from(req.peer.as_deref(), req.message)
+                        .await
+                }
                 None => Err(HostError::ShuttingDown),
             })
         })
@@ -103,10 +110,19 @@ impl HostInner {
         req: &Request<ProcReady>,
     ) -> Result<oneshot::Receiver<Result<(), HostError>>, HostError> {
         let ready = &req.message;
-        let unexpected =
-            |why: &str| HostError::UnexpectedProc(format!("{} ({why})", ready.proc_id));
-        if !req.is_loopback() {
-            return Err(unexpected("not from this machine"));
+        let unexpected = |why: &str| {
+            self.refusals.count(Kind::ProcReady.as_str());
+            HostError::UnexpectedProc(format!("{} ({why})", ready.proc_id))
+        };
+        let sender = Sender::of(req.peer.as_deref(), self.node.addr());
+        if decide(Kind::ProcReady, &sender).is_err() {
+            return Err(unexpected("not over a backend link"));
+        }
+        // Over the Unix backend, only the proc's own link (admitted by its proof, HST-18).
+        if let Sender::Proc(link) = &sender {
+            if link != ready.proc_id.name() {
+                return Err(unexpected("over another proc's backend link"));
+            }
         }
         if ready.proc_id.addr() != self.node.addr() {
             return Err(unexpected("another host's proc"));

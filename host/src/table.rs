@@ -33,12 +33,16 @@ struct Entry {
     callbacks: mpsc::UnboundedSender<Callback>,
     /// The proc's handle, once launched; the sender is dropped if the launch failed.
     handle: watch::Receiver<Option<ProcHandle>>,
+    /// The bootstrap secret the proc proves on its backend link (HST-18).
+    secret: [u8; 32],
 }
 
 /// What a spawn holds while it launches the proc: it publishes the handle through it.
 pub(crate) struct Reservation {
     pub callbacks: mpsc::UnboundedReceiver<Callback>,
     pub handle: watch::Sender<Option<ProcHandle>>,
+    /// The proc's bootstrap secret, passed to it at launch.
+    pub secret: [u8; 32],
 }
 
 /// Checks a name a user wants to spawn (HST-1).
@@ -59,9 +63,13 @@ pub(crate) struct ProcTable {
 }
 
 impl ProcTable {
-    /// Takes `name` for a new proc (HST-1).
+    /// Takes `name` for a new proc (HST-1), drawing its bootstrap secret (HST-18).
     pub fn reserve(&self, name: &str) -> Result<Reservation, HostError> {
         check_spawn_name(name)?;
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).map_err(|e| {
+            HostError::Internal(format!("no randomness for a bootstrap secret: {e}"))
+        })?;
         let mut entries = self.entries.lock().expect("proc table lock");
         if entries.contains_key(name) {
             return Err(HostError::NameInUse(name.to_owned()));
@@ -73,11 +81,13 @@ impl ProcTable {
             Entry {
                 callbacks: cb_tx,
                 handle: h_rx,
+                secret,
             },
         );
         Ok(Reservation {
             callbacks: cb_rx,
             handle: h_tx,
+            secret,
         })
     }
 
@@ -105,6 +115,15 @@ impl ProcTable {
         entries
             .get(name)
             .is_some_and(|entry| entry.callbacks.send(callback).is_ok())
+    }
+
+    /// The bootstrap secret of the proc `name` and the pid of its OS child, once launched
+    /// (HST-18); `None` if no such proc is in the table.
+    pub fn backend_identity(&self, name: &str) -> Option<([u8; 32], Option<u32>)> {
+        let entries = self.entries.lock().expect("proc table lock");
+        let entry = entries.get(name)?;
+        let pid = entry.handle.borrow().as_ref().and_then(ProcHandle::pid);
+        Some((entry.secret, pid))
     }
 
     /// The handle of the proc `name`, waiting for its launch if it is being launched.
@@ -175,6 +194,8 @@ mod tests {
         let table = ProcTable::default();
         let r = table.reserve("w").unwrap();
         assert!(matches!(table.reserve("w"), Err(HostError::NameInUse(_))));
+        assert_eq!(table.backend_identity("w"), Some((r.secret, None)));
+        assert_ne!(r.secret, [0; 32]);
         assert_eq!(table.names(), vec!["w".to_owned()]);
         // A launch that failed: the handle sender goes away, lookups end.
         drop(r.handle);
@@ -184,6 +205,7 @@ mod tests {
         ));
         table.release("w", None);
         assert_eq!(table.len(), 0);
-        assert!(table.reserve("w").is_ok());
+        let again = table.reserve("w").unwrap();
+        assert_ne!(again.secret, r.secret, "a fresh secret for every proc");
     }
 }

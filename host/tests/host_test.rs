@@ -390,10 +390,11 @@ impl ProcManager for Immortal {
 async fn bulk_terminate_is_bounded_and_reports_attempted_ok_failed() {
     let tracker = Arc::new(utils::Tracker::default());
     let inner = utils::manager(tracker.clone(), Duration::from_millis(100));
-    let (_, identity) = utils::identity();
+    let (ca, identity) = utils::identity();
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::ephemeral(dir.path().join("state"), identity.clone());
     config.kill_wait_ms = 200;
+    let identity = utils::issue(&ca, procmesh_transport::Role::Orchestrator);
     let host = Host::start(config, Arc::new(Immortal(inner)))
         .await
         .unwrap();

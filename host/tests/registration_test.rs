@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use procmesh_protocol::messages::{Capacity, OrchestratorRequest, ProcConfig, SpawnSpec};
 use procmesh_protocol::ExitStatus;
+use procmesh_transport::Role;
 use utils::{identity, orchestrator, test_host_in, T};
 
 fn spec(name: &str) -> SpawnSpec {
@@ -20,10 +21,10 @@ fn spec(name: &str) -> SpawnSpec {
 // Attests HST-11, HST-7
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_registers_heartbeats_registers_again_and_reports_lost_procs() {
-    let (_, id) = identity();
-    let mut orch = orchestrator(&id, 50).await;
+    let (ca, id) = identity();
+    let mut orch = orchestrator(&utils::issue(&ca, Role::Orchestrator), 50).await;
     let actor = orch.id.clone();
-    let t = test_host_in(id, Duration::from_millis(10), |c| {
+    let t = test_host_in(&ca, id, Duration::from_millis(10), |c| {
         c.orchestrator = Some(actor);
         c.labels.insert("zone".into(), "test".into());
         c.capacity = Some(6);

@@ -9,6 +9,7 @@ use procmesh_protocol::messages::{
     AgentReply, AgentRequest, HostError, OrchestratorRequest, ProcConfig, ProcStatus, SpawnSpec,
 };
 use procmesh_protocol::ExitStatus;
+use procmesh_transport::Role;
 use utils::{eventually, identity, orchestrator, test_host, test_host_in, T};
 
 fn spec(name: &str) -> SpawnSpec {
@@ -21,10 +22,10 @@ fn spec(name: &str) -> SpawnSpec {
 // Attests HST-14, HST-7
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_proc_is_respawned_reported_lost_and_counted() {
-    let (_, id) = identity();
-    let mut orch = orchestrator(&id, 50).await;
+    let (ca, id) = identity();
+    let mut orch = orchestrator(&utils::issue(&ca, Role::Orchestrator), 50).await;
     let actor = orch.id.clone();
-    let t = test_host_in(id, Duration::from_millis(10), |c| {
+    let t = test_host_in(&ca, id, Duration::from_millis(10), |c| {
         c.orchestrator = Some(actor);
     })
     .await;

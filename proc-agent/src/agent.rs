@@ -16,6 +16,12 @@
 //! - **PA-AG-2** After `Stop`, every new submission is refused with `Stopping`.
 //! - **PA-AG-3** … **PA-AG-5**: reliable reports — the outbox, its acknowledgement rule and its
 //!   bound; see [`crate::outbox`].
+//! - **PA-AG-6** An [`AgentRequest`] is carried out only if it comes from this process, from
+//!   the host's own `service` proc, or from the orchestrator's proc (the one the host names in
+//!   `PROCMESH_ORCHESTRATOR`; for a host without one, any sender that is not at the host's
+//!   address). Anything else — a sibling proc, the host's `local` proc, another node — is
+//!   refused [`AgentError::Forbidden`], counted, and changes nothing. (The host lets only the
+//!   orchestrator's envelopes into its procs, HST-17; this is the second wall.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +49,46 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a probe waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Who may send a proc agent requests (PA-AG-6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Senders {
+    /// The host's `service` proc.
+    pub host: ProcId,
+    /// The orchestrator's proc, if the host works for one.
+    pub orchestrator: Option<ProcId>,
+}
+
+impl Senders {
+    /// The senders of a proc `proc_id` whose host works for `orchestrator`.
+    pub fn of(proc_id: &ProcId, orchestrator: Option<&ActorId>) -> Senders {
+        Senders {
+            host: proc_id
+                .addr()
+                .proc(procmesh_protocol::SERVICE_PROC)
+                .expect("service is a valid proc name"),
+            orchestrator: orchestrator.map(|o| o.proc_id().clone()),
+        }
+    }
+
+    /// PA-AG-6: whether `from` (arrived over a link if `linked`) may send requests.
+    pub fn check(&self, from: &ActorId, linked: bool) -> Result<(), AgentError> {
+        let sender = from.proc_id();
+        let ok = !linked
+            || *sender == self.host
+            || match &self.orchestrator {
+                Some(orchestrator) => sender == orchestrator,
+                None => sender.addr() != self.host.addr(),
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(AgentError::Forbidden(format!(
+                "{from} may not ask this proc agent: only its host and the orchestrator may"
+            )))
+        }
+    }
+}
+
 /// The agent actor of one proc.
 #[derive(Actor)]
 pub struct ProcAgent {
@@ -53,19 +99,35 @@ pub struct ProcAgent {
     stop_grace: Duration,
     /// Notified once the runner has shut down after a `Stop`.
     stopped: Arc<Notify>,
+    senders: Senders,
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ProcAgent {
-    /// An agent over `runner`; `stopped` is notified when a `Stop` has finished.
-    pub fn new(node: Node, runner: Runner, stop_grace: Duration, stopped: Arc<Notify>) -> Self {
+    /// An agent over `runner`; `stopped` is notified when a `Stop` has finished. It takes
+    /// requests from its host and, if known, `orchestrator` only (PA-AG-6).
+    pub fn new(
+        node: Node,
+        runner: Runner,
+        stop_grace: Duration,
+        stopped: Arc<Notify>,
+        orchestrator: Option<&ActorId>,
+    ) -> Self {
         ProcAgent {
             proc_id: node.proc_id().clone(),
+            senders: Senders::of(node.proc_id(), orchestrator),
             node,
             runner,
             stopping: false,
             stop_grace,
             stopped,
+            refused: Arc::default(),
         }
+    }
+
+    /// How many requests this agent refused (PA-AG-6), shared with whoever reports it.
+    pub fn refused(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.refused.clone()
     }
 }
 
@@ -79,6 +141,13 @@ impl Message<Request<AgentRequest>> for ProcAgent {
         req: Request<AgentRequest>,
         ctx: &mut Context<Self, Self::Reply>,
     ) -> Self::Reply {
+        // PA-AG-6
+        if let Err(error) = self.senders.check(&req.from, req.peer.is_some()) {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%error, from = %req.from, "refused an agent request");
+            return ctx.reply(Ok(Err(error)));
+        }
         if let AgentRequest::Probe(probe) = req.message {
             // The round trip runs off the actor: the agent keeps answering meanwhile.
             let (delegated, sender) = ctx.reply_sender();
@@ -258,5 +327,42 @@ impl Resolver for MeshResolver {
                 Err(e) => Err(format!("cannot ask the host for blobs: {e}")),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Attests PA-AG-6
+    #[test]
+    fn only_the_host_and_the_orchestrator_may_ask() {
+        let me: ProcId = "quic!10.0.0.5:7700,w-1".parse().unwrap();
+        let orch: ActorId = "quic!10.0.0.1:7600,service.orchestrator".parse().unwrap();
+        let actor = |s: &str| s.parse::<ActorId>().unwrap();
+        let strict = Senders::of(&me, Some(&orch));
+        let loose = Senders::of(&me, None);
+        for senders in [&strict, &loose] {
+            assert_eq!(
+                senders.check(&actor("quic!10.0.0.5:7700,service.host"), true),
+                Ok(())
+            );
+            // This process.
+            assert_eq!(
+                senders.check(&actor("quic!10.0.0.5:7700,w-2.agent"), false),
+                Ok(())
+            );
+            for sibling in ["quic!10.0.0.5:7700,w-2.agent", "quic!10.0.0.5:7700,local.x"] {
+                let e = senders.check(&actor(sibling), true).unwrap_err();
+                assert_eq!(e.code(), "forbidden", "{sibling}");
+            }
+        }
+        assert_eq!(
+            strict.check(&actor("quic!10.0.0.1:7600,service.x"), true),
+            Ok(())
+        );
+        let other = actor("quic!10.0.0.9:7600,service.x");
+        assert_eq!(strict.check(&other, true).unwrap_err().code(), "forbidden");
+        assert_eq!(loose.check(&other, true), Ok(()));
     }
 }

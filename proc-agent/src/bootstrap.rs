@@ -5,8 +5,12 @@
 //! ```text
 //!  env PROCMESH_PROC_ID, _BACKEND_ADDR, _CALLBACK, _WORK_DIR, _WORKERS_DIR, _BLOBS_DIR, _MAX_ACTIONS
 //!   │
+//!   ├─ PROCMESH_BOOTSTRAP_SECRET read, then removed from the environment (actions never
+//!   │        inherit it)
 //!   ├─ Node: proc id = (host frontend, name), every outbound message via the backend socket,
-//!   │        listening on <work dir>/agent.sock (the address reported in ProcReady)
+//!   │        whose hello claims the proc's name with proc_proof(secret) (HST-18),
+//!   │        listening on <work dir>/agent.sock (the address reported in ProcReady; only
+//!   │        the host's process is admitted there)
 //!   ├─ Runner over the host's shared blob store and worker cache
 //!   ├─ expose `agent` ─▶ ask ProcReady { proc_id, addr, agent, pid } to the callback
 //!   └─ serve until Stop has finished, or SIGTERM (host terminate, or the host died:
@@ -18,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kameo::actor::Spawn;
-use procmesh_protocol::messages::host::{ProcBootstrap, ProcReady, ENV_PROC_ID, ENV_WORK_DIR};
+use procmesh_protocol::messages::host::{
+    ProcBootstrap, ProcReady, ENV_BOOTSTRAP_SECRET, ENV_PROC_ID, ENV_WORK_DIR,
+};
 use procmesh_protocol::{HostAddr, SERVICE_PROC};
 use procmesh_transport::{BlobStore, NodeBuilder};
 use tokio::sync::{mpsc, Notify};
@@ -62,12 +68,38 @@ pub enum BootstrapError {
 /// What the host told the child through its environment.
 pub type Bootstrap = ProcBootstrap;
 
-/// Reads the bootstrap variables the host set.
+/// Reads the bootstrap variables the host set, and removes the bootstrap secret from this
+/// process's environment, so that nothing it starts inherits it. Call it before any other
+/// thread starts (it changes the environment).
 pub fn from_env() -> Result<Bootstrap, BootstrapError> {
-    ProcBootstrap::from_vars(|name| std::env::var(name).ok()).map_err(|e| BootstrapError::Env {
+    let boot = ProcBootstrap::from_vars(|name| std::env::var(name).ok());
+    std::env::remove_var(ENV_BOOTSTRAP_SECRET);
+    boot.map_err(|e| BootstrapError::Env {
         var: e.var,
         reason: e.reason,
     })
+}
+
+/// Refuses every link accepted on the agent's own socket except from its host's user and
+/// process: nobody else may talk to a proc agent directly (PA-AG-6).
+struct AgentAdmission;
+
+impl procmesh_transport::Admission for AgentAdmission {
+    fn admit(&self, peer: &procmesh_transport::PeerInfo) -> Result<(), String> {
+        let Some(cred) = peer.cred else {
+            return Ok(());
+        };
+        let uid = nix::unistd::geteuid().as_raw();
+        let host = std::os::unix::process::parent_id();
+        if cred.uid == uid && u32::try_from(cred.pid).ok() == Some(host) {
+            Ok(())
+        } else {
+            Err(format!(
+                "pid {} uid {} is not this proc's host (pid {host} uid {uid})",
+                cred.pid, cred.uid
+            ))
+        }
+    }
 }
 
 /// The variable choosing the runner's [`Executor`]: `process` (the default) or `noop` (actions
@@ -100,9 +132,11 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
     let node = NodeBuilder::new(boot.proc_id.name())
         .addr(boot.proc_id.addr().clone())
         .default_route(boot.backend.clone())
+        .node_claim(boot.proc_id.name(), boot.secret.map(|s| s.0))
         .unix(&socket)
         .start()
         .await?;
+    node.set_admission(Arc::new(AgentAdmission));
     let store = BlobStore::open_shared(&boot.blobs_dir)?;
     let host = boot
         .proc_id
@@ -128,7 +162,13 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
     let pump = ReportPump::spawn(node.clone(), report_rx, PumpConfig::default());
 
     let stopped = Arc::new(Notify::new());
-    let agent = ProcAgent::new(node.clone(), runner.clone(), STOP_GRACE, stopped.clone());
+    let agent = ProcAgent::new(
+        node.clone(),
+        runner.clone(),
+        STOP_GRACE,
+        stopped.clone(),
+        boot.orchestrator.as_ref(),
+    );
     let agent = ProcAgent::spawn_with_mailbox(agent, kameo::mailbox::unbounded());
     let agent_id = node
         .expose("agent", agent)

@@ -225,6 +225,8 @@ pub fn host_info(node: &Node, capacity: u32) -> HostInfo {
             arch: "x86_64".into(),
         },
         version: "0.1.0".into(),
+        node: String::new(),
+        node_secret: None,
     }
 }
 

@@ -145,6 +145,8 @@ mod tests {
                 workers_dir: "/var/lib/procmesh/workers".into(),
                 blobs_dir: "/var/lib/procmesh/blobs".into(),
                 max_actions: None,
+                secret: None,
+                orchestrator: None,
             },
             config: ProcConfig::default(),
         };

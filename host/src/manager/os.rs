@@ -1,8 +1,11 @@
 //! [`OsProcManager`]: each proc a child OS process running `<binary> proc-agent [args…]`.
 //!
 //! ```text
-//! launch ─▶ canonical binary inside the allow-listed dir? (HST-8) ─▶ hash it (cached per
-//!   path + mtime + size) ─▶ fork on the long-lived spawner thread:
+//! launch ─▶ canonical binary inside the allow-listed dir? (HST-8)
+//!   ─▶ open it O_RDONLY|O_CLOEXEC|O_NOFOLLOW; the fd is that path, a regular executable file
+//!   ─▶ hash the fd's bytes (cached per device, inode, size, mtime, ctime of the fd's file)
+//!   ─▶ the allow-listed hash (proc_binary_blake3), else the one recorded at the first launch?
+//!   ─▶ fork on the long-lived spawner thread, exec /proc/self/fd/<fd> (HST-20):
 //!     own process group, stdin /dev/null, stdout/stderr inherited, cwd = its work dir,
 //!     env = inherited + ProcConfig.env + bootstrap vars (which win),
 //!     pre_exec: PR_SET_PDEATHSIG(SIGTERM) — it hears of the host's death
@@ -19,14 +22,20 @@
 //!   it is signalled only through its pidfd, so never a reused pid; it is reaped by its reaper
 //!   task and the orphans of its process tree are killed and reaped before its exit is
 //!   reported: no zombie, no orphan.
+//! - **HST-20** The proc-agent binary is executed from the file descriptor whose bytes were
+//!   hashed (`/proc/self/fd/<n>`), never by its path again, and only if that hash is the
+//!   allow-listed one (`proc_binary_blake3`) or, without one, the hash recorded at this
+//!   manager's first launch; a binary replaced since is refused [`HostError::NotAllowed`] and
+//!   nothing is started. (A script — `#!` — keeps the descriptor open across exec, for its
+//!   interpreter to read.)
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use nix::sys::signal::Signal;
 use procmesh_protocol::cas::BlobHash;
@@ -62,7 +71,21 @@ pub enum OsProcManagerError {
 pub struct OsProcManager {
     binary: PathBuf,
     allowed_dir: PathBuf,
-    hashes: Mutex<HashMap<PathBuf, (SystemTime, u64, BlobHash)>>,
+    hashes: Mutex<HashMap<FileKey, BlobHash>>,
+    /// The hash the binary must have (HST-20): allow-listed, or recorded at the first launch.
+    pinned: Mutex<Option<BlobHash>>,
+}
+
+/// What identifies a file's content without reading it: device, inode, size, and the
+/// modification and change times (any write changes the change time).
+type FileKey = (u64, u64, u64, i64, i64, i64, i64);
+
+/// The proc-agent binary, opened and verified (HST-20).
+struct Verified {
+    file: std::fs::File,
+    hash: BlobHash,
+    /// Starts with `#!`: its interpreter reads it through the descriptor after exec.
+    script: bool,
 }
 
 impl OsProcManager {
@@ -93,12 +116,24 @@ impl OsProcManager {
             binary,
             allowed_dir,
             hashes: Mutex::default(),
+            pinned: Mutex::default(),
         })
     }
 
-    /// A manager from the host's `proc_binary` and `allowed_dir`.
+    /// Only runs a binary whose BLAKE3 hash is `hash` (HST-20); without this, the hash
+    /// recorded at the first launch.
+    pub fn with_hash(self, hash: BlobHash) -> Self {
+        *self.pinned.lock().expect("pinned hash") = Some(hash);
+        self
+    }
+
+    /// A manager from the host's `proc_binary`, `allowed_dir` and `proc_binary_blake3`.
     pub fn from_config(config: &HostConfig) -> Result<Self, OsProcManagerError> {
-        Self::new(config.proc_binary.clone(), config.allowed_dir.clone())
+        let manager = Self::new(config.proc_binary.clone(), config.allowed_dir.clone())?;
+        Ok(match config.proc_binary_blake3 {
+            Some(hash) => manager.with_hash(hash),
+            None => manager,
+        })
     }
 
     /// The binary as configured.
@@ -135,28 +170,88 @@ impl OsProcManager {
         Ok(exe)
     }
 
-    /// The hash of `exe`, computed once per path, modification time and size.
-    async fn exe_hash(&self, exe: &Path) -> std::io::Result<BlobHash> {
-        let meta = tokio::fs::metadata(exe).await?;
-        let key = (meta.modified()?, meta.len());
-        if let Some((mtime, len, hash)) = self.hashes.lock().expect("hash cache").get(exe) {
-            if (*mtime, *len) == key {
-                return Ok(*hash);
+    /// HST-20: opens `exe` (the canonical, allow-listed path), checks that the descriptor is
+    /// that path's executable regular file, and hashes the descriptor's bytes.
+    async fn open_verified(&self, exe: &Path) -> Result<Verified, HostError> {
+        let not_allowed = |reason: String| HostError::NotAllowed {
+            path: exe.display().to_string(),
+            reason,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(exe)
+            .map_err(|e| not_allowed(format!("cannot open it: {e}")))?;
+        let meta = file.metadata().map_err(|e| not_allowed(e.to_string()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(not_allowed("not an executable file".into()));
+        }
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| not_allowed(format!("cannot see what was opened: {e}")))?;
+        if opened != exe {
+            return Err(not_allowed(format!(
+                "it was replaced while being opened (now {})",
+                opened.display()
+            )));
+        }
+        let key: FileKey = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        );
+        let cached = self.hashes.lock().expect("hash cache").get(&key).copied();
+        let (file, hash) = match cached {
+            Some(hash) => (file, hash),
+            None => {
+                let (file, hash) = tokio::task::spawn_blocking(move || {
+                    let mut hasher = procmesh_protocol::cas::BlobHasher::new();
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut offset = 0u64;
+                    loop {
+                        let n = file.read_at(&mut buf, offset)?;
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                        offset += n as u64;
+                    }
+                    Ok::<_, std::io::Error>((file, hasher.finalize()))
+                })
+                .await
+                .map_err(|e| HostError::Internal(format!("hash task: {e}")))?
+                .map_err(|e| not_allowed(format!("cannot read it: {e}")))?;
+                self.hashes.lock().expect("hash cache").insert(key, hash);
+                (file, hash)
+            }
+        };
+        {
+            let mut pinned = self.pinned.lock().expect("pinned hash");
+            match *pinned {
+                Some(expected) if expected != hash => {
+                    return Err(not_allowed(format!(
+                        "its hash {hash} is not the allow-listed {expected} (replaced since \
+                         the host started? restart the host to accept a new binary)"
+                    )));
+                }
+                Some(_) => {}
+                None => *pinned = Some(hash),
             }
         }
-        let (hash, _) = procmesh_transport::blob::hash_file(exe)
-            .await
-            .map_err(std::io::Error::other)?;
-        self.hashes
-            .lock()
-            .expect("hash cache")
-            .insert(exe.to_owned(), (key.0, key.1, hash));
-        Ok(hash)
+        let mut head = [0u8; 2];
+        let script = file.read_at(&mut head, 0).is_ok_and(|n| n == 2) && head == *b"#!";
+        Ok(Verified { file, hash, script })
     }
 
-    fn command(exe: &Path, launch: &Launch) -> Command {
-        let mut cmd = Command::new(exe);
-        cmd.arg(PROC_AGENT_ARG)
+    fn command(exe: &Path, verified: &Verified, launch: &Launch) -> Command {
+        let fd = verified.file.as_raw_fd();
+        // HST-20: the very file that was hashed, not its path.
+        let mut cmd = Command::new(format!("/proc/self/fd/{fd}"));
+        cmd.arg0(exe)
+            .arg(PROC_AGENT_ARG)
             .args(&launch.config.args)
             .envs(&launch.config.env)
             .envs(launch.env())
@@ -164,9 +259,18 @@ impl OsProcManager {
             .stdin(Stdio::null())
             .process_group(0);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: parent_death_signal makes only async-signal-safe calls (prctl, getppid).
+        let script = verified.script;
+        // SAFETY: the closure makes only async-signal-safe calls (prctl, getppid, fcntl).
         unsafe {
-            cmd.pre_exec(move || procmesh_sys::prctl::parent_death_signal(libc::SIGTERM, parent));
+            cmd.pre_exec(move || {
+                if script {
+                    // Its interpreter opens /proc/self/fd/<fd> after exec: keep it open.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                procmesh_sys::prctl::parent_death_signal(libc::SIGTERM, parent)
+            });
         }
         cmd
     }
@@ -185,14 +289,14 @@ impl ProcManager for OsProcManager {
                 reason,
             };
             let exe = self.resolve()?;
-            let exe_hash = self
-                .exe_hash(&exe)
-                .await
-                .map_err(|e| launch_err(format!("cannot hash {}: {e}", exe.display())))?;
-            let cmd = Self::command(&exe, &launch);
-            let (child, _pipes) = Child::spawn_on_long_lived_thread(cmd, Reap::KillGroupFirst)
-                .await
-                .map_err(|e| launch_err(format!("{}: {e}", exe.display())))?;
+            let verified = self.open_verified(&exe).await?;
+            let exe_hash = verified.hash;
+            let cmd = Self::command(&exe, &verified, &launch);
+            let spawned = Child::spawn_on_long_lived_thread(cmd, Reap::KillGroupFirst).await;
+            // The child has its own copy of the descriptor (or has exec'd it): ours goes.
+            drop(verified);
+            let (child, _pipes) =
+                spawned.map_err(|e| launch_err(format!("{}: {e}", exe.display())))?;
             let record = ChildRecord {
                 pid: child.pid(),
                 start_time: child.identity().start_time,

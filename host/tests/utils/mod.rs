@@ -30,13 +30,20 @@ pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// A mesh CA and a node identity from it.
+/// A mesh CA and a host identity from it.
 pub fn identity() -> (MeshCa, TlsIdentity) {
     let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
     let id = ca
-        .issue(Role::Node, "node", &[], Duration::from_secs(3600))
+        .issue(Role::Host, "node", &[], Duration::from_secs(3600))
         .unwrap();
     (ca, id)
+}
+
+/// An identity of `role` from `ca` (no node name for clients and operators).
+pub fn issue(ca: &MeshCa, role: Role) -> TlsIdentity {
+    let name = if role.is_node() { role.as_str() } else { "" };
+    ca.issue(role, name, &[], Duration::from_secs(3600))
+        .unwrap()
 }
 
 /// A node on its own QUIC address (a client, a test orchestrator, a blob source).
@@ -354,7 +361,11 @@ pub fn behaviour_of(name: &str) -> Behaviour {
 pub struct TestHost {
     pub host: Host,
     pub tracker: Arc<Tracker>,
+    /// An orchestrator identity from the host's CA: test nodes standing in for the
+    /// orchestrator (the only remote role that may spawn, list, and reach procs) use it.
     pub identity: TlsIdentity,
+    /// The host's CA, for identities of other roles.
+    pub ca: MeshCa,
     pub dir: tempfile::TempDir,
 }
 
@@ -363,17 +374,19 @@ pub async fn test_host(tweak: impl FnOnce(&mut HostConfig)) -> TestHost {
 }
 
 pub async fn test_host_with(stop_delay: Duration, tweak: impl FnOnce(&mut HostConfig)) -> TestHost {
-    test_host_in(identity().1, stop_delay, tweak).await
+    let (ca, id) = identity();
+    test_host_in(&ca, id, stop_delay, tweak).await
 }
 
-/// A test host with this identity (to share a CA with other test nodes).
+/// A test host with this host identity from `ca` (to share a CA with other test nodes).
 pub async fn test_host_in(
-    identity: TlsIdentity,
+    ca: &MeshCa,
+    host_identity: TlsIdentity,
     stop_delay: Duration,
     tweak: impl FnOnce(&mut HostConfig),
 ) -> TestHost {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::ephemeral(dir.path().join("state"), identity.clone());
+    let mut config = HostConfig::ephemeral(dir.path().join("state"), host_identity);
     config.ready_timeout_ms = 5_000;
     config.kill_wait_ms = 2_000;
     tweak(&mut config);
@@ -384,7 +397,8 @@ pub async fn test_host_in(
     TestHost {
         host,
         tracker,
-        identity,
+        identity: issue(ca, Role::Orchestrator),
+        ca: MeshCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap(),
         dir,
     }
 }

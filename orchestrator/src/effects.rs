@@ -19,7 +19,11 @@ impl Service {
         let mut answer = outcome.reply;
         for effect in outcome.effects {
             match effect {
-                Effect::SubmitBatch { proc, agent, specs } => send_batch(self, proc, agent, specs),
+                Effect::SubmitBatch { proc, agent, specs } => {
+                    // ORC-39: the host may now fetch what these actions need.
+                    self.grant_blobs(&proc, &specs);
+                    send_batch(self, proc, agent, specs)
+                }
                 Effect::Cancel {
                     agent,
                     attempt,

@@ -49,15 +49,20 @@ pub mod config;
 mod durable;
 mod effects;
 mod events;
+mod gate;
 pub mod journal;
 mod service;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kameo::actor::{ActorRef, Spawn};
 use procmesh_orchestrator_core::Core;
 use procmesh_protocol::{ActorId, HostAddr, SERVICE_PROC};
-use procmesh_transport::{BlobStore, Node, NodeBuilder, NodeError, TlsIdentity};
+use procmesh_transport::{BlobStore, DialPolicy, Node, NodeBuilder, NodeError, TlsIdentity};
+
+use gate::Gate;
 use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, OrchestratorConfig};
@@ -99,6 +104,9 @@ pub enum StartError {
     /// The node given to [`Orchestrator::on_node`] keeps no blob store.
     #[error("the node has no blob store: hosts fetch worker files and inputs from it")]
     NoBlobStore,
+    /// The operating system gave no randomness.
+    #[error("no randomness for the ticket key: {0}")]
+    Randomness(String),
     /// The actor could not be exposed (a bad name: a bug).
     #[error("cannot expose the orchestrator: {0}")]
     Expose(#[from] procmesh_protocol::IdError),
@@ -113,6 +121,7 @@ pub struct Orchestrator {
     tasks: Vec<JoinHandle<()>>,
     owns_node: bool,
     recovered: Recovered,
+    gate: Arc<Gate>,
 }
 
 /// The state an orchestrator starts from: recovered from its journal, or empty in memory.
@@ -181,14 +190,21 @@ impl Orchestrator {
         let blobs_dir = config.blobs_dir();
         state_dir(&blobs_dir)?;
         let store = BlobStore::open(&blobs_dir)?;
+        // ORC-40: ticket keys follow the orchestrator's identity, so they survive a restart.
+        let master = blake3::derive_key(
+            "procmesh download ticket master v1",
+            identity.key_pem.as_bytes(),
+        );
         let mut builder = NodeBuilder::new(SERVICE_PROC)
             .quic(config.listen, identity)
-            .blob_store(store);
+            .blob_store(store)
+            // ORC-38: only registered hosts are dialled.
+            .dial_policy(DialPolicy::Listed);
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
         }
         let node = builder.start().await?;
-        let mut orchestrator = Self::spawn(node, config, state)?;
+        let mut orchestrator = Self::spawn(node, config, state, Gate::new(master))?;
         orchestrator.owns_node = true;
         Ok(orchestrator)
     }
@@ -203,15 +219,21 @@ impl Orchestrator {
     ) -> Result<Orchestrator, StartError> {
         config.validate()?;
         let state = open_state(&config)?;
-        Self::spawn(node, config, state)
+        let mut master = [0u8; 32];
+        getrandom::getrandom(&mut master).map_err(|e| StartError::Randomness(e.to_string()))?;
+        Self::spawn(node, config, state, Gate::new(master))
     }
 
     fn spawn(
         node: Node,
         config: OrchestratorConfig,
         state: Start,
+        gate: Arc<Gate>,
     ) -> Result<Orchestrator, StartError> {
         let blobs = node.blob_store().cloned().ok_or(StartError::NoBlobStore)?;
+        gate.set_me(node.addr().clone());
+        node.set_admission(gate.clone());
+        node.set_blob_policy(gate.clone());
         let actor_id = node.actor_id(ORCHESTRATOR_ACTOR)?;
         let tick = config.tick_interval();
         let args = ServiceArgs {
@@ -221,6 +243,7 @@ impl Orchestrator {
             blobs,
             core: state.core,
             log: state.log,
+            gate: gate.clone(),
         };
         // Unbounded: the actor tells itself, and its own inbound stream must never stall.
         let actor = Service::spawn_with_mailbox(args, kameo::mailbox::unbounded());
@@ -237,7 +260,14 @@ impl Orchestrator {
             tasks,
             owns_node: false,
             recovered: state.recovered,
+            gate,
         })
+    }
+
+    /// Requests and connections refused by authority checks so far, by request kind
+    /// (`connection` for refused connections, `blob` for refused blob streams).
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.gate.refusals()
     }
 
     /// What start-up recovered from the journal.

@@ -21,6 +21,7 @@ use kameo::message::{Context, Message};
 use kameo::reply::{DelegatedReply, ReplySender};
 use kameo::Actor;
 use procmesh_orchestrator_core::{Core, Effect, Env, Input, Outcome};
+use procmesh_protocol::messages::agent::ActionSpec;
 use procmesh_protocol::messages::orchestrator::{
     OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueToken, QUEUE_TOKEN_LEN,
 };
@@ -30,6 +31,7 @@ use procmesh_transport::{BlobStore, Node, Request, WireReply};
 use crate::config::OrchestratorConfig;
 use crate::durable::Log;
 use crate::events::Subscriptions;
+use crate::gate::Gate;
 
 pub(crate) use procmesh_transport::now;
 
@@ -45,6 +47,8 @@ pub(crate) struct ServiceArgs {
     pub core: Core,
     /// The journal's writer; `None` keeps the state in memory only.
     pub log: Option<Log>,
+    /// What the transport checks before the actor (bindings, grants, tickets).
+    pub gate: Arc<Gate>,
 }
 
 /// Effects waiting for the commit of the input with sequence number `seq` (or an earlier one).
@@ -74,6 +78,7 @@ pub(crate) struct Service {
     /// A dispatch pass is queued in the mailbox (ORC-22).
     dispatch_queued: bool,
     shutting_down: bool,
+    pub(crate) gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for Service {
@@ -121,7 +126,9 @@ impl Actor for Service {
             following: HashSet::new(),
             dispatch_queued: false,
             shutting_down: false,
+            gate: args.gate,
         };
+        service.publish_bindings();
         service.trigger_dispatch();
         Ok(service)
     }
@@ -219,6 +226,17 @@ impl Message<Request<OrchestratorRequest>> for Service {
             return delegated;
         }
         let loopback = req.is_loopback();
+        let kind = request_kind(&req.message);
+        let peer = match crate::gate::peer_of(req.peer.as_deref()) {
+            Ok(peer) => peer,
+            Err(why) => {
+                self.gate.refuse(kind);
+                if let Some(sender) = sender {
+                    sender.send(Ok(Err(OrchestratorError::NotPermitted(why))));
+                }
+                return delegated;
+            }
+        };
         let token = match &req.message {
             OrchestratorRequest::CreateQueue(_) => match draw_token() {
                 Ok(token) => Some(token),
@@ -236,8 +254,9 @@ impl Message<Request<OrchestratorRequest>> for Service {
             from: req.from,
             loopback,
             token,
+            peer,
         });
-        self.feed(input, sender);
+        self.feed_request(input, kind, sender);
         delegated
     }
 }
@@ -308,10 +327,115 @@ fn draw_token() -> Result<QueueToken, OrchestratorError> {
     Ok(QueueToken::from_bytes(bytes))
 }
 
+/// A request's name, for logs and refusal counts.
+fn request_kind(message: &OrchestratorRequest) -> &'static str {
+    use OrchestratorRequest as R;
+    match message {
+        R::RegisterHost(_) => "RegisterHost",
+        R::Heartbeat(_) => "Heartbeat",
+        R::ProcLost { .. } => "ProcLost",
+        R::ActionUpdate(_) => "ActionUpdate",
+        R::ActionUpdates(_) => "ActionUpdates",
+        R::GetWorker(_) => "GetWorker",
+        R::CreateQueue(_) => "CreateQueue",
+        R::QueueStatus(_) => "QueueStatus",
+        R::ListResults { .. } => "ListResults",
+        R::Retire { .. } => "Retire",
+        R::Drain(_) => "Drain",
+        R::CancelQueue(_) => "CancelQueue",
+        R::CancelAction { .. } => "CancelAction",
+        R::Reschedule { .. } => "Reschedule",
+        R::SetPriority { .. } => "SetPriority",
+        R::GetAction { .. } => "GetAction",
+        R::RegisterWorker(_) => "RegisterWorker",
+        R::MissingBlobs(_) => "MissingBlobs",
+        R::Submit { .. } => "Submit",
+        R::Subscribe { .. } => "Subscribe",
+        R::Unsubscribe { .. } => "Unsubscribe",
+        R::CheckSubscription { .. } => "CheckSubscription",
+        R::ListHosts => "ListHosts",
+    }
+}
+
 impl Service {
+    /// Lets `proc`'s host fetch the worker files and inputs of `specs` (ORC-39).
+    pub(crate) fn grant_blobs(&self, proc: &ProcId, specs: &[ActionSpec]) {
+        let mut blobs = Vec::new();
+        let mut workers = HashSet::new();
+        for spec in specs {
+            blobs.extend(spec.action.inputs.iter().map(|i| i.hash));
+            if workers.insert(spec.worker()) {
+                if let Some(worker) = self.core.records().worker(&spec.worker()) {
+                    blobs.extend(worker.blobs());
+                }
+            }
+        }
+        self.gate.grant(proc.addr(), blobs);
+    }
+
+    /// The bound nodes, for the transport's admission check and dial list (ORC-38).
+    fn publish_bindings(&self) {
+        self.gate.rebind(self.core.node_bindings());
+        for (_, addr, _) in self.core.node_bindings() {
+            self.node.allow_dial(addr);
+        }
+    }
+
+    /// [`feed`](Self::feed) for a client, host or agent request: counts and logs what its
+    /// authority checks refused, and hands a registered host its ticket key.
+    fn feed_request(
+        &mut self,
+        input: Input,
+        kind: &'static str,
+        reply: Option<ReplySender<Reply>>,
+    ) {
+        let register = matches!(
+            &input,
+            Input::Request(r) if matches!(r.message, OrchestratorRequest::RegisterHost(_))
+        );
+        let from = match &input {
+            Input::Request(r) => Some(r.from.clone()),
+            _ => None,
+        };
+        self.feed_with(input, reply, |gate, outcome| {
+            if outcome.refused > 0 {
+                for _ in 0..outcome.refused {
+                    gate.refuse(kind);
+                }
+            }
+            match &mut outcome.reply {
+                Some(Err(OrchestratorError::NotPermitted(why))) => {
+                    gate.refuse(kind);
+                    tracing::warn!(request = kind, from = ?from, reason = %why, "forbidden");
+                }
+                Some(Ok(OrchestratorReply::HostRegistered { ticket_key, .. })) => {
+                    if let Some(from) = &from {
+                        *ticket_key = Some(hex::encode(gate.ticket_key(from.proc_id().addr())));
+                    }
+                }
+                Some(Ok(OrchestratorReply::Results(results))) => gate.add_tickets(results),
+                _ => {}
+            }
+        });
+        if register {
+            self.publish_bindings();
+        }
+    }
+
     /// Hands one input to the core; journals it if it changed state; holds its effects until
     /// that commit (ORC-30), or carries them out at once when nothing is waiting.
     fn feed(&mut self, input: Input, reply: Option<ReplySender<Reply>>) {
+        self.feed_with(input, reply, |_, _| {});
+    }
+
+    /// [`feed`](Self::feed), with `adjust` applied to the outcome before it is held or carried
+    /// out.
+    fn feed_with(
+        &mut self,
+        input: Input,
+        reply: Option<ReplySender<Reply>>,
+        adjust: impl FnOnce(&Gate, &mut Outcome),
+    ) {
         let now = now();
         let record = match &mut self.log {
             Some(log) if input.may_change_state() => match log.encode(now, &input) {
@@ -332,6 +456,7 @@ impl Service {
             following: &self.following,
         };
         let mut outcome = self.core.handle(input, now, &env);
+        adjust(&self.gate, &mut outcome);
         if let Some(Err(error)) = &outcome.reply {
             tracing::debug!(%error, code = error.code(), "request refused");
         }

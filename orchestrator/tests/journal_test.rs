@@ -55,8 +55,8 @@ async fn a_long_run_of_retired_actions_keeps_the_journal_small() {
     /// would pass 60 MB by the end (~600 bytes journaled per action).
     const BOUND: u64 = 32 << 20;
     let id = identity();
-    let (orch, dir) = orchestrator(&id, |c| c.snapshot_min_bytes = 1 << 20).await;
-    let client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, dir) = orchestrator(&id.orchestrator, |c| c.snapshot_min_bytes = 1 << 20).await;
+    let client = Client::connect(&id.client, orch.actor_id()).await;
     let w = client.register(&worker(&orch).await).await;
     let journal = dir.path().join("journal.redb");
     let mut largest = 0;
@@ -92,9 +92,11 @@ async fn a_long_run_of_retired_actions_keeps_the_journal_small() {
         c
     };
     orch.shutdown().await;
-    let again = Orchestrator::start(config, id.clone()).await.unwrap();
+    let again = Orchestrator::start(config, id.orchestrator.clone())
+        .await
+        .unwrap();
     assert_eq!(again.recovered().actions, 0);
-    let client = Client::connect(&id, again.actor_id()).await;
+    let client = Client::connect(&id.client, again.actor_id()).await;
     let answer = client
         .ask(OrchestratorRequest::CreateQueue(Default::default()))
         .await;

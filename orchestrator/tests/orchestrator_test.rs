@@ -19,12 +19,12 @@ use ActionState::{Abandoned, Cancelled, Completed, Failed, Pending, Running, Sub
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_run_and_results_are_listed_then_retired() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |_| {}).await;
-    let mut client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let mut client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let queue = client.queue(3).await;
     let subscription = client.subscribe(SubscriptionTarget::Queue(queue)).await;
-    let host = FakeHost::start(&id, orch.actor_id(), 2, always(Outcome::Complete)).await;
+    let host = FakeHost::start(&id.host, orch.actor_id(), 2, always(Outcome::Complete)).await;
 
     let lsns = client
         .submit(queue, (0..5).map(|_| action(worker)).collect())
@@ -116,8 +116,8 @@ async fn actions_run_and_results_are_listed_then_retired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_runs_first() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |_| {}).await;
-    let client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let queue = client.queue(0).await;
     // Submitted before any host exists, so all three wait.
@@ -132,7 +132,7 @@ async fn higher_priority_runs_first() {
         .submit(queue, vec![with_priority(worker, 10)])
         .await
         .unwrap();
-    let host = FakeHost::start(&id, orch.actor_id(), 1, always(Outcome::Complete)).await;
+    let host = FakeHost::start(&id.host, orch.actor_id(), 1, always(Outcome::Complete)).await;
     client.until_complete(queue).await;
     let order: Vec<Lsn> = host.submits().iter().map(|a| a.lsn).collect();
     assert_eq!(order, vec![high[0], low[0], low[1]]);
@@ -144,8 +144,8 @@ async fn higher_priority_runs_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_up_to_the_limit() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |_| {}).await;
-    let client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let retried = client.queue(3).await;
     let limited = client.queue(1).await;
@@ -158,7 +158,7 @@ async fn failed_attempts_are_retried_up_to_the_limit() {
             Outcome::Fail
         }
     });
-    let host = FakeHost::start(&id, orch.actor_id(), 2, plan).await;
+    let host = FakeHost::start(&id.host, orch.actor_id(), 2, plan).await;
     client.until_complete(retried).await;
     client.until_complete(limited).await;
 
@@ -214,19 +214,19 @@ async fn failed_attempts_are_retried_up_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_host_is_lost_and_its_actions_run_elsewhere() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |c| c.lost_after_ms = 400).await;
-    let mut client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |c| c.lost_after_ms = 400).await;
+    let mut client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let queue = client.queue(3).await;
     client.subscribe(SubscriptionTarget::Queue(queue)).await;
-    let a = FakeHost::start(&id, orch.actor_id(), 1, always(Outcome::Hang)).await;
+    let a = FakeHost::start(&id.host, orch.actor_id(), 1, always(Outcome::Hang)).await;
     let lsn = client.submit(queue, vec![action(worker)]).await.unwrap()[0];
     assert!(
         eventually(T, || async { a.held() == 1 }).await,
         "timed out waiting for the action on host A"
     );
 
-    let b = FakeHost::start(&id, orch.actor_id(), 1, always(Outcome::Complete)).await;
+    let b = FakeHost::start(&id.host, orch.actor_id(), 1, always(Outcome::Complete)).await;
     a.beating.store(false, std::sync::atomic::Ordering::SeqCst);
     let events = client.events_until_complete().await;
     assert_eq!(
@@ -273,8 +273,8 @@ async fn a_silent_host_is_lost_and_its_actions_run_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_proc_abandons_its_actions_which_are_retried() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |_| {}).await;
-    let client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let queue = client.queue(3).await;
     let lsn = client.submit(queue, vec![action(worker)]).await.unwrap()[0];
@@ -285,7 +285,7 @@ async fn a_lost_proc_abandons_its_actions_which_are_retried() {
             Outcome::Complete
         }
     });
-    let host = FakeHost::start(&id, orch.actor_id(), 1, plan).await;
+    let host = FakeHost::start(&id.host, orch.actor_id(), 1, plan).await;
     assert!(
         eventually(T, || async { host.held() == 1 }).await,
         "timed out waiting for the first attempt"
@@ -293,13 +293,22 @@ async fn a_lost_proc_abandons_its_actions_which_are_retried() {
     // The proc dies (and a fresh one takes its name): it holds nothing any more.
     host.log.lock().unwrap().held.clear();
     let proc_id: ProcId = host.node.proc_id().clone();
-    let answer = client
-        .ask(OrchestratorRequest::ProcLost {
-            proc_id,
-            status: None,
-            reason: "killed by a test".into(),
-        })
-        .await;
+    let lost = OrchestratorRequest::ProcLost {
+        proc_id,
+        status: None,
+        reason: "killed by a test".into(),
+    };
+    // ORC-34: a client cannot mark a proc lost; its host can.
+    let answer = client.ask(lost.clone()).await;
+    assert!(
+        matches!(answer, Err(OrchestratorError::NotPermitted(_))),
+        "{answer:?}"
+    );
+    let from_host = host
+        .node
+        .remote_ref::<OrchestratorRequest>(orch.actor_id())
+        .with_sender(host.node.actor_id("host").unwrap());
+    let answer = from_host.ask(lost, T).await.unwrap();
     assert_eq!(answer, Ok(OrchestratorReply::Ack));
     client.until_complete(queue).await;
     let Ok(OrchestratorReply::Action(view)) = client
@@ -323,12 +332,12 @@ async fn a_lost_proc_abandons_its_actions_which_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queue_stops_running_actions_on_their_agents() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |_| {}).await;
-    let mut client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let mut client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let queue = client.queue(3).await;
     client.subscribe(SubscriptionTarget::Queue(queue)).await;
-    let host = FakeHost::start(&id, orch.actor_id(), 2, always(Outcome::Hang)).await;
+    let host = FakeHost::start(&id.host, orch.actor_id(), 2, always(Outcome::Hang)).await;
     let lsns = client
         .submit(queue, (0..3).map(|_| action(worker)).collect())
         .await
@@ -373,8 +382,8 @@ async fn cancelling_a_queue_stops_running_actions_on_their_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_change_nothing_and_keys_are_idempotent() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |c| c.max_submit_batch = 4).await;
-    let client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |c| c.max_submit_batch = 4).await;
+    let client = Client::connect(&id.client, orch.actor_id()).await;
     let descriptor = worker(&orch).await;
     let worker = client.register(&descriptor).await;
     let queue = client.queue(3).await;
@@ -456,9 +465,12 @@ async fn bad_submissions_change_nothing_and_keys_are_idempotent() {
         matches!(answer, Err(OrchestratorError::InvalidWorker(_))),
         "{answer:?}"
     );
-    // GetWorker serves what was registered.
+    // GetWorker is for hosts running the worker, not for clients (ORC-36).
     let answer = client.ask(OrchestratorRequest::GetWorker(worker)).await;
-    assert_eq!(answer, Ok(OrchestratorReply::Worker(descriptor)));
+    assert!(
+        matches!(answer, Err(OrchestratorError::NotPermitted(_))),
+        "{answer:?}"
+    );
     orch.audit().await.unwrap();
     orch.shutdown().await;
 }
@@ -467,8 +479,8 @@ async fn bad_submissions_change_nothing_and_keys_are_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_subscription_follows_one_action() {
     let id = identity();
-    let (orch, _dir) = orchestrator(&id, |_| {}).await;
-    let mut client = Client::connect(&id, orch.actor_id()).await;
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let mut client = Client::connect(&id.client, orch.actor_id()).await;
     let worker = client.register(&worker(&orch).await).await;
     let queue = client.queue(3).await;
     let lsns = client
@@ -480,7 +492,7 @@ async fn an_action_subscription_follows_one_action() {
         lsn: lsns[1],
     };
     client.subscribe(target).await;
-    let _host = FakeHost::start(&id, orch.actor_id(), 2, always(Outcome::Complete)).await;
+    let _host = FakeHost::start(&id.host, orch.actor_id(), 2, always(Outcome::Complete)).await;
     let mut seen = Vec::new();
     while seen.last() != Some(&Completed) {
         match client.next_event().await {
@@ -510,7 +522,7 @@ async fn an_action_subscription_follows_one_action() {
     assert_eq!(answer, Err(OrchestratorError::UnknownSubscription(999)));
     // ORC-25: another client cannot end this client's subscription; its owner can.
     let mine = client.subscribe(SubscriptionTarget::Queue(queue)).await;
-    let other = Client::connect(&id, orch.actor_id()).await;
+    let other = Client::connect(&id.client, orch.actor_id()).await;
     let answer = other
         .ask(OrchestratorRequest::Unsubscribe { subscription: mine })
         .await;

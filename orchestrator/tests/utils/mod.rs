@@ -29,12 +29,29 @@ pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// A mesh CA and one node identity (every test node uses it).
-pub fn identity() -> TlsIdentity {
+/// One identity of each role from one mesh CA.
+pub struct Ids {
+    pub ca: MeshCa,
+    pub orchestrator: TlsIdentity,
+    /// A host certificate naming node `node` (every fake host uses it).
+    pub host: TlsIdentity,
+    pub client: TlsIdentity,
+}
+
+/// A mesh CA and one identity of each role.
+pub fn identity() -> Ids {
     procmesh_transport::install_crypto_provider();
     let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
-    ca.issue(Role::Node, "node", &[], Duration::from_secs(3600))
-        .unwrap()
+    let issue = |role, name| {
+        ca.issue(role, name, &[], Duration::from_secs(3600))
+            .unwrap()
+    };
+    Ids {
+        orchestrator: issue(Role::Orchestrator, "orchestrator"),
+        host: issue(Role::Host, "node"),
+        client: issue(Role::Client, ""),
+        ca,
+    }
 }
 
 /// An orchestrator on 127.0.0.1 with fast heartbeats; keep the tempdir alive.

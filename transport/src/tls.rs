@@ -742,6 +742,101 @@ mod tests {
         assert_ne!(token(&a), token(&b));
     }
 
+    fn dns_sans(id: &TlsIdentity) -> Vec<String> {
+        use x509_parser::extensions::GeneralName;
+        let der = parse_certs(&id.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).unwrap();
+        let sans = cert.subject_alternative_name().unwrap().unwrap();
+        sans.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    // Attests TLS-4
+    #[test]
+    fn certificates_carry_one_identity_and_only_nodes_the_node_name() {
+        let ca = MeshCa::generate("prod-eu", Duration::from_secs(3600)).unwrap();
+        for role in Role::ALL {
+            let named = ca
+                .issue(
+                    role,
+                    "n-1.a_b",
+                    &["h.example".into()],
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+            let id = named.identity().unwrap();
+            assert_eq!(id.role, role);
+            assert_eq!(id.name.as_deref(), Some("n-1.a_b"));
+            assert_eq!(id.mesh, "prod-eu");
+            assert_eq!(id.uri(), format!("spiffe://prod-eu/{role}/n-1.a_b"));
+            assert!(!id.serial.is_empty() && id.serial == id.serial.to_lowercase());
+            let dns = dns_sans(&named);
+            assert_eq!(
+                dns.contains(&NODE_SERVER_NAME.to_owned()),
+                role.is_node(),
+                "{role}"
+            );
+            assert_eq!(
+                dns.contains(&CLIENT_NAME.to_owned()),
+                !role.is_node(),
+                "{role}"
+            );
+            assert!(dns.contains(&"h.example".to_owned()));
+            // No node name: a fleet-wide shared certificate.
+            let shared = ca.issue(role, "", &[], Duration::from_secs(60)).unwrap();
+            let id = shared.identity().unwrap();
+            assert_eq!(id.name, None);
+            assert_eq!(id.uri(), format!("spiffe://prod-eu/{role}"));
+        }
+        for bad in ["a/b", "with space", &"x".repeat(64), "ünï"] {
+            let err = ca
+                .issue(Role::Host, bad, &[], Duration::from_secs(60))
+                .unwrap_err();
+            assert!(err.to_string().contains("bad node name"), "{err}");
+        }
+        assert!(ca
+            .issue(
+                Role::Client,
+                "c",
+                &["node.procmesh".into()],
+                Duration::from_secs(60)
+            )
+            .is_err());
+        assert!(ca
+            .issue(
+                Role::Client,
+                "c",
+                &["spiffe://prod-eu/host/x".into()],
+                Duration::from_secs(60)
+            )
+            .is_err());
+        assert!(MeshCa::generate("bad mesh", Duration::from_secs(60)).is_err());
+        // The mesh name survives a round trip through PEM.
+        let again = MeshCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(again.mesh(), "prod-eu");
+        let id = again
+            .issue(Role::Host, "h", &[], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(id.mesh().unwrap(), "prod-eu");
+        assert_eq!(id.identity().unwrap().mesh, "prod-eu");
+        // Two certificates have two serials.
+        assert_ne!(
+            id.identity().unwrap().serial,
+            again
+                .issue(Role::Host, "h", &[], Duration::from_secs(60))
+                .unwrap()
+                .identity()
+                .unwrap()
+                .serial
+        );
+    }
+
     #[test]
     fn bad_pem_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

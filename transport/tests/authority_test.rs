@@ -248,7 +248,7 @@ async fn a_dialled_server_must_be_a_node_and_every_peer_needs_one_identity() {
     drop(server);
 }
 
-// Attests NODE-5
+// Attests NODE-5, NODE-11
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_sender_is_dropped_not_bounced() {
     let ca = ca();

@@ -334,3 +334,46 @@ async fn a_child_that_never_calls_back_times_out_and_leaves_nothing() {
     assert!(h.host.procs().is_empty());
     h.host.shutdown(T).await;
 }
+
+// Attests HST-20
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_replaced_after_the_first_launch_or_with_another_hash_is_refused() {
+    let h = os_host(None).await;
+    // The first launch records the hash (the script exits at once: ExitedEarly).
+    let first = h.host.spawn(h.spec("first", "exit", 5_000)).await;
+    assert!(
+        matches!(first, Err(HostError::ExitedEarly { .. })),
+        "{first:?}"
+    );
+    // Replaced in place (new inode, same path): refused, nothing started.
+    let tmp = h.script.with_extension("new");
+    std::fs::write(&tmp, format!("{SCRIPT}\n# changed\n")).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &h.script).unwrap();
+    match h.host.spawn(h.spec("second", "sleep", 5_000)).await {
+        Err(HostError::NotAllowed { reason, .. }) => assert!(reason.contains("hash"), "{reason}"),
+        other => panic!("{:?}", other.map(|p| p.info())),
+    }
+    assert!(h.host.procs().is_empty());
+    h.host.shutdown(T).await;
+
+    // An allow-listed hash that is not the binary's: refused from the start.
+    let (_, identity) = utils::identity();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = write_script(&bin, "agent.sh");
+    let mut config = HostConfig::ephemeral(dir.path().join("state"), identity);
+    config.proc_binary = Some(script);
+    config.allowed_dir = Some(bin);
+    config.proc_binary_blake3 = Some(BlobHash::of(b"another binary"));
+    let manager = OsProcManager::from_config(&config).unwrap();
+    let host = Host::start(config, Arc::new(manager)).await.unwrap();
+    let refused = host.spawn(h.spec("third", "sleep", 5_000)).await;
+    assert!(
+        matches!(refused, Err(HostError::NotAllowed { .. })),
+        "{:?}",
+        refused.map(|p| p.info())
+    );
+    host.shutdown(T).await;
+}

@@ -455,7 +455,8 @@ async fn admission_sees_every_link_and_may_refuse_it() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no clients here"), "{err}");
-    assert_eq!(refused(&node, "admission"), 1);
+    // (A sender may retry a refused link once: at least one refusal is counted.)
+    assert!(refused(&node, "admission") >= 1);
 
     let secret = [5u8; 32];
     let host = NodeBuilder::new("h")

@@ -21,7 +21,7 @@ use procmesh_protocol::messages::client::ClientEvent;
 use procmesh_protocol::messages::orchestrator::{HostState, HostView, QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 use procmesh_protocol::{ActorId, HostAddr, Lsn};
-use utils::{descendants, start_procmesh, wait_until, Certs, Proc};
+use utils::{descendants, node_name, start_procmesh, wait_until, Certs, Proc};
 
 /// The tests measure latencies and one changes the firewall: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -59,7 +59,7 @@ impl Fixture {
                 "--listen",
                 "127.0.0.1:0",
                 "--tls-dir",
-                certs.node_dir().to_str().unwrap(),
+                certs.orchestrator_dir().to_str().unwrap(),
                 "--state-dir",
                 dir.path().join("orchestrator").to_str().unwrap(),
                 "--heartbeat-interval-ms",
@@ -89,7 +89,9 @@ impl Fixture {
                 "--listen",
                 listen,
                 "--tls-dir",
-                self.certs.node_dir().to_str().unwrap(),
+                self.certs.host_dir().to_str().unwrap(),
+                "--node-name",
+                &node_name(state),
                 "--state-dir",
                 state.to_str().unwrap(),
                 "--orchestrator",

@@ -31,10 +31,12 @@ struct Mesh {
 async fn mesh(procs: u32) -> Mesh {
     let certs = Certs::new();
     let state = tempfile::tempdir().unwrap();
-    let tls = certs.node_dir();
+    let tls = certs.host_dir();
     let (host_proc, host_addr) = start_host(&[
         "--listen",
         "127.0.0.1:0",
+        "--node-name",
+        "host-a",
         "--tls-dir",
         tls.to_str().unwrap(),
         "--state-dir",
@@ -43,8 +45,10 @@ async fn mesh(procs: u32) -> Mesh {
         &procs.to_string(),
     ]);
     let store = BlobStore::open(state.path().join("client-blobs")).unwrap();
+    // The test plays the orchestrator: only it (and operators) may spawn procs and reach
+    // their agents (HST-16, HST-17).
     let client = NodeBuilder::new("client")
-        .quic("127.0.0.2:0".parse().unwrap(), certs.client.clone())
+        .quic("127.0.0.2:0".parse().unwrap(), certs.orchestrator.clone())
         .blob_store(store.clone())
         .start()
         .await
@@ -92,17 +96,44 @@ async fn every_route_through_one_frontend_address() {
     assert!(
         matches!(agent_a.ask(AgentRequest::Capacity, T).await.unwrap(), Ok(AgentReply::Capacity(c)) if c.max > 0)
     );
-    // proc ↔ proc, both ways
+    // proc ↔ proc: routed, and refused by the agent (PA-AG-6: only its host and the
+    // orchestrator may ask it anything).
     for (from, to) in [(&agent_a, &b), (&agent_b, &a)] {
         match from
             .ask(AgentRequest::Probe(Probe::Agent(agent(to))), T)
             .await
             .unwrap()
         {
-            Ok(AgentReply::Probed { answered_by, .. }) => assert_eq!(answered_by, to.proc_id),
-            other => panic!("proc-to-proc probe: {other:?}"),
+            Ok(AgentReply::Probed { answered_by, .. }) => {
+                panic!("a proc reached another proc's agent ({answered_by})")
+            }
+            other => assert!(format!("{other:?}").contains("orbidden"), "{other:?}"),
         }
     }
+    // A client certificate reaches neither the host's administration nor an agent.
+    let intruder = NodeBuilder::new("intruder")
+        .quic("127.0.0.3:0".parse().unwrap(), m._certs.client.clone())
+        .start()
+        .await
+        .unwrap();
+    let host_as_client: RemoteRef<HostRequest> = intruder.remote_ref(m.host.id().clone());
+    let refused = host_as_client.ask(HostRequest::ListProcs, T).await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(procmesh_protocol::messages::host::HostError::Forbidden(_))
+        ),
+        "{refused:?}"
+    );
+    let agent_as_client: RemoteRef<AgentRequest> = intruder.remote_ref(agent(&a));
+    let unanswered = agent_as_client
+        .ask(AgentRequest::Capacity, Duration::from_secs(2))
+        .await;
+    assert!(
+        unanswered.is_err(),
+        "a client reached an agent: {unanswered:?}"
+    );
+    intruder.shutdown(Duration::from_secs(1)).await;
     // proc → service
     let host_actor = m.host.id().clone();
     match agent_a

@@ -16,7 +16,7 @@ use procmesh_protocol::messages::client::ClientEvent;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 use procmesh_protocol::{ActorId, HostAddr, Lsn};
-use utils::{processes_with, procmesh_bin, start_procmesh, wait_until, Certs, Proc};
+use utils::{node_name, processes_with, procmesh_bin, start_procmesh, wait_until, Certs, Proc};
 
 /// An orchestrator process, its hosts, and what they share.
 struct Mesh {
@@ -37,7 +37,7 @@ impl Mesh {
                 "--listen",
                 &format!("{ip}:0"),
                 "--tls-dir",
-                certs.node_dir().to_str().unwrap(),
+                certs.orchestrator_dir().to_str().unwrap(),
                 "--state-dir",
                 dir.path().join("orchestrator").to_str().unwrap(),
                 "--heartbeat-interval-ms",
@@ -67,7 +67,9 @@ impl Mesh {
                 "--listen",
                 &format!("{ip}:0"),
                 "--tls-dir",
-                self.certs.node_dir().to_str().unwrap(),
+                self.certs.host_dir().to_str().unwrap(),
+                "--node-name",
+                &node_name(&state),
                 "--state-dir",
                 state.to_str().unwrap(),
                 "--orchestrator",
@@ -211,10 +213,7 @@ async fn five_hundred_actions_with_inputs_complete_over_two_hosts() {
     // An output downloads from where it was made, intact.
     let r = &results[0];
     let out = mesh.dir.path().join("download");
-    let path = client
-        .download(&r.outputs[0], r.record.location(), &out)
-        .await
-        .unwrap();
+    let path = client.download(r, &r.outputs[0], &out).await.unwrap();
     assert_eq!(
         BlobHash::of(&std::fs::read(path).unwrap()),
         r.outputs[0].hash

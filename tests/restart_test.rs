@@ -17,14 +17,14 @@ use procmesh_protocol::messages::orchestrator::{
 };
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 use procmesh_protocol::{ActorId, Lsn};
-use utils::{procmesh_bin, start_procmesh, Certs, Proc};
+use utils::{node_name, procmesh_bin, start_procmesh, Certs, Proc};
 
 fn orchestrator_args(certs: &Certs, state: &Path, listen: &str) -> Vec<String> {
     [
         "--listen",
         listen,
         "--tls-dir",
-        certs.node_dir().to_str().unwrap(),
+        certs.orchestrator_dir().to_str().unwrap(),
         "--state-dir",
         state.to_str().unwrap(),
         "--heartbeat-interval-ms",
@@ -111,7 +111,9 @@ fn host(certs: &Certs, state: PathBuf, ip: &str, orchestrator: &ActorId) -> Proc
             "--listen",
             &format!("{ip}:0"),
             "--tls-dir",
-            certs.node_dir().to_str().unwrap(),
+            certs.host_dir().to_str().unwrap(),
+            "--node-name",
+            &node_name(&state),
             "--state-dir",
             state.to_str().unwrap(),
             "--orchestrator",

@@ -13,9 +13,12 @@ use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
 use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
 use procmesh_transport::{MeshCa, Role, TlsIdentity};
 
-/// An ephemeral mesh CA's node and client identities, saved under `<dir>/certs/{node,client}`.
+/// An ephemeral mesh CA's identities, one of each role, saved under
+/// `<dir>/certs/{orchestrator,host,client,operator}`.
 pub struct Identities {
-    pub node: TlsIdentity,
+    pub orchestrator: TlsIdentity,
+    /// A per-node host certificate naming node `host-1`.
+    pub host: TlsIdentity,
     pub client: TlsIdentity,
     pub dir: PathBuf,
 }
@@ -24,17 +27,32 @@ impl Identities {
     /// A fresh CA named `mesh`, valid for `valid`, and one identity of each role.
     pub fn generate(dir: &Path, mesh: &str, valid: Duration) -> anyhow::Result<Identities> {
         let ca = MeshCa::generate(mesh, valid).context("creating the mesh CA")?;
-        let node = ca.issue(Role::Node, &format!("{mesh}-node"), &[], valid)?;
-        let client = ca.issue(Role::Client, &format!("{mesh}-client"), &[], valid)?;
+        let orchestrator = ca.issue(Role::Orchestrator, "orchestrator", &[], valid)?;
+        let host = ca.issue(Role::Host, "host-1", &[], valid)?;
+        let client = ca.issue(Role::Client, "", &[], valid)?;
+        let operator = ca.issue(Role::Operator, "", &[], valid)?;
+        // The CA's key is not kept: an ephemeral mesh issues nothing more.
         let dir = dir.join("certs");
-        node.save(&dir.join("node"))?;
+        orchestrator.save(&dir.join("orchestrator"))?;
+        host.save(&dir.join("host"))?;
         client.save(&dir.join("client"))?;
-        Ok(Identities { node, client, dir })
+        operator.save(&dir.join("operator"))?;
+        Ok(Identities {
+            orchestrator,
+            host,
+            client,
+            dir,
+        })
     }
 
-    /// Where the node identity is saved (a `--tls-dir`).
-    pub fn node_dir(&self) -> PathBuf {
-        self.dir.join("node")
+    /// Where the orchestrator identity is saved (a `--tls-dir`).
+    pub fn orchestrator_dir(&self) -> PathBuf {
+        self.dir.join("orchestrator")
+    }
+
+    /// Where the operator identity is saved (a `--tls-dir`).
+    pub fn operator_dir(&self) -> PathBuf {
+        self.dir.join("operator")
     }
 
     /// Where the client identity is saved (a `--tls-dir`).
@@ -85,7 +103,7 @@ impl LocalMesh {
             ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
         };
         tune(&mut config);
-        let orchestrator = Orchestrator::start(config, ids.node.clone())
+        let orchestrator = Orchestrator::start(config, ids.orchestrator.clone())
             .await
             .context("starting the orchestrator")?;
         // The proc agents are this binary, re-executed as `procmesh proc-agent`.
@@ -93,7 +111,7 @@ impl LocalMesh {
             HostConfig {
                 orchestrator: Some(orchestrator.actor_id()),
                 heartbeat_interval_ms: 500,
-                ..HostConfig::ephemeral(dir.join("host"), ids.node.clone())
+                ..HostConfig::ephemeral(dir.join("host"), ids.host.clone())
             },
             Arc::new(OsProcManager::new(None, None).context("proc manager")?),
         )

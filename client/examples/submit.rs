@@ -130,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&result.stdout_tail).trim_end()
         );
         for output in &result.outputs {
-            let path = client.download(output, record.location(), &out).await?;
+            let path = client.download(&result, output, &out).await?;
             println!("  output {}", path.display());
         }
     }

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use kameo::actor::Spawn;
 use procmesh_protocol::messages::orchestrator::{
-    HostView, OrchestratorReply, OrchestratorRequest, QueueConfig, QueueRef, SubscriptionTarget,
+    ActionResult, HostView, OrchestratorReply, OrchestratorRequest, QueueConfig, QueueRef,
+    SubscriptionTarget,
 };
 use procmesh_protocol::spec::validate_path;
-use procmesh_protocol::{ActorId, BlobHash, InputFile, Lsn, OutputFile, ProcId, WorkerId};
+use procmesh_protocol::{
+    ActorId, BlobHash, DownloadTicket, InputFile, Lsn, OutputFile, ProcId, WorkerId,
+};
 use procmesh_transport::{BlobStore, Node, NodeBuilder, RemoteRef};
 use tokio::sync::mpsc;
 
@@ -298,21 +301,30 @@ impl Client {
         })
     }
 
-    /// Downloads an output file into `dest_dir`, at its path relative to `Outputs/`. It is
-    /// fetched from the host that ran the action (`location`), then from the orchestrator.
-    /// Returns the file written.
+    /// Downloads an output file of `result` into `dest_dir`, at its path relative to
+    /// `Outputs/`. It is fetched from the host that ran the action with the output's download
+    /// ticket (the result carries one per output), then from the orchestrator. Returns the
+    /// file written.
     pub async fn download(
         &self,
+        result: &ActionResult,
         output: &OutputFile,
-        location: Option<&ProcId>,
         dest_dir: &Path,
     ) -> Result<PathBuf, ClientError> {
+        let location = result.record.location();
+        let ticket = result
+            .tickets
+            .iter()
+            .find(|t| t.hash == output.hash)
+            .copied();
         // An output path comes from a remote runner: never let it leave `dest_dir`.
         validate_path(&output.path).map_err(|reason| ClientError::Path {
             path: output.path.clone(),
             reason,
         })?;
-        let blob = self.fetch(output.hash, &output.path, location).await?;
+        let blob = self
+            .fetch_with(output.hash, &output.path, location, ticket)
+            .await?;
         let dest = dest_dir.join(&output.path);
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
@@ -341,6 +353,18 @@ impl Client {
         what: &str,
         location: Option<&ProcId>,
     ) -> Result<PathBuf, ClientError> {
+        self.fetch_with(hash, what, location, None).await
+    }
+
+    /// [`fetch`](Self::fetch) presenting a download ticket: an output blob is served by the
+    /// host that holds it only with the ticket its result carries.
+    pub async fn fetch_with(
+        &self,
+        hash: BlobHash,
+        what: &str,
+        location: Option<&ProcId>,
+        ticket: Option<DownloadTicket>,
+    ) -> Result<PathBuf, ClientError> {
         let mut sources = Vec::with_capacity(2);
         if let Some(proc_id) = location {
             sources.push(proc_id.addr().clone());
@@ -351,7 +375,7 @@ impl Client {
         }
         let mut last = None;
         for from in &sources {
-            match self.inner.node.fetch_blob(from, hash).await {
+            match self.inner.node.fetch_blob_with(from, hash, ticket).await {
                 Ok(path) => return Ok(path),
                 Err(error) => {
                     tracing::debug!(%error, %hash, %from, "blob not fetched");

@@ -24,7 +24,12 @@ async fn mesh() -> Mesh {
     procmesh_transport::install_crypto_provider();
     let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
     let node = ca
-        .issue(Role::Node, "orchestrator", &[], Duration::from_secs(3600))
+        .issue(
+            Role::Orchestrator,
+            "orchestrator",
+            &[],
+            Duration::from_secs(3600),
+        )
         .unwrap();
     let state = tempfile::tempdir().unwrap();
     let orchestrator = Orchestrator::start(OrchestratorConfig::ephemeral(state.path()), node)

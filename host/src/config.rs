@@ -107,6 +107,10 @@ pub struct HostConfig {
     /// code in this process ([`Host::spawn`](crate::Host::spawn)) are not requests and are not
     /// filtered.
     pub spawn_env_allow: Vec<String>,
+    /// A file of revoked certificate serials (one hex serial per line, `#` comments), re-read
+    /// when it changes: a revoked peer is refused and its open connections are closed within
+    /// seconds. `None`: nothing is revoked.
+    pub revoked: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -132,6 +136,7 @@ impl Default for HostConfig {
             respawn: true,
             node_name: None,
             spawn_env_allow: Vec::new(),
+            revoked: None,
         }
     }
 }

@@ -57,6 +57,12 @@ pub enum StartError {
     /// The identity in `tls_dir` could not be loaded.
     #[error("cannot load the TLS identity: {0}")]
     Identity(#[from] procmesh_transport::tls::TlsError),
+    /// The certificate is not a host certificate.
+    #[error(
+        "the TLS identity is a {0} certificate; a host needs one issued with \
+         `procmesh certs issue --role host`"
+    )]
+    Role(procmesh_transport::Role),
     /// The frontend binds an unspecified address and no `advertise` address is set.
     #[error("listen address {0} is unspecified: set advertise to the address peers dial")]
     Advertise(std::net::SocketAddr),
@@ -174,7 +180,11 @@ impl Host {
         }
         let secret = load_or_create_secret(&paths.node_secret)?;
         let system = system_info();
-        let cert_name = identity.identity()?.name;
+        let peer_identity = identity.identity()?;
+        if peer_identity.role != procmesh_transport::Role::Host {
+            return Err(StartError::Role(peer_identity.role));
+        }
+        let cert_name = peer_identity.name;
         let node_name = node_name(
             cert_name.as_deref(),
             config.node_name.as_deref(),
@@ -200,6 +210,9 @@ impl Host {
             .node_claim(&node_name, node_secret);
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
+        }
+        if let Some(path) = &config.revoked {
+            builder = builder.revocations(procmesh_transport::Revocations::load(path)?);
         }
         let node = builder.start().await?;
         let backend = match manager.local_hub() {

@@ -97,6 +97,14 @@ pub struct OrchestratorConfig {
     /// snapshot_min_bytes = 67108864
     /// ```
     pub snapshot_min_bytes: u64,
+    /// A file of revoked certificate serials (one hex serial per line, `#` comments), re-read
+    /// when it changes: a revoked peer is refused, and its open connections are closed within
+    /// seconds. `None`: nothing is revoked.
+    ///
+    /// ```toml
+    /// revoked = "/etc/procmesh/revoked.txt"
+    /// ```
+    pub revoked: Option<PathBuf>,
 }
 
 impl Default for OrchestratorConfig {
@@ -117,6 +125,7 @@ impl Default for OrchestratorConfig {
             durability: Durability::Fsync,
             event_backlog: CoreConfig::DEFAULT_EVENT_BACKLOG,
             snapshot_min_bytes: 64 << 20,
+            revoked: None,
         }
     }
 }

@@ -104,6 +104,9 @@ pub enum StartError {
     /// The node given to [`Orchestrator::on_node`] keeps no blob store.
     #[error("the node has no blob store: hosts fetch worker files and inputs from it")]
     NoBlobStore,
+    /// The revocation list could not be read.
+    #[error("revocation list: {0}")]
+    Revocations(String),
     /// The operating system gave no randomness.
     #[error("no randomness for the ticket key: {0}")]
     Randomness(String),
@@ -202,6 +205,11 @@ impl Orchestrator {
             .dial_policy(DialPolicy::Listed);
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
+        }
+        if let Some(path) = &config.revoked {
+            let list = procmesh_transport::Revocations::load(path)
+                .map_err(|e| StartError::Revocations(e.to_string()))?;
+            builder = builder.revocations(list);
         }
         let node = builder.start().await?;
         let mut orchestrator = Self::spawn(node, config, state, Gate::new(master))?;

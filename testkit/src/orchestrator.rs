@@ -240,6 +240,7 @@ impl OrchestratorActor {
                 Ok(OrchestratorReply::HostRegistered {
                     heartbeat_interval_ms: interval,
                     lost_after_ms: 10 * interval,
+                    ticket_key: None,
                 })
             }
             (OrchestratorRequest::Heartbeat(hb), Some(_)) => {

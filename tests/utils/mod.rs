@@ -16,37 +16,67 @@ pub fn procmesh_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_procmesh"))
 }
 
-/// A mesh CA with node and client identities saved under a temporary directory.
+/// A mesh CA with one identity of each role saved under a temporary directory: the
+/// orchestrator's, a fleet-wide host certificate naming no node (hosts prove their node by
+/// their node secret, and are told their name with `--node-name`), a client's and an
+/// operator's.
 pub struct Certs {
     pub dir: tempfile::TempDir,
     pub ca: MeshCa,
-    pub node: TlsIdentity,
+    pub orchestrator: TlsIdentity,
+    pub host: TlsIdentity,
     pub client: TlsIdentity,
+    pub operator: TlsIdentity,
 }
 
 impl Certs {
     pub fn new() -> Certs {
         let dir = tempfile::tempdir().unwrap();
         let ca = MeshCa::generate("test", Duration::from_secs(3600)).unwrap();
-        let node = ca
-            .issue(Role::Node, "node", &[], Duration::from_secs(3600))
-            .unwrap();
-        let client = ca
-            .issue(Role::Client, "client", &[], Duration::from_secs(3600))
-            .unwrap();
-        node.save(&dir.path().join("node")).unwrap();
-        client.save(&dir.path().join("client")).unwrap();
+        let issue = |role, name: &str| {
+            let id = ca
+                .issue(role, name, &[], Duration::from_secs(3600))
+                .unwrap();
+            id.save(&dir.path().join(role.as_str())).unwrap();
+            id
+        };
+        let orchestrator = issue(Role::Orchestrator, "orchestrator");
+        let host = issue(Role::Host, "");
+        let client = issue(Role::Client, "");
+        let operator = issue(Role::Operator, "");
         Certs {
             dir,
             ca,
-            node,
+            orchestrator,
+            host,
             client,
+            operator,
         }
     }
 
-    pub fn node_dir(&self) -> PathBuf {
-        self.dir.path().join("node")
+    /// The `--tls-dir` of a role.
+    pub fn tls_dir(&self, role: Role) -> PathBuf {
+        self.dir.path().join(role.as_str())
     }
+
+    /// The orchestrator's `--tls-dir`.
+    pub fn orchestrator_dir(&self) -> PathBuf {
+        self.tls_dir(Role::Orchestrator)
+    }
+
+    /// The hosts' (shared) `--tls-dir`.
+    pub fn host_dir(&self) -> PathBuf {
+        self.tls_dir(Role::Host)
+    }
+}
+
+/// A host's node name in these tests: its state directory's name (a restarted host keeps
+/// both, and with them its node secret).
+pub fn node_name(state: &Path) -> String {
+    state
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "host".into())
 }
 
 /// An OS process killed (SIGKILL) and reaped when dropped.

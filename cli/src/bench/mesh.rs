@@ -182,7 +182,7 @@ async fn orchestrator_process(
         .args(["orchestrator", "--listen", "127.0.0.1:0", "--json"])
         .args(journal_flag)
         .arg("--tls-dir")
-        .arg(ids.node_dir())
+        .arg(ids.orchestrator_dir())
         .arg("--state-dir")
         .arg(state)
         .stdout(std::process::Stdio::piped())

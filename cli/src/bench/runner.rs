@@ -229,8 +229,15 @@ async fn measure(
     .await??;
 
     let ca = MeshCa::generate("bench", Duration::from_secs(3600))?;
-    let node_id = ca.issue(Role::Node, "bench-host", &[], Duration::from_secs(3600))?;
-    let client_id = ca.issue(Role::Client, "bench-client", &[], Duration::from_secs(3600))?;
+    let node_id = ca.issue(Role::Host, "bench-host", &[], Duration::from_secs(3600))?;
+    // The bench submits to the agent directly, as the orchestrator does: only an orchestrator
+    // certificate reaches a proc agent (HST-17).
+    let client_id = ca.issue(
+        Role::Orchestrator,
+        "bench-client",
+        &[],
+        Duration::from_secs(3600),
+    )?;
     let manager = OsProcManager::new(None, None)?;
     let host = Host::start(
         HostConfig::ephemeral(dir.join("host"), node_id),

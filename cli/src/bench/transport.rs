@@ -71,7 +71,7 @@ struct Figures {
 pub async fn run(budget: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let ca = MeshCa::generate("bench", Duration::from_secs(3600))?;
-    let identity = ca.issue(Role::Node, "bench", &[], Duration::from_secs(3600))?;
+    let identity = ca.issue(Role::Host, "bench", &[], Duration::from_secs(3600))?;
     let loopback = "127.0.0.1:0".parse()?;
 
     let quic = {

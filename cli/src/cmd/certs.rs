@@ -54,10 +54,14 @@ pub struct InitArgs {
 /// The role of an issued certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RoleArg {
-    /// A host or orchestrator.
-    Node,
-    /// A client (CLI, library).
+    /// The orchestrator.
+    Orchestrator,
+    /// A host agent.
+    Host,
+    /// A client (CLI, library): its own queues only.
     Client,
+    /// An operator: administers hosts, besides what a client may do.
+    Operator,
 }
 
 /// Flags of `procmesh certs issue`.
@@ -161,11 +165,13 @@ pub fn issue(args: &IssueArgs) -> anyhow::Result<Vec<PathBuf>> {
     };
     let ca = MeshCa::from_pem(&read(CA_CERT_FILE)?, &read(CA_KEY_FILE)?)
         .with_context(|| format!("loading the mesh CA from {}", args.ca_dir.display()))?;
-    let (role, default_name) = match args.role {
-        RoleArg::Node => (Role::Node, "node"),
-        RoleArg::Client => (Role::Client, "client"),
+    let role = match args.role {
+        RoleArg::Orchestrator => Role::Orchestrator,
+        RoleArg::Host => Role::Host,
+        RoleArg::Client => Role::Client,
+        RoleArg::Operator => Role::Operator,
     };
-    let name = args.name.as_deref().unwrap_or(default_name);
+    let name = args.name.as_deref().unwrap_or("");
     let identity = ca
         .issue(role, name, &args.sans, args.valid_for)
         .context("issuing the certificate")?;
@@ -238,7 +244,12 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        for role in [RoleArg::Node, RoleArg::Client] {
+        for role in [
+            RoleArg::Orchestrator,
+            RoleArg::Host,
+            RoleArg::Client,
+            RoleArg::Operator,
+        ] {
             let out = dir.path().join(format!("{role:?}"));
             issue(&issue_args(&ca_dir, &out, role)).unwrap();
             let identity = TlsIdentity::load(&out).unwrap();
@@ -278,8 +289,8 @@ mod tests {
         );
 
         let out = dir.path().join("node");
-        issue(&issue_args(&ca_dir, &out, RoleArg::Node)).unwrap();
-        let err = issue(&issue_args(&ca_dir, &out, RoleArg::Node)).unwrap_err();
+        issue(&issue_args(&ca_dir, &out, RoleArg::Host)).unwrap();
+        let err = issue(&issue_args(&ca_dir, &out, RoleArg::Host)).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
     }
 

@@ -174,6 +174,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         );
         println!("  procmesh hosts");
         println!("  procmesh exec -- /bin/echo hello from the mesh");
+        println!(
+            "(an operator identity, for host administration, is in {})",
+            ids.operator_dir().display()
+        );
         println!("State: {}", root.display());
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -384,7 +388,7 @@ async fn workload(args: &DemoArgs, root: &Path, client: &Client) -> anyhow::Resu
         let dir = root.join("downloads");
         std::fs::create_dir_all(&dir)?;
         let path = client
-            .download(&r.outputs[0], r.record.location(), &dir)
+            .download(r, &r.outputs[0], &dir)
             .await
             .context("downloading an output")?;
         sample_text = Some((

@@ -268,7 +268,7 @@ async fn report(
     let mut downloaded = Vec::new();
     for output in &result.outputs {
         let path = client
-            .download(output, record.location(), &args.output_dir)
+            .download(result, output, &args.output_dir)
             .await
             .with_context(|| format!("downloading output {}", output.path))?;
         downloaded.push(path.display().to_string());

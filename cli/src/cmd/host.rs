@@ -46,6 +46,14 @@ pub struct HostArgs {
     /// Most actions each started proc runs at once (default: logical CPUs).
     #[arg(long, env = "PROCMESH_MAX_ACTIONS")]
     max_actions: Option<u32>,
+    /// This node's name, when its certificate names none (a fleet-wide host certificate);
+    /// default: the machine's hostname. Bound to the node secret in the state dir at its
+    /// first registration.
+    #[arg(long, env = "PROCMESH_NODE_NAME")]
+    node_name: Option<String>,
+    /// File of revoked certificate serials (one hex serial per line), re-read when it changes.
+    #[arg(long, env = "PROCMESH_REVOKED")]
+    revoked: Option<PathBuf>,
     /// Print the ready line as JSON.
     #[arg(long)]
     json: bool,
@@ -96,6 +104,12 @@ impl HostArgs {
         }
         if let Some(v) = self.capacity {
             config.capacity = Some(v);
+        }
+        if let Some(v) = &self.node_name {
+            config.node_name = Some(v.clone());
+        }
+        if let Some(v) = &self.revoked {
+            config.revoked = Some(v.clone());
         }
         anyhow::ensure!(
             config.tls_dir.is_some(),

@@ -42,6 +42,9 @@ pub struct OrchestratorArgs {
     /// Keep the state in memory only: a restart forgets every queue (benchmarks).
     #[arg(long)]
     no_journal: bool,
+    /// File of revoked certificate serials (one hex serial per line), re-read when it changes.
+    #[arg(long, env = "PROCMESH_REVOKED")]
+    revoked: Option<PathBuf>,
     /// Print the ready line as JSON.
     #[arg(long)]
     json: bool,
@@ -90,6 +93,9 @@ impl OrchestratorArgs {
         if self.no_journal {
             config.journal = false;
         }
+        if let Some(v) = &self.revoked {
+            config.revoked = Some(v.clone());
+        }
         config
             .validate()
             .context("bad orchestrator configuration")?;
@@ -103,12 +109,23 @@ fn identity(config: &OrchestratorConfig) -> anyhow::Result<TlsIdentity> {
         .tls_dir
         .as_ref()
         .context("no TLS identity: pass --tls-dir (create one with `procmesh certs`)")?;
-    TlsIdentity::load(dir).with_context(|| {
+    let identity = TlsIdentity::load(dir).with_context(|| {
         format!(
             "cannot load the TLS identity in {} (create one with `procmesh certs`)",
             dir.display()
         )
-    })
+    })?;
+    let role = identity
+        .identity()
+        .with_context(|| format!("the certificate in {}", dir.display()))?
+        .role;
+    anyhow::ensure!(
+        role == procmesh_transport::Role::Orchestrator,
+        "the certificate in {} is a {role} certificate; the orchestrator needs one issued with \
+         `procmesh certs issue --role orchestrator`",
+        dir.display()
+    );
+    Ok(identity)
 }
 
 /// Runs `procmesh orchestrator` until SIGTERM or SIGINT.
@@ -212,6 +229,7 @@ mod tests {
             lost_after_ms: Some(150),
             durability: None,
             no_journal: false,
+            revoked: None,
             json: false,
         };
         let err = format!("{:#}", args.config().unwrap_err());

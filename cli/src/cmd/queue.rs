@@ -438,7 +438,7 @@ async fn show_result(client: &Client, args: &ResultArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.download {
         for output in &result.outputs {
             let path = client
-                .download(output, result.record.location(), dir)
+                .download(&result, output, dir)
                 .await
                 .with_context(|| format!("downloading output {}", output.path))?;
             downloaded.push(path.display().to_string());

@@ -134,15 +134,17 @@ async fn every_route_through_one_frontend_address() {
         "a client reached an agent: {unanswered:?}"
     );
     intruder.shutdown(Duration::from_secs(1)).await;
-    // proc → service
+    // proc → service: the host answers — with a refusal, since a proc may not ask its
+    // host's status (HST-16), which shows the route works and the rule holds.
     let host_actor = m.host.id().clone();
     match agent_a
         .ask(AgentRequest::Probe(Probe::Host(host_actor.clone())), T)
         .await
         .unwrap()
     {
-        Ok(AgentReply::Probed { answered_by, .. }) => {
-            assert_eq!(&answered_by, host_actor.proc_id())
+        Err(AgentError::Unreachable { target, reason }) => {
+            assert_eq!(target, host_actor);
+            assert!(reason.contains("forbidden"), "{reason}");
         }
         other => panic!("proc-to-service probe: {other:?}"),
     }

@@ -1,9 +1,11 @@
-//! `procmesh certs`: a mesh CA for a fleet, and node and client identities signed by it.
+//! `procmesh certs`: a mesh CA for a fleet, and orchestrator, host, client and operator
+//! identities signed by it.
 //!
 //! ```text
 //! procmesh certs init  --dir ca/                       → ca/ca.pem, ca/ca-key.pem (0600)
-//! procmesh certs issue --ca-dir ca/ --role node   --out host-a/ [--name host-a] [--san 10.0.0.5]
-//! procmesh certs issue --ca-dir ca/ --role client --out me/
+//! procmesh certs issue --ca-dir ca/ --role orchestrator --name orch --out orch/
+//! procmesh certs issue --ca-dir ca/ --role host --out host-a/ [--name host-a] [--san 10.0.0.5]
+//! procmesh certs issue --ca-dir ca/ --role client|operator --out me/ [--name alice]
 //!                                                      → ca.pem, cert.pem, key.pem (0600)
 //! ```
 //!
@@ -27,7 +29,9 @@ pub enum CertsCommand {
     /// Create a mesh CA: ca.pem (give it to every node and client) and ca-key.pem (keep it
     /// safe: whoever holds it can join the mesh).
     Init(InitArgs),
-    /// Issue a node or client identity signed by the mesh CA.
+    /// Issue an identity signed by the mesh CA: its role, and (with --name) its node name, go
+    /// into the certificate as spiffe://<mesh>/<role>[/<name>]. Prints the serial (for
+    /// revocation).
     Issue(IssueArgs),
 }
 
@@ -76,7 +80,9 @@ pub struct IssueArgs {
     /// Directory to write ca.pem, cert.pem and key.pem into (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// The certificate's common name (default: the role, e.g. `node`).
+    /// The node name the certificate proves (1-63 of [A-Za-z0-9._-]). A host certificate
+    /// without one is a fleet-wide certificate: each host then proves its node with the node
+    /// secret it keeps in its state dir.
     #[arg(long)]
     pub name: Option<String>,
     /// An extra subject alternative name (DNS name or IP); repeatable.
@@ -101,7 +107,19 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
         }
         CertsCommand::Issue(args) => {
             let written = issue(&args)?;
-            report(args.json, &written)
+            let identity = TlsIdentity::load(&args.out)?.identity()?;
+            if args.json {
+                let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+                super::common::print_json(&serde_json::json!({
+                    "written": files,
+                    "identity": identity.uri(),
+                    "serial": identity.serial,
+                }))
+            } else {
+                report(false, &written)?;
+                println!("identity {} serial {}", identity.uri(), identity.serial);
+                Ok(())
+            }
         }
     }
 }

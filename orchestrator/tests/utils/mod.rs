@@ -78,6 +78,7 @@ pub async fn worker(orch: &Orchestrator) -> WorkerDescriptor {
 
 // ---- fake hosts -------------------------------------------------------------------------------
 
+#[allow(unused_imports)]
 pub use procmesh_testkit::host::{always, FakeHost, Outcome, Plan};
 pub use procmesh_testkit::{eventually, ScriptWorker};
 

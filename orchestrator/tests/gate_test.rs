@@ -1,0 +1,186 @@
+//! The orchestrator's gate over real QUIC peers: a shared-certificate host that cannot prove a
+//! bound node's secret is not admitted for its address (ORC-38), and the blob store serves and
+//! takes blobs by role and grant (ORC-39).
+
+mod utils;
+
+use std::time::Duration;
+
+use procmesh_protocol::messages::host::{HostInfo, SystemInfo};
+use procmesh_protocol::messages::orchestrator::{
+    Heartbeat, OrchestratorReply, OrchestratorRequest,
+};
+use procmesh_protocol::{BlobHash, HostAddr};
+use procmesh_transport::{BlobError, BlobStore, Node, NodeBuilder, Role, TlsIdentity};
+use utils::*;
+
+const SILENCE: Duration = Duration::from_secs(2);
+
+fn info(addr: &HostAddr, node: &str, secret: &[u8; 32]) -> HostInfo {
+    HostInfo {
+        addr: addr.clone(),
+        capacity: 1,
+        labels: Default::default(),
+        system: SystemInfo {
+            cores: 1,
+            memory_bytes: 1 << 30,
+            os: "linux".into(),
+            hostname: node.into(),
+            arch: "x86_64".into(),
+        },
+        version: "0.1.0".into(),
+        node: node.into(),
+        node_secret: Some(secret.iter().map(|b| format!("{b:02x}")).collect()),
+    }
+}
+
+async fn shared_host(id: &TlsIdentity, claim_addr: Option<&HostAddr>, secret: [u8; 32]) -> Node {
+    let mut builder = NodeBuilder::new("service")
+        .quic(loopback(), id.clone())
+        .node_claim("n1", Some(secret));
+    if let Some(addr) = claim_addr {
+        builder = builder.addr(addr.clone());
+    }
+    builder.start().await.unwrap()
+}
+
+fn beat(addr: &HostAddr) -> OrchestratorRequest {
+    OrchestratorRequest::Heartbeat(Heartbeat {
+        addr: addr.clone(),
+        procs: Vec::new(),
+        running: Vec::new(),
+    })
+}
+
+// Attests ORC-38
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_certificate_host_must_prove_the_bound_nodes_secret() {
+    let id = identity();
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let fleet = id
+        .ca
+        .issue(Role::Host, "", &[], Duration::from_secs(3600))
+        .unwrap();
+    let secret = [5u8; 32];
+    let real = shared_host(&fleet, None, secret).await;
+    let addr = real.addr().clone();
+    let orch_ref = real
+        .remote_ref::<OrchestratorRequest>(orch.actor_id())
+        .with_sender(real.actor_id("host").unwrap());
+    let answer = orch_ref
+        .ask(
+            OrchestratorRequest::RegisterHost(info(&addr, "n1", &secret)),
+            T,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            answer,
+            Ok(OrchestratorReply::HostRegistered {
+                ticket_key: Some(_),
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+
+    // The same certificate, the same claimed node and address, another secret: not admitted,
+    // so it can neither heartbeat for the node nor receive anything meant for it.
+    let impostor = shared_host(&fleet, Some(&addr), [6u8; 32]).await;
+    let answer = impostor
+        .remote_ref::<OrchestratorRequest>(orch.actor_id())
+        .with_sender(addr.proc("service").unwrap().actor("host").unwrap())
+        .ask(beat(&addr), SILENCE)
+        .await;
+    assert!(answer.is_err(), "an impostor was admitted: {answer:?}");
+    assert!(orch.refusals().get("connection").copied().unwrap_or(0) >= 1);
+    // The real node keeps working.
+    let answer = orch_ref.ask(beat(&addr), T).await.unwrap();
+    assert!(
+        matches!(answer, Ok(OrchestratorReply::HeartbeatAck { .. })),
+        "{answer:?}"
+    );
+    impostor.shutdown(Duration::from_millis(100)).await;
+    real.shutdown(Duration::from_millis(100)).await;
+    orch.shutdown().await;
+}
+
+// Attests ORC-39
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blob_store_serves_by_role_and_grant() {
+    let id = identity();
+    let (orch, dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let worker = worker(&orch).await;
+    let hash: BlobHash = worker.files[0].hash;
+    let node = |who: TlsIdentity, name: &'static str| {
+        let store = BlobStore::open(dir.path().join(name)).unwrap();
+        async move {
+            NodeBuilder::new("local")
+                .quic(loopback(), who)
+                .blob_store(store)
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let from = orch.addr();
+    // A host with nothing dispatched to it, and a client without a ticket: refused.
+    let host = node(id.host.clone(), "host").await;
+    let fetched = host.fetch_blob(&from, hash).await;
+    assert!(
+        matches!(fetched, Err(BlobError::Forbidden(_))),
+        "{fetched:?}"
+    );
+    let client = node(id.client.clone(), "client").await;
+    let fetched = client.fetch_blob(&from, hash).await;
+    assert!(
+        matches!(fetched, Err(BlobError::Forbidden(_))),
+        "{fetched:?}"
+    );
+    // An operator may; a client may push, a host may not.
+    let operator_id = id
+        .ca
+        .issue(Role::Operator, "", &[], Duration::from_secs(3600))
+        .unwrap();
+    let operator = node(operator_id, "operator").await;
+    operator.fetch_blob(&from, hash).await.unwrap();
+    client
+        .push_blob(&from, BlobHash::of(b"input"), 5, &b"input"[..])
+        .await
+        .unwrap();
+    let pushed = host
+        .push_blob(&from, BlobHash::of(b"junk"), 4, &b"junk"[..])
+        .await;
+    assert!(
+        pushed.is_err(),
+        "a host pushed into the orchestrator's store"
+    );
+    assert!(!orch
+        .node()
+        .blob_store()
+        .unwrap()
+        .contains(&BlobHash::of(b"junk")));
+    assert!(orch.refusals().get("blob").copied().unwrap_or(0) >= 3);
+    // A host an action needing the blob was dispatched to may fetch it.
+    let client_actor = Client::connect(&id.client, orch.actor_id()).await;
+    let queue = client_actor.queue(0).await;
+    let w = client_actor.register(&worker).await;
+    let fake = FakeHost::start(&id.host, orch.actor_id(), 1, always(Outcome::Hang)).await;
+    client_actor
+        .submit(queue, vec![action(w)])
+        .await
+        .expect("submitted");
+    assert!(eventually(T, || async { fake.held() == 1 }).await);
+    let granted = NodeBuilder::new("local")
+        .quic(loopback(), id.host.clone())
+        .blob_store(BlobStore::open(dir.path().join("granted")).unwrap())
+        .start()
+        .await
+        .unwrap();
+    granted.fetch_blob(&from, hash).await.unwrap();
+    for n in [host, client, operator, granted] {
+        n.shutdown(Duration::from_millis(100)).await;
+    }
+    orch.shutdown().await;
+}

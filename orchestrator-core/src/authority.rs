@@ -294,6 +294,16 @@ impl Core {
         peer: &Peer,
     ) -> Result<(), OrchestratorError> {
         self.speaks_for(peer, from.proc_id().addr())?;
+        self.check_placed(t, from)
+    }
+
+    /// The part of ORC-35 that depends on the transition: its attempt is placed on the
+    /// sender's proc. (For a batch, [`speaks_for`](Self::speaks_for) is checked once.)
+    pub(crate) fn check_placed(
+        &self,
+        t: &Transition,
+        from: &ActorId,
+    ) -> Result<(), OrchestratorError> {
         let Some(entry) = self.book.action(t.lsn) else {
             // Unknown: handled (and ignored) as before.
             return Ok(());

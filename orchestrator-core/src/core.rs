@@ -170,9 +170,10 @@ impl Core {
                 // Each on its own, in order: one refused (stale, unknown) does not hold up the
                 // rest.
                 for t in transitions {
-                    if let Some(peer) = peer {
-                        // ORC-35, for each transition of the batch.
-                        if let Err(error) = self.check_update(&t, &req.from, peer) {
+                    if peer.is_some() {
+                        // ORC-35, for each transition of the batch (the batch's sender was
+                        // checked by `authorize`).
+                        if let Err(error) = self.check_placed(&t, &req.from) {
                             tracing::warn!(%error, lsn = %t.lsn, "update of a batch refused");
                             step.refused += 1;
                             continue;

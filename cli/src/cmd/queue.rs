@@ -356,8 +356,8 @@ fn print_hosts(hosts: &[HostView]) {
         return;
     }
     println!(
-        "{:<28} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} labels",
-        "address", "state", "capacity", "procs", "free", "placed", "hostname"
+        "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} labels",
+        "address", "node", "state", "capacity", "procs", "free", "placed", "hostname"
     );
     for host in hosts {
         let free: u64 = host.procs.iter().map(|p| u64::from(p.capacity.free)).sum();
@@ -368,8 +368,9 @@ fn print_hosts(hosts: &[HostView]) {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         println!(
-            "{:<28} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {}",
+            "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {}",
             host.info.addr.to_string(),
+            host.info.node,
             match host.state {
                 HostState::Alive => "alive",
                 HostState::Lost => "lost",

@@ -146,6 +146,8 @@ fn serial(id: &TlsIdentity) -> String {
     id.identity().unwrap().serial
 }
 
+// Attests ORC-33, ORC-34, ORC-35, ORC-37, ORC-40, HST-16, HST-17, HST-22, NODE-6, NODE-7, TLS-6
+// against real processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_can_neither_act_as_a_host_nor_reach_hosts_and_procs() {
     let mesh = start_mesh();
@@ -406,6 +408,7 @@ async fn a_client_certificate_can_neither_act_as_a_host_nor_reach_hosts_and_proc
     }
 }
 
+// Attests NODE-10 against a real orchestrator process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_one_identitys_limit_are_refused_while_the_mesh_serves() {
     let mesh = start_mesh();

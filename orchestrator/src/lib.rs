@@ -151,6 +151,16 @@ fn open_state(config: &OrchestratorConfig) -> Result<Start, StartError> {
         });
     }
     state_dir(&config.state_dir)?;
+    // The journal holds the node secrets of hosts with fleet-wide certificates (ORC-33): the
+    // state directory is the orchestrator's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| StartError::State {
+                path: config.state_dir.display().to_string(),
+                source,
+            })?;
+    }
     let path = config.journal_path();
     let options = JournalOptions {
         durability: config.durability,

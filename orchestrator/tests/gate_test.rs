@@ -184,3 +184,75 @@ async fn the_blob_store_serves_by_role_and_grant() {
     }
     orch.shutdown().await;
 }
+
+// Attests ORC-35 over real QUIC peers: another host cannot report for a host's proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cannot_report_for_another_hosts_proc() {
+    let id = identity();
+    let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
+    let client = Client::connect(&id.client, orch.actor_id()).await;
+    let queue = client.queue(0).await;
+    let w = client.register(&worker(&orch).await).await;
+    let a = FakeHost::start(&id.host, orch.actor_id(), 1, always(Outcome::Hang)).await;
+    let lsn = client
+        .submit(queue, vec![action(w)])
+        .await
+        .expect("submitted")[0];
+    assert!(eventually(T, || async { a.held() == 1 }).await);
+    let attempt = a.submits()[0];
+    // Host B: its own per-node certificate, registered, with a proc of its own.
+    let other = id
+        .ca
+        .issue(Role::Host, "other", &[], Duration::from_secs(3600))
+        .unwrap();
+    let b = FakeHost::start(&other, orch.actor_id(), 1, always(Outcome::Hang)).await;
+    assert!(
+        eventually(T, || async {
+            matches!(
+                client.ask(OrchestratorRequest::ListHosts).await,
+                Ok(OrchestratorReply::Hosts(h)) if h.len() == 2
+            )
+        })
+        .await
+    );
+    let forged = procmesh_protocol::Transition::new(
+        attempt.lsn,
+        attempt.attempt,
+        procmesh_protocol::ActionState::Completed,
+        procmesh_protocol::Timestamp(1),
+    );
+    for sender in [b.agent.clone(), a.agent.clone()] {
+        // From B's connection, as B's agent or naming A's: refused (the transport drops a
+        // sender of another address; the core refuses B's own agent).
+        let answer = b
+            .node
+            .remote_ref::<OrchestratorRequest>(orch.actor_id())
+            .with_sender(sender)
+            .ask(OrchestratorRequest::ActionUpdate(forged.clone()), SILENCE)
+            .await;
+        assert!(
+            matches!(
+                &answer,
+                Err(_)
+                    | Ok(Err(
+                        procmesh_protocol::messages::orchestrator::OrchestratorError::NotPermitted(
+                            _
+                        )
+                    ))
+            ),
+            "{answer:?}"
+        );
+    }
+    let Ok(OrchestratorReply::Action(view)) = client
+        .ask(OrchestratorRequest::GetAction { queue, lsn })
+        .await
+    else {
+        panic!("no action")
+    };
+    assert_ne!(
+        view.record.state(),
+        procmesh_protocol::ActionState::Completed
+    );
+    assert!(orch.refusals().get("ActionUpdate").copied().unwrap_or(0) >= 1);
+    orch.shutdown().await;
+}

@@ -10,6 +10,7 @@ use procmesh_protocol::messages::orchestrator::{
     ActionResult, HostView, OrchestratorReply, OrchestratorRequest, QueueConfig, QueueRef,
     SubscriptionTarget,
 };
+use procmesh_protocol::messages::requests::{client as req, Ask};
 use procmesh_protocol::spec::validate_path;
 use procmesh_protocol::{
     ActorId, BlobHash, DownloadTicket, InputFile, Lsn, OutputFile, ProcId, WorkerId,
@@ -121,7 +122,23 @@ impl Client {
         &self,
         request: OrchestratorRequest,
     ) -> Result<OrchestratorReply, ClientError> {
-        self.ask(request_name(&request), request).await
+        self.ask(request.kind(), request).await
+    }
+
+    /// Sends a typed request and returns its typed reply: a reply of another kind is
+    /// [`ClientError::UnexpectedReply`], decided here once for every request.
+    pub async fn call<A: Ask>(&self, request: A) -> Result<A::Reply, ClientError> {
+        self.call_within(request, self.inner.timeout).await
+    }
+
+    /// [`call`](Self::call) with its own timeout.
+    pub async fn call_within<A: Ask>(
+        &self,
+        request: A,
+        timeout: Duration,
+    ) -> Result<A::Reply, ClientError> {
+        let reply = self.ask_within(A::KIND, request.request(), timeout).await?;
+        A::reply(reply).map_err(|other| unexpected(A::KIND, &other))
     }
 
     pub(crate) async fn ask(
@@ -150,29 +167,18 @@ impl Client {
 
     /// Every host the orchestrator knows.
     pub async fn hosts(&self) -> Result<Vec<HostView>, ClientError> {
-        match self
-            .ask("ListHosts", OrchestratorRequest::ListHosts)
-            .await?
-        {
-            OrchestratorReply::Hosts(hosts) => Ok(hosts),
-            other => Err(unexpected("ListHosts", &other)),
-        }
+        self.call(req::ListHosts).await
     }
 
     /// Creates a queue. The handle addresses it by token, so it works from anywhere.
     pub async fn create_queue(&self, config: QueueConfig) -> Result<Queue, ClientError> {
-        match self
-            .ask("CreateQueue", OrchestratorRequest::CreateQueue(config))
-            .await?
-        {
-            OrchestratorReply::QueueCreated { id, token } => Ok(Queue::new(
-                self.clone(),
-                QueueRef::Token(token),
-                Some(id),
-                Some(token),
-            )),
-            other => Err(unexpected("CreateQueue", &other)),
-        }
+        let created = self.call(req::CreateQueue { config }).await?;
+        Ok(Queue::new(
+            self.clone(),
+            QueueRef::Token(created.token),
+            Some(created.id),
+            Some(created.token),
+        ))
     }
 
     /// A handle on an existing queue, checked by reading its status (a wrong token is
@@ -199,16 +205,11 @@ impl Client {
         &self,
         worker: &PreparedWorker,
     ) -> Result<WorkerId, ClientError> {
-        let reply = self
-            .ask(
-                "RegisterWorker",
-                OrchestratorRequest::RegisterWorker(worker.descriptor().clone()),
-            )
+        let (id, missing) = self
+            .call(req::RegisterWorker {
+                descriptor: worker.descriptor().clone(),
+            })
             .await?;
-        let (id, missing) = match reply {
-            OrchestratorReply::WorkerRegistered { id, missing } => (id, missing),
-            other => return Err(unexpected("RegisterWorker", &other)),
-        };
         if id != worker.id() {
             return Err(ClientError::WorkerIdMismatch {
                 ours: worker.id(),
@@ -260,13 +261,7 @@ impl Client {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
-        match self
-            .ask("MissingBlobs", OrchestratorRequest::MissingBlobs(hashes))
-            .await?
-        {
-            OrchestratorReply::MissingBlobs(missing) => Ok(missing),
-            other => Err(unexpected("MissingBlobs", &other)),
-        }
+        self.call(req::MissingBlobs { hashes }).await
     }
 
     async fn confirm_uploaded(&self, uploaded: Vec<BlobHash>) -> Result<(), ClientError> {
@@ -451,34 +446,5 @@ pub(crate) fn unexpected(request: &'static str, reply: &OrchestratorReply) -> Cl
     ClientError::UnexpectedReply {
         request,
         reply: text,
-    }
-}
-
-/// The variant name of a request, for error messages.
-fn request_name(request: &OrchestratorRequest) -> &'static str {
-    match request {
-        OrchestratorRequest::RegisterHost(_) => "RegisterHost",
-        OrchestratorRequest::Heartbeat(_) => "Heartbeat",
-        OrchestratorRequest::ProcLost { .. } => "ProcLost",
-        OrchestratorRequest::ActionUpdate(_) => "ActionUpdate",
-        OrchestratorRequest::ActionUpdates(_) => "ActionUpdates",
-        OrchestratorRequest::GetWorker(_) => "GetWorker",
-        OrchestratorRequest::CreateQueue(_) => "CreateQueue",
-        OrchestratorRequest::QueueStatus(_) => "QueueStatus",
-        OrchestratorRequest::ListResults { .. } => "ListResults",
-        OrchestratorRequest::Retire { .. } => "Retire",
-        OrchestratorRequest::Drain(_) => "Drain",
-        OrchestratorRequest::CancelQueue(_) => "CancelQueue",
-        OrchestratorRequest::CancelAction { .. } => "CancelAction",
-        OrchestratorRequest::Reschedule { .. } => "Reschedule",
-        OrchestratorRequest::SetPriority { .. } => "SetPriority",
-        OrchestratorRequest::GetAction { .. } => "GetAction",
-        OrchestratorRequest::RegisterWorker(_) => "RegisterWorker",
-        OrchestratorRequest::MissingBlobs(_) => "MissingBlobs",
-        OrchestratorRequest::Submit { .. } => "Submit",
-        OrchestratorRequest::Subscribe { .. } => "Subscribe",
-        OrchestratorRequest::Unsubscribe { .. } => "Unsubscribe",
-        OrchestratorRequest::CheckSubscription { .. } => "CheckSubscription",
-        OrchestratorRequest::ListHosts => "ListHosts",
     }
 }

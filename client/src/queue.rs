@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use procmesh_protocol::messages::orchestrator::{
-    ActionResult, ActionView, OrchestratorReply, OrchestratorRequest, QueueRef, QueueStatus,
-    QueueToken, SubmitAction, SubscriptionTarget,
+    ActionResult, ActionView, OrchestratorReply, QueueRef, QueueStatus, QueueToken, SubmitAction,
+    SubscriptionTarget,
 };
+use procmesh_protocol::messages::requests::client as req;
 use procmesh_protocol::{Attempt, ClientEvent, Lsn};
 use tokio::time::Instant;
 
@@ -75,36 +76,29 @@ impl Queue {
         while actions.peek().is_some() {
             let batch: Vec<SubmitAction> = actions.by_ref().take(MAX_SUBMIT_BATCH).collect();
             let len = batch.len();
-            let reply = self
+            let got = self
                 .client
-                .ask(
-                    "Submit",
-                    OrchestratorRequest::Submit {
-                        queue: self.queue,
-                        actions: batch,
-                    },
-                )
+                .call(req::Submit {
+                    queue: self.queue,
+                    actions: batch,
+                })
                 .await?;
-            match reply {
-                OrchestratorReply::Submitted { lsns: got } if got.len() == len => {
-                    lsns.extend(got);
-                }
-                other => return Err(unexpected("Submit", &other)),
+            if got.len() != len {
+                return Err(unexpected(
+                    "Submit",
+                    &OrchestratorReply::Submitted { lsns: got },
+                ));
             }
+            lsns.extend(got);
         }
         Ok(lsns)
     }
 
     /// The queue's counts.
     pub async fn status(&self) -> Result<QueueStatus, ClientError> {
-        match self
-            .client
-            .ask("QueueStatus", OrchestratorRequest::QueueStatus(self.queue))
-            .await?
-        {
-            OrchestratorReply::QueueStatus(status) => Ok(status),
-            other => Err(unexpected("QueueStatus", &other)),
-        }
+        self.client
+            .call(req::QueueStatus { queue: self.queue })
+            .await
     }
 
     /// Finished results not yet retired, in LSN order: those after `after`, at most `limit`
@@ -114,15 +108,13 @@ impl Queue {
         after: Option<Lsn>,
         limit: Option<u32>,
     ) -> Result<Vec<ActionResult>, ClientError> {
-        let request = OrchestratorRequest::ListResults {
-            queue: self.queue,
-            after,
-            limit,
-        };
-        match self.client.ask("ListResults", request).await? {
-            OrchestratorReply::Results(results) => Ok(results),
-            other => Err(unexpected("ListResults", &other)),
-        }
+        self.client
+            .call(req::ListResults {
+                queue: self.queue,
+                after,
+                limit,
+            })
+            .await
     }
 
     /// Every finished result not yet retired, paging through them.
@@ -147,87 +139,65 @@ impl Queue {
 
     /// Forgets finished results; returns how many were retired.
     pub async fn retire(&self, lsns: Vec<Lsn>) -> Result<u64, ClientError> {
-        let request = OrchestratorRequest::Retire {
-            queue: self.queue,
-            lsns,
-        };
-        match self.client.ask("Retire", request).await? {
-            OrchestratorReply::Retired { count } => Ok(count),
-            other => Err(unexpected("Retire", &other)),
-        }
+        self.client
+            .call(req::Retire {
+                queue: self.queue,
+                lsns,
+            })
+            .await
     }
 
     /// Accepts no new actions; the rest finish.
     pub async fn drain(&self) -> Result<(), ClientError> {
-        match self
-            .client
-            .ask("Drain", OrchestratorRequest::Drain(self.queue))
-            .await?
-        {
-            OrchestratorReply::Ack => Ok(()),
-            other => Err(unexpected("Drain", &other)),
-        }
+        self.client.call(req::Drain { queue: self.queue }).await
     }
 
     /// Cancels every pending and running action; returns how many.
     pub async fn cancel(&self) -> Result<u64, ClientError> {
-        match self
-            .client
-            .ask("CancelQueue", OrchestratorRequest::CancelQueue(self.queue))
-            .await?
-        {
-            OrchestratorReply::Cancelled { count } => Ok(count),
-            other => Err(unexpected("CancelQueue", &other)),
-        }
+        self.client
+            .call(req::CancelQueue { queue: self.queue })
+            .await
     }
 
     /// Cancels one action; returns how many were cancelled (0 if it had already ended).
     pub async fn cancel_action(&self, lsn: Lsn) -> Result<u64, ClientError> {
-        let request = OrchestratorRequest::CancelAction {
-            queue: self.queue,
-            lsn,
-        };
-        match self.client.ask("CancelAction", request).await? {
-            OrchestratorReply::Cancelled { count } => Ok(count),
-            other => Err(unexpected("CancelAction", &other)),
-        }
+        self.client
+            .call(req::CancelAction {
+                queue: self.queue,
+                lsn,
+            })
+            .await
     }
 
     /// Retries a failed or abandoned action now; returns its new attempt.
     pub async fn reschedule(&self, lsn: Lsn) -> Result<Attempt, ClientError> {
-        let request = OrchestratorRequest::Reschedule {
-            queue: self.queue,
-            lsn,
-        };
-        match self.client.ask("Reschedule", request).await? {
-            OrchestratorReply::Rescheduled { attempt } => Ok(attempt),
-            other => Err(unexpected("Reschedule", &other)),
-        }
+        self.client
+            .call(req::Reschedule {
+                queue: self.queue,
+                lsn,
+            })
+            .await
     }
 
     /// Changes the priority of a pending action (higher runs first).
     pub async fn set_priority(&self, lsn: Lsn, priority: i32) -> Result<(), ClientError> {
-        let request = OrchestratorRequest::SetPriority {
-            queue: self.queue,
-            lsn,
-            priority,
-        };
-        match self.client.ask("SetPriority", request).await? {
-            OrchestratorReply::Ack => Ok(()),
-            other => Err(unexpected("SetPriority", &other)),
-        }
+        self.client
+            .call(req::SetPriority {
+                queue: self.queue,
+                lsn,
+                priority,
+            })
+            .await
     }
 
     /// One action's record.
     pub async fn action(&self, lsn: Lsn) -> Result<ActionView, ClientError> {
-        let request = OrchestratorRequest::GetAction {
-            queue: self.queue,
-            lsn,
-        };
-        match self.client.ask("GetAction", request).await? {
-            OrchestratorReply::Action(view) => Ok(view),
-            other => Err(unexpected("GetAction", &other)),
-        }
+        self.client
+            .call(req::GetAction {
+                queue: self.queue,
+                lsn,
+            })
+            .await
     }
 
     /// Follows every action of the queue, and its completion.

@@ -16,15 +16,13 @@ use std::time::Duration;
 
 use kameo::message::{Context, Message};
 use kameo::Actor;
-use procmesh_protocol::messages::orchestrator::{
-    OrchestratorReply, OrchestratorRequest, SubscriptionTarget,
-};
+use procmesh_protocol::messages::orchestrator::SubscriptionTarget;
+use procmesh_protocol::messages::requests::client as req;
 use procmesh_protocol::{ActorId, ClientEvent};
 use procmesh_transport::{Request, WireReply};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::client::unexpected;
 use crate::{Client, ClientError};
 
 /// Events buffered per watch before they are counted as lagged.
@@ -100,15 +98,14 @@ pub(crate) async fn subscribe(
     subscriber: &ActorId,
     from: Option<u64>,
 ) -> Result<(u64, u64), ClientError> {
-    let request = OrchestratorRequest::Subscribe {
-        target: *target,
-        subscriber: subscriber.clone(),
-        from,
-    };
-    match client.ask("Subscribe", request).await? {
-        OrchestratorReply::Subscribed { subscription, next } => Ok((subscription, next)),
-        other => Err(unexpected("Subscribe", &other)),
-    }
+    let subscribed = client
+        .call(req::Subscribe {
+            target: *target,
+            subscriber: subscriber.clone(),
+            from,
+        })
+        .await?;
+    Ok((subscribed.subscription, subscribed.next))
 }
 
 /// The events of one subscription, resumed across reconnects and orchestrator restarts: a
@@ -178,14 +175,10 @@ impl Watch {
         self.task.abort();
         self.client.inner.node.unexpose(&self.name);
         self.client
-            .ask(
-                "Unsubscribe",
-                OrchestratorRequest::Unsubscribe {
-                    subscription: self.subscription(),
-                },
-            )
+            .call(req::Unsubscribe {
+                subscription: self.subscription(),
+            })
             .await
-            .map(drop)
     }
 }
 
@@ -242,8 +235,11 @@ impl Keeper {
 
     async fn still_live(&self) -> bool {
         let subscription = self.current.load(Ordering::Relaxed);
-        let request = OrchestratorRequest::CheckSubscription { subscription };
-        match self.client.ask("CheckSubscription", request).await {
+        match self
+            .client
+            .call(req::CheckSubscription { subscription })
+            .await
+        {
             Ok(_) => true,
             Err(error) => {
                 tracing::debug!(%error, subscription, "subscription not confirmed");
@@ -270,8 +266,7 @@ impl Keeper {
                     tracing::debug!(old, subscription, from = self.next, "watch resumed");
                     let client = self.client.clone();
                     tokio::spawn(async move {
-                        let request = OrchestratorRequest::Unsubscribe { subscription: old };
-                        let _ = client.ask("Unsubscribe", request).await;
+                        let _ = client.call(req::Unsubscribe { subscription: old }).await;
                     });
                     return true;
                 }
@@ -317,8 +312,7 @@ impl Drop for Watch {
         let client = self.client.clone();
         let subscription = self.subscription();
         runtime.spawn(async move {
-            let request = OrchestratorRequest::Unsubscribe { subscription };
-            if let Err(error) = client.ask("Unsubscribe", request).await {
+            if let Err(error) = client.call(req::Unsubscribe { subscription }).await {
                 tracing::debug!(%error, subscription, "unsubscribe failed");
             }
         });

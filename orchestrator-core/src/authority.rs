@@ -28,6 +28,7 @@
 
 use procmesh_protocol::messages::host::HostInfo;
 use procmesh_protocol::messages::orchestrator::{OrchestratorError, OrchestratorRequest};
+use procmesh_protocol::messages::requests::Audience;
 use procmesh_protocol::{ActorId, HostAddr, Transition, WorkerId};
 use serde::{Deserialize, Serialize};
 
@@ -137,42 +138,31 @@ impl Core {
         peer: &Peer,
     ) -> Result<(), OrchestratorError> {
         use OrchestratorRequest as R;
+        // By audience first (MSG-3): client requests need a client's certificate; what hosts
+        // and agents send is checked against the node it speaks for.
+        if message.audience() == Audience::Client {
+            return if peer.is_client() {
+                Ok(())
+            } else {
+                Err(forbidden(format!(
+                    "client requests need a client or operator certificate, not a {:?} one",
+                    peer.role
+                )))
+            };
+        }
         match message {
             R::RegisterHost(info) => self.check_register(info, peer).map(|_| ()),
             R::Heartbeat(heartbeat) => self.speaks_for(peer, &heartbeat.addr),
             R::ProcLost { proc_id, .. } => self.speaks_for(peer, proc_id.addr()),
             R::ActionUpdate(t) => self.check_update(t, from, peer),
-            R::ActionUpdates(_) => {
-                // Each transition is checked on its own when the batch is handled.
-                self.speaks_for(peer, from.proc_id().addr())
-            }
+            // Each transition is checked on its own when the batch is handled.
+            R::ActionUpdates(_) => self.speaks_for(peer, from.proc_id().addr()),
             R::GetWorker(id) => self.check_get_worker(id, from, peer),
-            R::CreateQueue(_)
-            | R::QueueStatus(_)
-            | R::ListResults { .. }
-            | R::Retire { .. }
-            | R::Drain(_)
-            | R::CancelQueue(_)
-            | R::CancelAction { .. }
-            | R::Reschedule { .. }
-            | R::SetPriority { .. }
-            | R::GetAction { .. }
-            | R::RegisterWorker(_)
-            | R::MissingBlobs(_)
-            | R::Submit { .. }
-            | R::Subscribe { .. }
-            | R::Unsubscribe { .. }
-            | R::CheckSubscription { .. }
-            | R::ListHosts => {
-                if peer.is_client() {
-                    Ok(())
-                } else {
-                    Err(forbidden(format!(
-                        "client requests need a client or operator certificate, not a {:?} one",
-                        peer.role
-                    )))
-                }
-            }
+            // Every other request is a client request (MSG-3), answered above.
+            other => Err(forbidden(format!(
+                "{} is not a host's request",
+                other.kind()
+            ))),
         }
     }
 

@@ -226,7 +226,7 @@ impl Message<Request<OrchestratorRequest>> for Service {
             return delegated;
         }
         let loopback = req.is_loopback();
-        let kind = request_kind(&req.message);
+        let kind = req.message.kind();
         let peer = match crate::gate::peer_of(req.peer.as_deref()) {
             Ok(peer) => peer,
             Err(why) => {
@@ -325,36 +325,6 @@ fn draw_token() -> Result<QueueToken, OrchestratorError> {
     getrandom::getrandom(&mut bytes)
         .map_err(|e| OrchestratorError::Internal(format!("no randomness for a token: {e}")))?;
     Ok(QueueToken::from_bytes(bytes))
-}
-
-/// A request's name, for logs and refusal counts.
-fn request_kind(message: &OrchestratorRequest) -> &'static str {
-    use OrchestratorRequest as R;
-    match message {
-        R::RegisterHost(_) => "RegisterHost",
-        R::Heartbeat(_) => "Heartbeat",
-        R::ProcLost { .. } => "ProcLost",
-        R::ActionUpdate(_) => "ActionUpdate",
-        R::ActionUpdates(_) => "ActionUpdates",
-        R::GetWorker(_) => "GetWorker",
-        R::CreateQueue(_) => "CreateQueue",
-        R::QueueStatus(_) => "QueueStatus",
-        R::ListResults { .. } => "ListResults",
-        R::Retire { .. } => "Retire",
-        R::Drain(_) => "Drain",
-        R::CancelQueue(_) => "CancelQueue",
-        R::CancelAction { .. } => "CancelAction",
-        R::Reschedule { .. } => "Reschedule",
-        R::SetPriority { .. } => "SetPriority",
-        R::GetAction { .. } => "GetAction",
-        R::RegisterWorker(_) => "RegisterWorker",
-        R::MissingBlobs(_) => "MissingBlobs",
-        R::Submit { .. } => "Submit",
-        R::Subscribe { .. } => "Subscribe",
-        R::Unsubscribe { .. } => "Unsubscribe",
-        R::CheckSubscription { .. } => "CheckSubscription",
-        R::ListHosts => "ListHosts",
-    }
 }
 
 impl Service {

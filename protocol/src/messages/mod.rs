@@ -36,6 +36,7 @@ pub mod agent;
 pub mod client;
 pub mod host;
 pub mod orchestrator;
+pub mod requests;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -27,9 +27,12 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+mod builder;
+mod identity;
 pub mod link;
 mod local;
 pub mod node;
+pub mod peer;
 mod quic;
 pub mod remote;
 pub mod revoke;

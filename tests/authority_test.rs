@@ -19,7 +19,7 @@ use procmesh_protocol::{
     SERVICE_PROC,
 };
 use procmesh_transport::{BlobError, Node, NodeBuilder, TlsIdentity};
-use utils::{node_name, start_procmesh, Certs, Proc};
+use utils::{start_mesh_host, start_orchestrator, Certs, Proc};
 
 const T: Duration = Duration::from_secs(20);
 /// How long an ask that must go unanswered is given.
@@ -39,51 +39,28 @@ fn start_mesh() -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let revoked = dir.path().join("revoked.txt");
     std::fs::write(&revoked, "# revoked certificate serials\n").unwrap();
-    let (orch, ready) = start_procmesh(
-        "orchestrator",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-dir",
-            certs.orchestrator_dir().to_str().unwrap(),
-            "--state-dir",
-            dir.path().join("orchestrator").to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "200",
-            "--revoked",
-            revoked.to_str().unwrap(),
-        ],
+    let revoked_flag = revoked.to_str().unwrap().to_owned();
+    let (orch, orchestrator) = start_orchestrator(
+        &certs,
+        "127.0.0.1:0",
+        &dir.path().join("orchestrator"),
+        &["--heartbeat-interval-ms", "200", "--revoked", &revoked_flag],
     );
-    let orchestrator: ActorId = ready.parse().unwrap();
-    let state = dir.path().join("host-a");
-    let (host, ready) = start_procmesh(
-        "host",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-dir",
-            certs.host_dir().to_str().unwrap(),
-            "--node-name",
-            &node_name(&state),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--orchestrator",
-            &orchestrator.to_string(),
-            "--procs",
-            "1",
-            "--max-actions",
-            "2",
-            "--revoked",
-            revoked.to_str().unwrap(),
-        ],
+    let (host_proc, host) = start_mesh_host(
+        &certs,
+        "127.0.0.1:0",
+        &dir.path().join("host-a"),
+        &orchestrator,
+        (1, 2),
+        &["--revoked", &revoked_flag],
     );
     Mesh {
-        host: ready.parse().unwrap(),
+        host,
         certs,
         dir,
         orchestrator,
         revoked,
-        _procs: vec![orch, host],
+        _procs: vec![orch, host_proc],
     }
 }
 

@@ -21,7 +21,7 @@ use procmesh_protocol::messages::client::ClientEvent;
 use procmesh_protocol::messages::orchestrator::{HostState, HostView, QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 use procmesh_protocol::{ActorId, HostAddr, Lsn};
-use utils::{descendants, node_name, start_procmesh, wait_until, Certs, Proc};
+use utils::{descendants, start_mesh_host, start_orchestrator, wait_until, Certs, Proc};
 
 /// The tests measure latencies and one changes the firewall: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -53,15 +53,11 @@ impl Fixture {
     fn start(heartbeat_ms: u64, lost_after_ms: u64) -> Fixture {
         let certs = Certs::new();
         let dir = tempfile::tempdir().unwrap();
-        let (proc, ready) = start_procmesh(
-            "orchestrator",
+        let (proc, id) = start_orchestrator(
+            &certs,
+            "127.0.0.1:0",
+            &dir.path().join("orchestrator"),
             &[
-                "--listen",
-                "127.0.0.1:0",
-                "--tls-dir",
-                certs.orchestrator_dir().to_str().unwrap(),
-                "--state-dir",
-                dir.path().join("orchestrator").to_str().unwrap(),
                 "--heartbeat-interval-ms",
                 &heartbeat_ms.to_string(),
                 "--lost-after-ms",
@@ -71,7 +67,7 @@ impl Fixture {
         Fixture {
             certs,
             dir,
-            id: ready.parse().expect("orchestrator actor id"),
+            id,
             heartbeat: Duration::from_millis(heartbeat_ms),
             _orchestrator: proc,
         }
@@ -83,26 +79,7 @@ impl Fixture {
 
     /// A host bound to `listen` with its state in `state`, `procs` procs of `slots` each.
     fn host(&self, listen: &str, state: &Path, procs: u32, slots: u32) -> (Proc, HostAddr) {
-        let (proc, ready) = start_procmesh(
-            "host",
-            &[
-                "--listen",
-                listen,
-                "--tls-dir",
-                self.certs.host_dir().to_str().unwrap(),
-                "--node-name",
-                &node_name(state),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--orchestrator",
-                &self.id.to_string(),
-                "--procs",
-                &procs.to_string(),
-                "--max-actions",
-                &slots.to_string(),
-            ],
-        );
-        (proc, ready.parse().expect("host address"))
+        start_mesh_host(&self.certs, listen, state, &self.id, (procs, slots), &[])
     }
 
     async fn client(&self) -> Client {

@@ -16,7 +16,9 @@ use procmesh_protocol::messages::client::ClientEvent;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 use procmesh_protocol::{ActorId, HostAddr, Lsn};
-use utils::{node_name, processes_with, procmesh_bin, start_procmesh, wait_until, Certs, Proc};
+use utils::{
+    processes_with, procmesh_bin, start_mesh_host, start_orchestrator, wait_until, Certs, Proc,
+};
 
 /// An orchestrator process, its hosts, and what they share.
 struct Mesh {
@@ -31,25 +33,16 @@ impl Mesh {
     fn start(ip: &str) -> Mesh {
         let certs = Certs::new();
         let dir = tempfile::tempdir().unwrap();
-        let (proc, ready) = start_procmesh(
-            "orchestrator",
-            &[
-                "--listen",
-                &format!("{ip}:0"),
-                "--tls-dir",
-                certs.orchestrator_dir().to_str().unwrap(),
-                "--state-dir",
-                dir.path().join("orchestrator").to_str().unwrap(),
-                "--heartbeat-interval-ms",
-                "200",
-                "--lost-after-ms",
-                "1500",
-            ],
+        let orchestrator = start_orchestrator(
+            &certs,
+            &format!("{ip}:0"),
+            &dir.path().join("orchestrator"),
+            &["--heartbeat-interval-ms", "200", "--lost-after-ms", "1500"],
         );
         Mesh {
             certs,
             dir,
-            orchestrator: (proc, ready.parse().expect("orchestrator actor id")),
+            orchestrator,
             hosts: Vec::new(),
         }
     }
@@ -61,26 +54,14 @@ impl Mesh {
     /// A host on `ip` with `procs` proc agents of `slots` each.
     fn add_host(&mut self, ip: &str, procs: u32, slots: u32) -> HostAddr {
         let state = self.dir.path().join(format!("host-{}", self.hosts.len()));
-        let (proc, ready) = start_procmesh(
-            "host",
-            &[
-                "--listen",
-                &format!("{ip}:0"),
-                "--tls-dir",
-                self.certs.host_dir().to_str().unwrap(),
-                "--node-name",
-                &node_name(&state),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--orchestrator",
-                &self.id().to_string(),
-                "--procs",
-                &procs.to_string(),
-                "--max-actions",
-                &slots.to_string(),
-            ],
+        let (proc, addr) = start_mesh_host(
+            &self.certs,
+            &format!("{ip}:0"),
+            &state,
+            self.id(),
+            (procs, slots),
+            &[],
         );
-        let addr: HostAddr = ready.parse().expect("host address");
         self.hosts.push((proc, addr.clone()));
         addr
     }

@@ -79,6 +79,62 @@ pub fn node_name(state: &Path) -> String {
         .unwrap_or_else(|| "host".into())
 }
 
+/// `procmesh orchestrator` on `listen` with the orchestrator identity of `certs`, its state in
+/// `state`, and `extra` flags; its process and actor id.
+pub fn start_orchestrator(
+    certs: &Certs,
+    listen: &str,
+    state: &Path,
+    extra: &[&str],
+) -> (Proc, ActorId) {
+    let tls = certs.orchestrator_dir();
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (proc, ready) = start_procmesh("orchestrator", &args);
+    (proc, ready.parse().expect("orchestrator actor id"))
+}
+
+/// `procmesh host` on `listen` with the fleet's host certificate (its node named after its
+/// state directory), registering with `orchestrator`, with `procs` proc agents of `slots` each
+/// and `extra` flags; its process and frontend address.
+pub fn start_mesh_host(
+    certs: &Certs,
+    listen: &str,
+    state: &Path,
+    orchestrator: &ActorId,
+    (procs, slots): (u32, u32),
+    extra: &[&str],
+) -> (Proc, HostAddr) {
+    let (tls, node, orchestrator) = (certs.host_dir(), node_name(state), orchestrator.to_string());
+    let (procs, slots) = (procs.to_string(), slots.to_string());
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--node-name",
+        &node,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--orchestrator",
+        &orchestrator,
+        "--procs",
+        &procs,
+        "--max-actions",
+        &slots,
+    ];
+    args.extend_from_slice(extra);
+    let (proc, ready) = start_procmesh("host", &args);
+    (proc, ready.parse().expect("host address"))
+}
+
 /// An OS process killed (SIGKILL) and reaped when dropped.
 pub struct Proc(pub Child);
 

@@ -10,12 +10,16 @@
 //! - [`child`] — [`Child`]: spawn, signal, signal the group, wait (`SYS-n`).
 //! - [`procfs`] — process identity (pid + start time), parents, children.
 //! - [`prctl`] — subreaper, parent-death signal.
+//! - [`cgroup`] — per-action cgroups (v1 and v2): limits, accounting, kill, leftovers.
+//! - [`sandbox`] — the namespace sandbox launcher (user, mount, network, pid, ipc, uts).
 //! - `spawner` — the long-lived spawner thread.
 #![deny(missing_docs)]
 
+pub mod cgroup;
 pub mod child;
 pub mod prctl;
 pub mod procfs;
+pub mod sandbox;
 mod spawner;
 
 pub use child::{Child, ExitInfo, Pipes, Reap};

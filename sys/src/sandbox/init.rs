@@ -1,0 +1,328 @@
+//! E, the sandbox's init (pid 1 of the new pid namespace), and F, the action before `execve`.
+//!
+//! E is a fork-like raw clone of the single-threaded helper, so it may allocate; it never
+//! returns into the helper's code: [`main`] ends in `_exit`. Because the raw clone leaves
+//! glibc's cached thread id stale, E avoids `raise`/`abort`; F is forked with libc's `fork`.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::AssertUnwindSafe;
+
+use super::helper::{check, os_err, pipe, wait_for};
+use super::{mounts, netns, seccomp, SandboxSpec};
+
+/// The signals E forwards to every process in the namespace (SBX-6).
+const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+extern "C" fn noop(_: libc::c_int) {}
+
+/// E's entry point; never returns.
+pub(super) fn main(spec: &SandboxSpec, fresh_net: bool, go: File, up: File) -> ! {
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| run(spec, fresh_net, go, up)));
+    // SAFETY: _exit ends this process without running the helper's destructors.
+    unsafe { libc::_exit(i32::from(r.is_err())) }
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a local set.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+    }
+    set
+}
+
+fn run(spec: &SandboxSpec, fresh_net: bool, mut go: File, mut up: File) {
+    let mut watched = FORWARDED.to_vec();
+    watched.push(libc::SIGCHLD);
+    let set = signal_set(&watched);
+    // SAFETY: prctl, sigaction, sigprocmask and umask on this single-threaded process.
+    unsafe {
+        // SBX-4: the namespace dies with H (E's parent is outside, so getppid says 0; if H is
+        // already gone, the read of `go` below sees EOF).
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // SBX-6: pid 1 drops signals it has no handler for, even from the parent namespace.
+        for &s in &watched {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = noop as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(s, &act, std::ptr::null_mut());
+        }
+        // Blocked, then taken with sigwaitinfo: none is lost while E is busy.
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::umask(0);
+    }
+    let mut byte = [0u8; 1];
+    if go.read_exact(&mut byte).is_err() || byte[0] != b'G' {
+        return;
+    }
+    let failed = |up: &mut File, reason: String| {
+        let mut msg = vec![b'F'];
+        msg.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+        msg.extend_from_slice(reason.as_bytes());
+        let _ = up.write_all(&msg);
+    };
+    let exec = match setup(spec, fresh_net).and_then(|()| Exec::new(spec)) {
+        Ok(exec) => exec,
+        Err(reason) => return failed(&mut up, reason),
+    };
+    let (mut err_r, err_w) = match pipe() {
+        Ok(p) => p,
+        Err(reason) => return failed(&mut up, reason),
+    };
+    // SAFETY: E is single-threaded; the child runs `action`, which ends in execve or _exit.
+    let f = unsafe { libc::fork() };
+    if f < 0 {
+        return failed(&mut up, os_err("fork"));
+    }
+    if f == 0 {
+        drop(err_r);
+        drop(go);
+        drop(up);
+        action(spec, &exec, err_w)
+    }
+    drop(err_w);
+    // SBX-1: EOF with nothing read means execve succeeded (the pipe is close-on-exec).
+    let mut reason = String::new();
+    let _ = err_r.read_to_string(&mut reason);
+    if !reason.is_empty() {
+        wait_for(f);
+        return failed(&mut up, reason);
+    }
+    let mut msg = vec![b'S'];
+    msg.extend_from_slice(&f.to_le_bytes());
+    if up.write_all(&msg).is_err() || go.read_exact(&mut byte).is_err() {
+        return; // H is gone; so is the namespace once E exits.
+    }
+    let status = reap(f, &set);
+    let mut msg = vec![b'W'];
+    msg.extend_from_slice(&status.to_le_bytes());
+    let _ = up.write_all(&msg);
+    // Returning exits E; the kernel kills what is left in the namespace (SBX-4).
+}
+
+/// Acts as init until F exits: reaps every child, forwards signals (SBX-6). F's wait status.
+fn reap(f: libc::pid_t, set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        loop {
+            let mut status = 0;
+            // SAFETY: valid pointer to a local.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r <= 0 {
+                break;
+            }
+            if r == f {
+                return status;
+            }
+        }
+        // SAFETY: valid set; a null siginfo is allowed.
+        let sig = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
+        if FORWARDED.contains(&sig) {
+            // SAFETY: kill(-1) signals every process of this namespace but E itself.
+            unsafe { libc::kill(-1, sig) };
+        }
+    }
+}
+
+/// Everything E does between the go and the fork of F.
+fn setup(spec: &SandboxSpec, fresh_net: bool) -> Result<(), String> {
+    let prepared = mounts::prepare(spec)?;
+    become_inside(spec)?;
+    mounts::build(spec, prepared)?;
+    let cwd = CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: valid C string.
+    check(
+        unsafe { libc::chdir(cwd.as_ptr()) }.into(),
+        format_args!("cwd {}", spec.cwd.display()),
+    )?;
+    let name = spec.hostname.as_bytes();
+    // SAFETY: pointer and length of a live slice.
+    check(
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into(),
+        format_args!("hostname {:?}", spec.hostname),
+    )?;
+    if fresh_net {
+        netns::lo_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+
+fn capget() -> Result<[CapData; 2], String> {
+    let mut head = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: v3 header and two data structs, as the kernel expects.
+    check(
+        unsafe { libc::syscall(libc::SYS_capget, &mut head, data.as_mut_ptr()) },
+        "capget",
+    )?;
+    Ok(data)
+}
+
+fn capset(data: [CapData; 2]) -> Result<(), String> {
+    let mut head = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: v3 header and two data structs, as the kernel expects.
+    check(
+        unsafe { libc::syscall(libc::SYS_capset, &mut head, data.as_ptr()) },
+        "capset",
+    )?;
+    Ok(())
+}
+
+fn set_ids(spec: &SandboxSpec) -> Result<(), String> {
+    let (u, g) = (spec.uid.inside, spec.gid.inside);
+    // SAFETY: plain syscalls.
+    check(
+        unsafe { libc::setresgid(g, g, g) }.into(),
+        format_args!("setresgid({g})"),
+    )?;
+    // SAFETY: plain syscalls.
+    check(
+        unsafe { libc::setresuid(u, u, u) }.into(),
+        format_args!("setresuid({u})"),
+    )?;
+    Ok(())
+}
+
+/// E takes the inside ids, keeping its capabilities: files it creates in the new tmpfs need a
+/// mapped owner, host paths were opened before (mounts::prepare).
+fn become_inside(spec: &SandboxSpec) -> Result<(), String> {
+    // SAFETY: prctl with integer arguments.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) }.into(),
+        "keepcaps",
+    )?;
+    set_ids(spec)?;
+    let mut caps = capget()?;
+    for c in &mut caps {
+        c.effective = c.permitted;
+    }
+    capset(caps)
+}
+
+/// What F passes to execve, prepared before the fork.
+struct Exec {
+    program: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Exec {
+    fn new(spec: &SandboxSpec) -> Result<Exec, String> {
+        let c = |s: &[u8]| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
+        Ok(Exec {
+            program: c(spec.program.as_os_str().as_bytes())?,
+            args: spec
+                .args
+                .iter()
+                .map(|a| c(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// F: drops everything (SBX-2) and execs the action; on failure writes why to `err` and exits.
+fn action(spec: &SandboxSpec, exec: &Exec, mut err: File) -> ! {
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| drop_and_exec(spec, exec, &err)));
+    let reason = match r {
+        Ok(Err(reason)) => reason,
+        _ => "the action's setup panicked".into(),
+    };
+    let _ = err.write_all(reason.as_bytes());
+    // SAFETY: _exit ends this process.
+    unsafe { libc::_exit(127) }
+}
+
+fn drop_and_exec(spec: &SandboxSpec, exec: &Exec, err: &File) -> Result<(), String> {
+    // SAFETY: plain syscalls on this single-threaded child; every pointer is to a live local.
+    unsafe {
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let none = signal_set(&[]);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // SBX-6: out of H's process group, so the group's signals reach it once, through E.
+        check(libc::setsid().into(), "setsid")?;
+        if spec.gid.outside.is_some() {
+            check(libc::setgroups(0, std::ptr::null()).into(), "setgroups([])")?;
+        }
+        // SBX-2: the bounding set first (needs CAP_SETPCAP), until the kernel's last cap.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                    break;
+                }
+                return Err(os_err(format_args!("dropping capability {cap}")));
+            }
+        }
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+            .into(),
+            "clearing ambient capabilities",
+        )?;
+        set_ids(spec)?;
+        capset([CapData::default(); 2])?;
+        check(
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0).into(),
+            "no_new_privs",
+        )?;
+        // Nothing but stdin/stdout/stderr crosses into the action (`err` is close-on-exec).
+        libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
+        let _ = err;
+        if spec.seccomp {
+            seccomp::install()?;
+        }
+        let mut argv: Vec<*const libc::c_char> = exec.args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = exec.env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        libc::execve(exec.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    Err(os_err(format_args!("exec {}", spec.program.display())))
+}

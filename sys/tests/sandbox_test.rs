@@ -27,6 +27,9 @@ macro_rules! tests {
 
 fn main() {
     sandbox::run_helper_if_asked();
+    if std::env::args().nth(1).as_deref() == Some(UNPRIVILEGED_CHILD) {
+        unprivileged_child();
+    }
     if let Err(reason) = sandbox::probe() {
         eprintln!("sandbox_test: skipped: {reason}");
         return;
@@ -51,6 +54,7 @@ fn main() {
         the_tree_joins_the_cgroup,
         seccomp_refuses_new_namespaces,
         a_pooled_netns_works,
+        an_unprivileged_runner_maps_its_own_ids,
         figures,
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -364,6 +368,16 @@ async fn a_missing_bind_source_is_a_setup_failure() {
         }
         other => panic!("{other:?}"),
     }
+    // A mount target never follows a symlink (here one inside the read-only bind).
+    std::os::unix::fs::symlink("/etc", f.sandbox.join("link")).unwrap();
+    let mut s = spec(&f, "echo ran");
+    s.binds[1].target = "/sandbox/link/Outputs".into();
+    match sandbox::spawn(exe, &s, None).await {
+        Err(SpawnError::Setup(reason)) => {
+            assert!(reason.contains("-> /sandbox/link/Outputs"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
     let mut s = spec(&f, "echo ran");
     s.cwd = "/nowhere".into();
     match sandbox::spawn(exe, &s, None).await {
@@ -537,6 +551,86 @@ async fn a_pooled_netns_works() {
     assert!(o.stdout.contains("Connection refused"), "{}", o.stdout);
     drop(lease);
     assert_eq!(pool.available(), 1);
+}
+
+const UNPRIVILEGED_CHILD: &str = "--unprivileged-child";
+const NOBODY: u32 = 65534;
+
+/// The unprivileged case (`outside: None`): this binary re-run as nobody, its own runner.
+async fn an_unprivileged_runner_maps_its_own_ids() {
+    let out = tokio::task::spawn_blocking(|| {
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg(UNPRIVILEGED_CHILD).env("TMPDIR", "/tmp");
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                    || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "1000", "{stdout}");
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["1000", "65534", "1"]
+    );
+    assert_eq!(lines[2], "deny", "{stdout}");
+    assert_eq!(lines[3], "CapEff:\t0000000000000000", "{stdout}");
+    assert_eq!(lines[4], "written", "{stdout}");
+}
+
+/// Runs as nobody: one sandbox with the helper's own ids, its output on stdout.
+fn unprivileged_child() -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, sbx) = (dir.path().join("root"), dir.path().join("sandbox"));
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(&sbx).unwrap();
+        let ids = IdMap {
+            inside: 1000,
+            outside: None,
+        };
+        let script = "id -u; cat /proc/self/uid_map /proc/self/setgroups; \
+                      grep CapEff /proc/self/status; echo x > /out/x && echo written";
+        let spec = SandboxSpec {
+            program: "/bin/sh".into(),
+            args: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            root,
+            binds: vec![Bind {
+                source: sbx,
+                target: "/out".into(),
+                writable: true,
+            }],
+            uid: ids,
+            gid: ids,
+            ..SandboxSpec::default()
+        };
+        let o = run(&spec).await;
+        print!("{}", o.stdout);
+        eprint!("{}", o.stderr);
+        i32::from(o.status != ExitStatus::Code(0))
+    });
+    std::process::exit(code)
 }
 
 /// Prints costs; asserts nothing about time.

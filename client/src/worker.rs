@@ -61,6 +61,7 @@ pub struct WorkerBuilder {
     directories: Vec<String>,
     env: BTreeMap<String, String>,
     executable: Option<String>,
+    host_program: Option<String>,
 }
 
 impl WorkerBuilder {
@@ -125,6 +126,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Runs `path`, an executable that lives on the host (e.g. `/usr/bin/gcc`), instead of a
+    /// file of the package; the host runs it only from its `allowed_host_programs` roots. The
+    /// package's files (sources, say) are still placed in the sandbox.
+    pub fn host_program(mut self, path: impl Into<String>) -> Self {
+        self.host_program = Some(path.into());
+        self
+    }
+
     /// Names the file to run (one of the files; it gets the executable bit).
     pub fn executable(mut self, path: impl Into<String>) -> Self {
         self.executable = Some(path.into());
@@ -133,9 +142,11 @@ impl WorkerBuilder {
 
     /// Hashes every file and validates the package (SPEC-1, SPEC-3), touching nothing remote.
     pub async fn prepare(&self) -> Result<PreparedWorker, ClientError> {
-        let executable = self
-            .executable
-            .clone()
+        let named = match &self.host_program {
+            Some(_) => Some(String::new()),
+            None => self.executable.clone(),
+        };
+        let executable = named
             .or_else(|| match self.entries.as_slice() {
                 [only] => Some(only.path.clone()),
                 _ => None,
@@ -176,6 +187,7 @@ impl WorkerBuilder {
             files,
             directories: self.directories.clone(),
             env: self.env.clone(),
+            host_program: self.host_program.clone(),
         };
         descriptor.validate().map_err(|error| ClientError::Spec {
             what: "worker",

@@ -93,6 +93,7 @@ fn descriptor() -> WorkerDescriptor {
         }],
         directories: Vec::new(),
         env: BTreeMap::new(),
+        host_program: None,
     }
 }
 
@@ -151,6 +152,7 @@ fn info() -> HostInfo {
         version: "0.1.0".into(),
         node: String::new(),
         node_secret: None,
+        isolation: None,
     }
 }
 

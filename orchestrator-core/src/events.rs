@@ -123,6 +123,7 @@ fn light(t: &Transition) -> Transition {
             outputs: d.outputs.clone(),
             stdout_tail: Vec::new(),
             stderr_tail: Vec::new(),
+            ran: d.ran.clone(),
         },
         ..*t
     }

@@ -271,6 +271,7 @@ mod tests {
             version: "0.1.0".into(),
             node: String::new(),
             node_secret: None,
+            isolation: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn info(addr: &HostAddr, node: &str, secret: &[u8; 32]) -> HostInfo {
         version: "0.1.0".into(),
         node: node.into(),
         node_secret: Some(secret.iter().map(|b| format!("{b:02x}")).collect()),
+        isolation: None,
     }
 }
 

@@ -30,7 +30,7 @@ pub mod spec;
 
 pub use action::{
     ActionRecord, ActionState, Applied, Attempt, AttemptRef, Execution, ExitStatus, Ignored, Lsn,
-    RetryError, StateTimes, Timestamp, Transition, TransitionDetail,
+    RanProgram, RetryError, StateTimes, Timestamp, Transition, TransitionDetail,
 };
 pub use cas::{BlobHash, BlobHasher, DownloadTicket, HexError, TicketError};
 pub use codec::{CodecError, FrameCodec, Hello, Version, PROTOCOL_VERSION};

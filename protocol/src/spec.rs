@@ -118,6 +118,17 @@ pub enum SpecError {
     /// An input would be placed in the runner's own [`OUTPUTS_DIR`].
     #[error("input path {0:?} lies in the reserved Outputs/ directory")]
     Reserved(String),
+    /// A trace context is not a W3C `traceparent`.
+    #[error("bad traceparent {0:?}: expected 00-<32 hex>-<16 hex>-<2 hex>")]
+    Traceparent(String),
+    /// A host program path is not absolute and normalised.
+    #[error("bad host program {path:?}: {reason}")]
+    HostProgram {
+        /// The path (cut to 200 characters).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl SpecError {
@@ -131,6 +142,8 @@ impl SpecError {
             SpecError::EnvName(_) => "bad_env_name",
             SpecError::Nul(_) => "nul_byte",
             SpecError::Reserved(_) => "reserved_path",
+            SpecError::HostProgram { .. } => "bad_host_program",
+            SpecError::Traceparent(_) => "bad_traceparent",
         }
     }
 }
@@ -140,6 +153,49 @@ fn check_path(path: &str) -> Result<(), SpecError> {
         path: path.chars().take(200).collect(),
         reason,
     })
+}
+
+/// A W3C `traceparent`: `<2 hex version>-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`,
+/// lowercase, ids not all zero.
+pub fn is_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+/// A host program: absolute, no empty, `.` or `..` component, no NUL, at most 4096 bytes.
+fn check_host_program(path: &str) -> Result<(), SpecError> {
+    let bad = |reason: &str| SpecError::HostProgram {
+        path: path.chars().take(200).collect(),
+        reason: reason.into(),
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(bad("not an absolute path"));
+    };
+    if path.len() > 4096 {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad("has an empty, `.` or `..` component"));
+    }
+    Ok(())
 }
 
 fn check_unique<'a>(seen: &mut BTreeSet<&'a str>, path: &'a str) -> Result<(), SpecError> {
@@ -232,6 +288,12 @@ pub struct WorkerDescriptor {
     /// Environment every action of this worker gets (an action's own entries win).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// An executable that already lives on the host, run instead of a file of the package, e.g.
+    /// `/usr/bin/gcc`: an absolute, normalised path. A host runs it only if it resolves
+    /// (symbolic links followed) under one of its `allowed_host_programs` roots; the package's
+    /// files are still placed in the sandbox (sources, say), and `executable` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_program: Option<String>,
 }
 
 impl WorkerDescriptor {
@@ -250,6 +312,16 @@ impl WorkerDescriptor {
         for dir in &self.directories {
             check_path(dir)?;
             check_unique(&mut seen, dir)?;
+        }
+        if let Some(program) = &self.host_program {
+            check_host_program(program)?;
+            if !self.executable.is_empty() {
+                return Err(SpecError::HostProgram {
+                    path: program.clone(),
+                    reason: "a worker naming a host program has an empty executable".into(),
+                });
+            }
+            return check_env(&self.env);
         }
         check_path(&self.executable)?;
         match self.files.iter().find(|f| f.path == self.executable) {
@@ -338,6 +410,11 @@ pub struct ActionDef {
     /// Placement hints.
     #[serde(default)]
     pub resources: ResourceHints,
+    /// The W3C trace context of the submission (`traceparent`, e.g.
+    /// `00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01`), handed to the action as
+    /// `TRACEPARENT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl ActionDef {
@@ -350,6 +427,7 @@ impl ActionDef {
             inputs: Vec::new(),
             timeout_ms: None,
             resources: ResourceHints::default(),
+            traceparent: None,
         }
     }
 
@@ -367,6 +445,11 @@ impl ActionDef {
         for (i, arg) in self.args.iter().enumerate() {
             if arg.contains('\0') {
                 return Err(SpecError::Nul(format!("argument {i}")));
+            }
+        }
+        if let Some(tp) = &self.traceparent {
+            if !is_traceparent(tp) {
+                return Err(SpecError::Traceparent(tp.chars().take(80).collect()));
             }
         }
         check_env(&self.env)
@@ -404,6 +487,7 @@ mod tests {
             ],
             directories: vec!["cache".into()],
             env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
+            host_program: None,
         }
     }
 
@@ -530,5 +614,52 @@ mod tests {
         nul.args.push("a\0b".into());
         assert_eq!(nul.validate(), Err(SpecError::Nul("argument 1".into())));
         assert_eq!(a.blobs(), vec![BlobHash::of(b"x")]);
+    }
+
+    #[test]
+    fn host_programs_and_trace_contexts_are_validated() {
+        let mut d = WorkerDescriptor {
+            executable: String::new(),
+            files: vec![file("src/x.c", b"int main;", false)],
+            directories: Vec::new(),
+            env: BTreeMap::new(),
+            host_program: Some("/usr/bin/gcc".into()),
+        };
+        assert_eq!(d.validate(), Ok(()));
+        for bad in [
+            "usr/bin/gcc",
+            "/usr/../bin/sh",
+            "/usr//bin/gcc",
+            "/usr/bin/./gcc",
+            "/a\0b",
+        ] {
+            d.host_program = Some(bad.into());
+            let err = d.validate().unwrap_err();
+            assert_eq!(err.code(), "bad_host_program", "{bad:?}: {err}");
+        }
+        d.host_program = Some("/usr/bin/gcc".into());
+        d.executable = "src/x.c".into();
+        assert_eq!(d.validate().unwrap_err().code(), "bad_host_program");
+        // Without a host program the descriptor (and so its id) is what it always was.
+        let plain = descriptor();
+        let bytes = rmp_serde::to_vec_named(&plain).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("host_program"));
+
+        assert!(is_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        ] {
+            assert!(!is_traceparent(bad), "{bad:?}");
+        }
+        let mut a = ActionDef::new(WorkerId::from_bytes([1; 32]));
+        a.traceparent = Some("nope".into());
+        assert_eq!(a.validate().unwrap_err().code(), "bad_traceparent");
     }
 }

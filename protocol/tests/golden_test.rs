@@ -372,6 +372,7 @@ fn older_peers_messages_decode_with_defaults() {
             version: String::new(),
             node: String::new(),
             node_secret: None,
+            isolation: None,
         })
     );
 

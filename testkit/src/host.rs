@@ -227,6 +227,7 @@ pub fn host_info(node: &Node, capacity: u32) -> HostInfo {
         version: "0.1.0".into(),
         node: String::new(),
         node_secret: None,
+        isolation: None,
     }
 }
 

@@ -57,6 +57,7 @@ impl ScriptWorker {
             }],
             directories: Vec::new(),
             env: self.env,
+            host_program: None,
         }
     }
 }

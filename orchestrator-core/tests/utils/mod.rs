@@ -60,6 +60,7 @@ pub fn host_info(i: usize, capacity: u32) -> HostInfo {
         version: "0.1.0".into(),
         node: String::new(),
         node_secret: None,
+        isolation: None,
     }
 }
 
@@ -128,6 +129,7 @@ pub fn worker(n: u8) -> WorkerDescriptor {
         }],
         directories: Vec::new(),
         env: BTreeMap::new(),
+        host_program: None,
     }
 }
 

@@ -56,7 +56,7 @@ use serde::de;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use record::{ActionRecord, Applied, Execution, Ignored, RetryError, StateTimes};
-pub use transition::{AttemptRef, Transition, TransitionDetail};
+pub use transition::{AttemptRef, RanProgram, Transition, TransitionDetail};
 
 /// Log sequence number: the orchestrator's unique, monotonically increasing number of an
 /// accepted action.

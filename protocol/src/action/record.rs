@@ -93,6 +93,9 @@ pub struct Execution {
     /// Peak resident memory in bytes.
     #[serde(default)]
     pub peak_memory_bytes: Option<u64>,
+    /// What ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran: Option<super::transition::RanProgram>,
 }
 
 /// A transition that was applied.
@@ -381,7 +384,8 @@ impl ActionRecord {
         let has_execution = detail.location.is_some()
             || detail.exit.is_some()
             || detail.cpu_ms.is_some()
-            || detail.peak_memory_bytes.is_some();
+            || detail.peak_memory_bytes.is_some()
+            || detail.ran.is_some();
         if has_execution {
             let execution = self.execution.get_or_insert_with(Box::default);
             if let Some(location) = &detail.location {
@@ -390,6 +394,9 @@ impl ActionRecord {
             execution.exit = detail.exit.or(execution.exit);
             execution.cpu_ms = detail.cpu_ms.or(execution.cpu_ms);
             execution.peak_memory_bytes = detail.peak_memory_bytes.or(execution.peak_memory_bytes);
+            if detail.ran.is_some() {
+                execution.ran = detail.ran.as_deref().cloned();
+            }
         }
         if matches!(
             state,

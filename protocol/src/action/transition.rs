@@ -93,6 +93,24 @@ pub struct TransitionDetail {
     /// The bounded tail of the action's stderr.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
     pub stderr_tail: Vec<u8>,
+    /// What ran: the executable, its hash, its pid and start time (with the final state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran: Option<Box<RanProgram>>,
+}
+
+/// The identity of the program an attempt ran, recorded by the runner when it started it: what
+/// an operator needs to tell exactly which bytes ran, and which process it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RanProgram {
+    /// The executable's path as the action saw it, e.g. `/sandbox/bin/tool` or `/usr/bin/gcc-12`.
+    pub executable: String,
+    /// The BLAKE3 hash of the executable's bytes.
+    pub blake3: crate::cas::BlobHash,
+    /// Its pid in the host's pid namespace.
+    pub pid: u32,
+    /// Its start time, in clock ticks after boot (`/proc/<pid>/stat` field 22): with the pid,
+    /// names the process unambiguously.
+    pub start_time: u64,
 }
 
 impl TransitionDetail {

@@ -47,6 +47,123 @@ pub const ENV_BOOTSTRAP_SECRET: &str = "PROCMESH_BOOTSTRAP_SECRET";
 /// from.
 pub const ENV_ORCHESTRATOR: &str = "PROCMESH_ORCHESTRATOR";
 
+/// Environment variable holding how the proc isolates its actions: an [`ActionIsolation`] as
+/// MessagePack in hex. Unset: no isolation (hosts that predate it, in-process tests).
+pub const ENV_ISOLATION: &str = "PROCMESH_ISOLATION";
+
+/// How a host runs actions: `namespaces` (the default where the kernel allows it) or `none`
+/// (an explicit, logged opt-out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationMode {
+    /// Each action in its own user, mount, network, pid, ipc and uts namespaces, as an
+    /// unprivileged user, in a root of read-only binds with a writable `Outputs/` and `/tmp`.
+    #[default]
+    Namespaces,
+    /// Actions run as the proc agent's user in the host's namespaces (cgroup limits still apply
+    /// where available; inputs are copied, not linked).
+    None,
+}
+
+impl IsolationMode {
+    /// `namespaces` or `none`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IsolationMode::Namespaces => "namespaces",
+            IsolationMode::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for IsolationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IsolationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IsolationMode, String> {
+        match s {
+            "namespaces" => Ok(IsolationMode::Namespaces),
+            "none" => Ok(IsolationMode::None),
+            other => Err(format!(
+                "unknown isolation {other:?}: expected namespaces or none"
+            )),
+        }
+    }
+}
+
+/// What a host tells each proc about isolating actions ([`ENV_ISOLATION`]), decided once at the
+/// host's start (from its configuration and what the machine offers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionIsolation {
+    /// The mode.
+    pub mode: IsolationMode,
+    /// The cgroup hierarchy actions are limited by, `v1` or `v2`; `None`: no limits.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// The host's base cgroup name (action cgroups are created under it).
+    #[serde(default)]
+    pub cgroup_name: Option<String>,
+    /// The host uid an action runs as (`namespaces` mode, when the proc agent runs as root).
+    pub uid: u32,
+    /// The host gid an action runs as.
+    pub gid: u32,
+    /// Memory limit of an action that names none, in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Most processes an action may have at once.
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// Size of an action's private `/tmp`, in bytes.
+    pub tmp_bytes: u64,
+    /// Canonical directories host programs may be run from (empty: none).
+    #[serde(default)]
+    pub host_programs: Vec<std::path::PathBuf>,
+    /// Whether the seccomp deny-list is applied.
+    #[serde(default)]
+    pub seccomp: bool,
+    /// Contents of the sandbox's `/etc/resolv.conf` (`None`: none is written).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
+}
+
+impl ActionIsolation {
+    /// The text form in [`ENV_ISOLATION`].
+    pub fn to_env(&self) -> String {
+        let bytes = rmp_serde::to_vec_named(self).expect("isolation settings serialise");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`to_env`](Self::to_env)'s form.
+    pub fn from_env(text: &str) -> Result<ActionIsolation, String> {
+        if !text.len().is_multiple_of(2) || !text.is_ascii() {
+            return Err("not hex".into());
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u8>, String>>()?;
+        rmp_serde::from_slice(&bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// How a host isolates actions, as it announces it ([`HostInfo::isolation`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolationSummary {
+    /// The mode.
+    pub mode: IsolationMode,
+    /// `v1`, `v2`, or `None` when actions run without cgroup limits.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// What the machine could not give, e.g. `no cgroup delegation: memory, pids and CPU limits
+    /// are off`.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
 /// A proc's bootstrap secret: 32 random bytes the host draws for each proc it starts. Its
 /// `Debug` form never shows the bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -102,6 +219,8 @@ pub struct ProcBootstrap {
     pub secret: Option<BootstrapSecret>,
     /// The orchestrator the host works for ([`ENV_ORCHESTRATOR`]); `None` for a standalone host.
     pub orchestrator: Option<ActorId>,
+    /// How actions are isolated ([`ENV_ISOLATION`]); `None`: not at all.
+    pub isolation: Option<ActionIsolation>,
 }
 
 /// A bootstrap variable that is missing or malformed.
@@ -135,6 +254,9 @@ impl ProcBootstrap {
         }
         if let Some(orchestrator) = &self.orchestrator {
             vars.push((ENV_ORCHESTRATOR, orchestrator.to_string()));
+        }
+        if let Some(isolation) = &self.isolation {
+            vars.push((ENV_ISOLATION, isolation.to_env()));
         }
         vars
     }
@@ -185,6 +307,17 @@ impl ProcBootstrap {
             },
             orchestrator: match get(ENV_ORCHESTRATOR) {
                 Some(text) => Some(parsed(ENV_ORCHESTRATOR, text)?),
+                None => None,
+            },
+            isolation: match get(ENV_ISOLATION) {
+                Some(text) => {
+                    Some(
+                        ActionIsolation::from_env(&text).map_err(|reason| BootstrapVarError {
+                            var: ENV_ISOLATION,
+                            reason,
+                        })?,
+                    )
+                }
                 None => None,
             },
         })
@@ -405,6 +538,9 @@ pub struct HostInfo {
     /// address to the first registration's secret and refuses any other. Never shown.
     #[serde(default)]
     pub node_secret: Option<String>,
+    /// How it isolates actions; `None` from hosts that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<IsolationSummary>,
 }
 
 /// The machine a host runs on.
@@ -570,6 +706,7 @@ mod bootstrap_tests {
             max_actions: Some(8),
             secret: Some(BootstrapSecret([0xa5; 32])),
             orchestrator: Some("quic!10.0.0.1:7600,service.orchestrator".parse().unwrap()),
+            isolation: None,
         };
         let vars: HashMap<_, _> = boot.env().into_iter().collect();
         assert_eq!(vars[ENV_BOOTSTRAP_SECRET], "a5".repeat(32));
@@ -593,5 +730,30 @@ mod bootstrap_tests {
         })
         .unwrap_err();
         assert_eq!(err.var, ENV_MAX_ACTIONS);
+    }
+
+    #[test]
+    fn isolation_settings_round_trip_through_the_environment() {
+        let iso = ActionIsolation {
+            mode: IsolationMode::Namespaces,
+            cgroup: Some("v1".into()),
+            cgroup_name: Some("procmesh-0123456789ab".into()),
+            uid: 65534,
+            gid: 65534,
+            memory_bytes: Some(1 << 30),
+            pids: Some(1024),
+            tmp_bytes: 1 << 30,
+            host_programs: vec!["/usr/bin".into()],
+            seccomp: true,
+            resolv_conf: None,
+        };
+        let text = iso.to_env();
+        assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(ActionIsolation::from_env(&text), Ok(iso));
+        assert!(ActionIsolation::from_env("abc").is_err());
+        assert!(ActionIsolation::from_env("zz").is_err());
+        assert!(ActionIsolation::from_env("00").is_err());
+        assert_eq!("none".parse::<IsolationMode>(), Ok(IsolationMode::None));
+        assert!("sandbox".parse::<IsolationMode>().is_err());
     }
 }

@@ -152,6 +152,7 @@ pub fn worker_descriptor() -> impl Strategy<Value = WorkerDescriptor> {
             files,
             directories,
             env,
+            host_program: None,
         },
     )
 }
@@ -187,6 +188,14 @@ pub fn transition_detail() -> impl Strategy<Value = TransitionDetail> {
                     outputs,
                     stdout_tail,
                     stderr_tail,
+                    ran: (cpu_ms.unwrap_or(0) % 3 == 0).then(|| {
+                        Box::new(procmesh_protocol::RanProgram {
+                            executable: "/sandbox/bin/tool".into(),
+                            blake3: procmesh_protocol::BlobHash::of(b"tool"),
+                            pid: 42,
+                            start_time: 7,
+                        })
+                    }),
                 }
             },
         )
@@ -257,6 +266,7 @@ pub fn action_def() -> impl Strategy<Value = ActionDef> {
                 inputs,
                 timeout_ms,
                 resources,
+                traceparent: None,
             },
         )
 }
@@ -316,6 +326,7 @@ pub fn host_info() -> impl Strategy<Value = HostInfo> {
             version,
             node: String::new(),
             node_secret: None,
+            isolation: None,
         },
     )
 }

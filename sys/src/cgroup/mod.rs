@@ -42,10 +42,12 @@
 //! - **CG-6** [`ActionCgroup::remove`] and [`Cgroups::kill_leftovers`] handle nested cgroups
 //!   (deepest first) and are idempotent: a cgroup that is already gone is not an error.
 //! - **CG-7** Reading accounting never fails: a missing or malformed file gives `None`.
+//! - **CG-8** A process started with [`join_on_exec`] is in its cgroup before it execs.
 
 mod detect;
 mod error;
 mod files;
+mod join;
 mod stats;
 mod v1;
 mod v2;
@@ -57,6 +59,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::CgroupError;
+pub use join::join_on_exec;
 pub use stats::CgroupStats;
 
 /// Which cgroup hierarchy the limits go through.

@@ -12,6 +12,12 @@
 //! respawn = true
 //! node_name = "rack4-node17"           # only when the certificate names no node
 //! spawn_env_allow = ["RUST_LOG", "MYAPP_*"]
+//! isolation = "namespaces"              # or "none": an explicit, logged opt-out
+//! action_uid = 65534                    # the host user actions run as (when the host is root)
+//! action_gid = 65534
+//! action_memory_bytes = 4294967296      # when an action names none; default: half the machine
+//! action_pids = 1024
+//! allowed_host_programs = ["/usr/bin"]  # roots host programs may be run from
 //! ```
 //!
 //! The state directory holds, by [`StatePaths`]:
@@ -111,6 +117,31 @@ pub struct HostConfig {
     /// when it changes: a revoked peer is refused and its open connections are closed within
     /// seconds. `None`: nothing is revoked.
     pub revoked: Option<PathBuf>,
+    /// How actions are isolated: `"namespaces"` (the default; degraded with a warning to
+    /// `"none"` where the kernel refuses user namespaces) or `"none"` (an explicit opt-out,
+    /// logged as a warning at start).
+    pub isolation: procmesh_protocol::messages::host::IsolationMode,
+    /// The host uid a namespaced action runs as when the host runs as root, e.g. `65534`
+    /// (inside its namespace it is uid 1000). Not a uid any other service uses.
+    pub action_uid: u32,
+    /// The host gid a namespaced action runs as, e.g. `65534`.
+    pub action_gid: u32,
+    /// The memory limit of an action whose hints name none, in bytes, e.g. `4294967296`.
+    /// `None`: half the machine's memory.
+    pub action_memory_bytes: Option<u64>,
+    /// The most processes (and threads) an action may have at once, e.g. `1024`.
+    pub action_pids: u64,
+    /// The size of a namespaced action's private `/tmp`, in bytes, e.g. `1073741824`.
+    pub action_tmp_bytes: u64,
+    /// Directories whose executables a worker may name as its host program (e.g.
+    /// `["/usr/bin"]`), canonicalised at start (symbolic links followed); a program must resolve
+    /// under one of them. Empty (the default): no host programs.
+    pub allowed_host_programs: Vec<PathBuf>,
+    /// Whether namespaced actions run under the seccomp deny-list, e.g. `true`.
+    pub seccomp: bool,
+    /// A file whose contents become the sandbox's `/etc/resolv.conf`, e.g.
+    /// `"/etc/procmesh/resolv.conf"`. `None`: none (actions have no network anyway).
+    pub sandbox_resolv_conf: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -137,6 +168,15 @@ impl Default for HostConfig {
             node_name: None,
             spawn_env_allow: Vec::new(),
             revoked: None,
+            isolation: procmesh_protocol::messages::host::IsolationMode::Namespaces,
+            action_uid: 65534,
+            action_gid: 65534,
+            action_memory_bytes: None,
+            action_pids: 1024,
+            action_tmp_bytes: 1 << 30,
+            allowed_host_programs: Vec::new(),
+            seccomp: true,
+            sandbox_resolv_conf: None,
         }
     }
 }
@@ -240,6 +280,15 @@ mod tests {
         assert!(c.respawn);
         assert_eq!(c.node_name, None);
         assert!(c.spawn_env_allow.is_empty());
+        assert_eq!(c.isolation.as_str(), "namespaces");
+        assert_eq!(
+            (c.action_uid, c.action_gid, c.action_pids),
+            (65534, 65534, 1024)
+        );
+        assert_eq!(c.action_memory_bytes, None);
+        assert_eq!(c.action_tmp_bytes, 1 << 30);
+        assert!(c.allowed_host_programs.is_empty());
+        assert!(c.seccomp);
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub enum StartError {
     /// The frontend binds an unspecified address and no `advertise` address is set.
     #[error("listen address {0} is unspecified: set advertise to the address peers dial")]
     Advertise(std::net::SocketAddr),
+    /// Action isolation could not be set up as configured.
+    #[error("action isolation: {0}")]
+    Isolation(String),
     /// The state directory could not be prepared.
     #[error("state directory {path}: {source}")]
     State {
@@ -132,6 +135,8 @@ pub(crate) struct HostInner {
     node_name: String,
     /// The node secret (HST-21), sent at registration when the certificate names no node.
     node_secret: Option<[u8; 32]>,
+    /// How actions are isolated (HST-23); `None` for in-process procs.
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 pub(crate) use procmesh_transport::now;
@@ -194,6 +199,11 @@ impl Host {
         let node_secret = cert_name.is_none().then_some(secret);
         wipe_dir(&paths.workers)?;
         wipe_dir(&paths.procs)?;
+        // In-process procs share this process: only OS procs are isolated.
+        let isolation = match manager.local_hub() {
+            Some(_) => None,
+            None => Some(crate::isolation::decide(&config, system.memory_bytes)?),
+        };
         let store = procmesh_transport::BlobStore::open(&paths.blobs)?;
 
         let hub = manager.local_hub().unwrap_or_default();
@@ -241,6 +251,7 @@ impl Host {
             ticket_key: Arc::default(),
             node_name,
             node_secret,
+            isolation,
         });
         inner.node.set_admission(Arc::new(HostAdmission {
             host: Arc::downgrade(&inner),
@@ -608,6 +619,7 @@ impl HostInner {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             node: self.node_name.clone(),
             node_secret: self.node_secret.as_ref().map(|s| hex(s)),
+            isolation: self.isolation.as_ref().map(|i| i.summary.clone()),
         }
     }
 

@@ -55,6 +55,7 @@ mod blobs;
 pub mod config;
 pub mod handle;
 pub mod host;
+pub mod isolation;
 mod lifecycle;
 pub mod manager;
 mod node_id;

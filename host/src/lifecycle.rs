@@ -108,6 +108,7 @@ impl HostInner {
                     max_actions: spec.config.max_actions,
                     secret: Some(BootstrapSecret(secret)),
                     orchestrator: self.config.orchestrator.clone(),
+                    isolation: self.isolation.as_ref().map(|i| i.settings.clone()),
                 },
                 config: spec.config.clone(),
             };

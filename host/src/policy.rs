@@ -36,6 +36,7 @@ use procmesh_transport::{
 
 use crate::authority::{decide, Kind, Sender};
 use crate::host::HostInner;
+use crate::table::Launched;
 
 /// The host's [`Admission`] (HST-17, HST-18).
 pub(crate) struct HostAdmission {
@@ -98,18 +99,31 @@ impl HostInner {
         if claim.name != *name {
             return Err(format!("claims {:?} but is named {name:?}", claim.name));
         }
-        let Some((secret, pid)) = self.table.backend_identity(name) else {
+        let Some((secret, launched)) = self.table.backend_identity(name) else {
             return Err(format!("no proc {name:?} is running here"));
         };
-        match pid {
-            Some(pid) if i64::from(pid) == i64::from(cred.pid) => {}
-            Some(pid) => {
+        match launched {
+            Launched::Os(pid) if i64::from(pid) == i64::from(cred.pid) => {}
+            Launched::Os(pid) => {
                 return Err(format!(
                     "pid {} is not proc {name:?}'s child (pid {pid})",
                     cred.pid
                 ))
             }
-            None => return Err(format!("proc {name:?} is not an OS child")),
+            // A child fast enough to connect before its launch returned: it must at least be
+            // a child of this process; its ProcReady names its pid, checked then (HST-18).
+            Launched::Launching => {
+                let parent = u32::try_from(cred.pid)
+                    .ok()
+                    .and_then(|pid| procmesh_sys::procfs::parent_pid(pid).ok());
+                if parent != Some(std::process::id()) {
+                    return Err(format!(
+                        "pid {} is not a child of this host (proc {name:?} is being launched)",
+                        cred.pid
+                    ));
+                }
+            }
+            Launched::InProcess => return Err(format!("proc {name:?} is not an OS child")),
         }
         if !verify_node_proof(peer, &secret) {
             return Err(format!("wrong bootstrap proof for proc {name:?}"));

@@ -21,6 +21,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::handle::ProcHandle;
 
+/// How far a proc's launch is, as the backend admission sees it (HST-18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launched {
+    /// The manager has not returned its handle yet: the child may already be connecting.
+    Launching,
+    /// An OS child with this pid.
+    Os(u32),
+    /// A proc inside this process (never on the backend socket).
+    InProcess,
+}
+
 /// A ready callback on its way to the spawn that waits for it, with the slot for its answer.
 pub(crate) struct Callback {
     pub ready: ProcReady,
@@ -117,13 +128,19 @@ impl ProcTable {
             .is_some_and(|entry| entry.callbacks.send(callback).is_ok())
     }
 
-    /// The bootstrap secret of the proc `name` and the pid of its OS child, once launched
-    /// (HST-18); `None` if no such proc is in the table.
-    pub fn backend_identity(&self, name: &str) -> Option<([u8; 32], Option<u32>)> {
+    /// The bootstrap secret of the proc `name` and how far its launch is (HST-18); `None` if
+    /// no such proc is in the table.
+    pub fn backend_identity(&self, name: &str) -> Option<([u8; 32], Launched)> {
         let entries = self.entries.lock().expect("proc table lock");
         let entry = entries.get(name)?;
-        let pid = entry.handle.borrow().as_ref().and_then(ProcHandle::pid);
-        Some((entry.secret, pid))
+        let launched = match entry.handle.borrow().as_ref() {
+            None => Launched::Launching,
+            Some(handle) => match handle.pid() {
+                Some(pid) => Launched::Os(pid),
+                None => Launched::InProcess,
+            },
+        };
+        Some((entry.secret, launched))
     }
 
     /// The handle of the proc `name`, waiting for its launch if it is being launched.
@@ -194,7 +211,10 @@ mod tests {
         let table = ProcTable::default();
         let r = table.reserve("w").unwrap();
         assert!(matches!(table.reserve("w"), Err(HostError::NameInUse(_))));
-        assert_eq!(table.backend_identity("w"), Some((r.secret, None)));
+        assert_eq!(
+            table.backend_identity("w"),
+            Some((r.secret, Launched::Launching))
+        );
         assert_ne!(r.secret, [0; 32]);
         assert_eq!(table.names(), vec!["w".to_owned()]);
         // A launch that failed: the handle sender goes away, lookups end.

@@ -147,6 +147,7 @@ mod tests {
                 max_actions: None,
                 secret: None,
                 orchestrator: None,
+                isolation: None,
             },
             config: ProcConfig::default(),
         };

@@ -154,6 +154,7 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
         workers_dir: boot.workers_dir.clone(),
         max_actions: boot.max_actions.unwrap_or(0),
         executor: executor_from_env()?,
+        isolation: boot.isolation.clone(),
         ..RunnerConfig::default()
     };
     let resolver = Arc::new(MeshResolver::new(node.clone(), host));

@@ -348,6 +348,7 @@ async fn path_traversal_in_a_worker_descriptor_is_refused() {
             files: vec![tool.clone(), payload],
             directories: vec![],
             env: BTreeMap::new(),
+            host_program: None,
         });
         let last = h.run(ActionDef::new(id)).await;
         assert_eq!(last.state, ActionState::Failed);
@@ -365,6 +366,7 @@ async fn path_traversal_in_a_worker_descriptor_is_refused() {
         files: vec![tool.clone()],
         directories: vec![format!("../{name}")],
         env: BTreeMap::new(),
+        host_program: None,
     });
     let last = h.run(ActionDef::new(id)).await;
     assert!(reason(&last).contains("leaves the sandbox"), "{last:?}");
@@ -506,6 +508,7 @@ async fn bad_blobs_are_refused_naming_the_hash() {
         }],
         directories: vec![],
         env: BTreeMap::new(),
+        host_program: None,
     };
 
     // Wrong hash: the store's file named H holds other bytes of the same size.
@@ -757,6 +760,7 @@ async fn the_environment_is_the_workers_overlaid_with_the_actions() {
             ("A".into(), "worker".into()),
             ("B".into(), "worker".into()),
         ]),
+        host_program: None,
     });
     let mut action = ActionDef::new(worker);
     action.env.insert("B".into(), "action".into());
@@ -770,7 +774,10 @@ async fn the_environment_is_the_workers_overlaid_with_the_actions() {
     };
     assert_eq!(
         read("env"),
-        "A=worker B=action C=action HOME=unset ARG=first arg N=1#1\n"
+        format!(
+            "A=worker B=action C=action HOME={} ARG=first arg N=1#1\n",
+            h.sandboxes().join("1-1").display()
+        )
     );
     let pwd = read("pwd");
     assert!(pwd.trim_end().ends_with("/proc/sandboxes/1-1"), "{pwd}");

@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use procmesh_protocol::action::{
-    ActionState, AttemptRef, ExitStatus, Transition, TransitionDetail,
+    ActionState, AttemptRef, ExitStatus, RanProgram, Transition, TransitionDetail,
 };
 use procmesh_protocol::ids::{ActorId, ProcId};
 use procmesh_protocol::messages::agent::ActionSpec;
+use procmesh_protocol::messages::host::IsolationMode;
 use tokio::sync::watch;
 use tracing::{debug, error, info};
 
 use super::error::PrepareError;
-use super::exec::{self, CancelRequest, Ending, Finished};
+use super::exec::{self, CancelRequest, Ending, Finished, Start, StartError};
+use super::isolate;
 use super::outputs;
 use super::sandbox::Sandbox;
 use super::worker_cache::Worker;
@@ -42,6 +44,18 @@ impl Outcome {
     fn failed(reason: impl Into<String>) -> Outcome {
         Outcome {
             state: ActionState::Failed,
+            detail: TransitionDetail {
+                reason: Some(reason.into()),
+                ..TransitionDetail::default()
+            },
+        }
+    }
+
+    /// The host could not run it (ISO: a sandbox or cgroup could not be set up): not the
+    /// action's failure, so it ends `Abandoned` and is retried.
+    fn infrastructure(reason: impl Into<String>) -> Outcome {
+        Outcome {
+            state: ActionState::Abandoned,
             detail: TransitionDetail {
                 reason: Some(reason.into()),
                 ..TransitionDetail::default()
@@ -232,35 +246,62 @@ async fn drive(
     }
 
     // The sandbox: not cancellable half-way (it is local and bounded); checked right after.
-    let name = format!("{}-{}", spec.lsn, spec.attempt);
-    let (dir, store, w, inputs) = (
-        shared.sandboxes.clone(),
-        shared.store.clone(),
-        worker.clone(),
-        spec.action.inputs.clone(),
-    );
-    let prepared = tokio::task::spawn_blocking(move || {
-        let sandbox = Sandbox::create(&dir, &name)?;
-        let root = sandbox.root().to_path_buf();
-        let filled = sandbox.materialise(&w, &inputs, &store);
-        Ok::<_, PrepareError>((root, filled.map(|()| sandbox)))
-    })
-    .await;
-    let sandbox = match prepared {
-        Err(join) => {
-            return Outcome::failed(format!("internal error preparing the sandbox: {join}"))
-        }
-        Ok(Err(e)) => return Outcome::failed(e.to_string()),
-        Ok(Ok((root, filled))) => {
-            *sandbox_slot = Some(root);
-            match filled {
-                Ok(sandbox) => sandbox,
-                Err(e) => {
-                    if matches!(e, PrepareError::Io { .. } | PrepareError::UnsafePath { .. }) {
-                        // The cache entry may be gone or damaged: look at the disk next time.
-                        shared.workers.forget(&worker.id);
+    // A copy that does not match its hash means a damaged worker cache entry (ISO-3): it is
+    // discarded and built again from the store, once.
+    let share = shared.isolator.as_ref().is_none_or(|i| i.shares_files());
+    let mut worker = worker;
+    let mut rebuilt = false;
+    let sandbox = loop {
+        let name = format!("{}-{}", spec.lsn, spec.attempt);
+        let (dir, store, w, inputs) = (
+            shared.sandboxes.clone(),
+            shared.store.clone(),
+            worker.clone(),
+            spec.action.inputs.clone(),
+        );
+        let prepared = tokio::task::spawn_blocking(move || {
+            let sandbox = Sandbox::create(&dir, &name)?;
+            let root = sandbox.root().to_path_buf();
+            let filled = sandbox.materialise(&w, &inputs, &store, share);
+            Ok::<_, PrepareError>((root, filled.map(|()| sandbox)))
+        })
+        .await;
+        match prepared {
+            Err(join) => {
+                return Outcome::failed(format!("internal error preparing the sandbox: {join}"))
+            }
+            Ok(Err(e)) => return Outcome::failed(e.to_string()),
+            Ok(Ok((root, filled))) => {
+                *sandbox_slot = Some(root);
+                match filled {
+                    Ok(sandbox) => break sandbox,
+                    Err(PrepareError::BlobMismatch { hash, reason })
+                        if !rebuilt && worker.descriptor.files.iter().any(|f| f.hash == hash) =>
+                    {
+                        tracing::warn!(%hash, %reason, worker = %worker.id, "a cached worker file was changed: rebuilding the cache entry");
+                        rebuilt = true;
+                        shared.workers.discard(&worker).await;
+                        worker = match shared
+                            .workers
+                            .get(spec.worker(), &*shared.resolver, report_to, &shared.store)
+                            .await
+                        {
+                            Ok(worker) => worker,
+                            Err(e) => return Outcome::failed(e.to_string()),
+                        };
                     }
-                    return Outcome::failed(e.to_string());
+                    Err(e) => {
+                        if matches!(
+                            e,
+                            PrepareError::Io { .. }
+                                | PrepareError::UnsafePath { .. }
+                                | PrepareError::BlobMismatch { .. }
+                        ) {
+                            // The cache entry may be gone or damaged: look at the disk next time.
+                            shared.workers.forget(&worker.id);
+                        }
+                        return Outcome::failed(e.to_string());
+                    }
                 }
             }
         }
@@ -269,12 +310,90 @@ async fn drive(
         return Outcome::cancelled(request);
     }
 
+    // What runs (ISO-4), in which cgroup (ISO-1), with which environment (ISO-5).
+    let iso = shared.isolator.as_deref();
+    let namespaced = iso.is_some_and(|i| i.mode() == IsolationMode::Namespaces);
+    let (program, program_hash) = match &worker.descriptor.host_program {
+        Some(path) => {
+            let roots = iso.map(|i| i.host_programs()).unwrap_or_default();
+            match isolate::resolve_host_program(path, roots) {
+                Ok(resolved) => resolved,
+                Err(reason) => return Outcome::failed(reason),
+            }
+        }
+        None => {
+            let exe = &worker.descriptor.executable;
+            let hash = worker
+                .descriptor
+                .files
+                .iter()
+                .find(|f| &f.path == exe)
+                .map(|f| f.hash)
+                .unwrap_or_else(|| procmesh_protocol::BlobHash::of(b""));
+            let base = if namespaced {
+                PathBuf::from(isolate::SANDBOX_MOUNT)
+            } else {
+                sandbox.root().to_path_buf()
+            };
+            (base.join(exe), hash)
+        }
+    };
+    let cgroup = match iso {
+        Some(iso) => {
+            let name = format!(
+                "{}-{}-{}",
+                shared.config.proc_id.name(),
+                spec.lsn,
+                spec.attempt
+            );
+            match iso.cgroup(&name, &spec.action.resources) {
+                Ok(cgroup) => cgroup,
+                Err(reason) => return Outcome::infrastructure(reason),
+            }
+        }
+        None => None,
+    };
+    let cgroup = CgroupGuard(cgroup);
+    let env = environment(&worker, spec, &sandbox, namespaced);
+    let start = if namespaced {
+        let iso = iso.expect("namespaced implies an isolator");
+        if let Err(e) = iso.prepare_outputs(&sandbox.outputs()) {
+            return Outcome::infrastructure(format!("preparing Outputs/: {e}"));
+        }
+        let root_name = format!("{}-{}", spec.lsn, spec.attempt);
+        let root = match iso.new_root(&root_name) {
+            Ok(root) => root,
+            Err(e) => return Outcome::infrastructure(format!("preparing the sandbox root: {e}")),
+        };
+        let spec = iso.spec(isolate::Launch {
+            program: program.clone(),
+            args: spec.action.args.clone(),
+            env,
+            sandbox: sandbox.root(),
+            root: &root,
+            cgroup: cgroup.0.as_ref(),
+        });
+        Start::Sandboxed {
+            exe: iso.exe().to_path_buf(),
+            spec: Box::new(spec),
+            netns: iso.netns(),
+        }
+    } else {
+        let mut cmd = command(&program, spec, &sandbox, env);
+        if let Some(cgroup) = &cgroup.0 {
+            // ISO-1: in its cgroup before it execs, so nothing it forks starts outside.
+            if let Err(e) = procmesh_sys::cgroup::join_on_exec(&mut cmd, &cgroup.procs_files()) {
+                return Outcome::infrastructure(format!("joining the action's cgroup: {e}"));
+            }
+        }
+        Start::Plain(cmd)
+    };
+
     // The process.
-    let mut cmd = command(&worker, spec, &sandbox);
     let timeout = spec.action.timeout_ms.map(Duration::from_millis);
     let attempt = spec.attempt_ref();
     let finished = exec::execute(
-        &mut cmd,
+        start,
         shared.config.tail_bytes,
         timeout,
         shared.config.cancel_grace,
@@ -287,14 +406,55 @@ async fn drive(
     .await;
     let finished = match finished {
         Ok(finished) => finished,
-        Err(e) => {
-            return Outcome::failed(format!(
-                "could not start {}: {e}",
-                worker.descriptor.executable
-            ))
+        Err(StartError::Setup(reason)) => {
+            return Outcome::infrastructure(format!("sandbox setup failed: {reason}"))
+        }
+        Err(StartError::Io(e)) => {
+            return Outcome::failed(format!("could not start {}: {e}", program.display()))
         }
     };
-    ended(shared, finished, &sandbox).await
+    let ran = RanProgram {
+        executable: program.display().to_string(),
+        blake3: program_hash,
+        pid: finished.identity.pid,
+        start_time: finished.identity.start_time,
+    };
+    let usage = cgroup.finish();
+    if namespaced {
+        if let Some(iso) = iso {
+            iso.release_root(&format!("{}-{}", spec.lsn, spec.attempt));
+        }
+    }
+    let memory_limit = iso.and_then(|i| i.memory_limit(&spec.action.resources));
+    let mut outcome = ended(shared, finished, &sandbox, usage, memory_limit).await;
+    outcome.detail.ran = Some(Box::new(ran));
+    outcome
+}
+
+/// The attempt's cgroup: killed and removed when the attempt is over, even if its task is
+/// dropped half-way (ISO-1).
+struct CgroupGuard(Option<procmesh_sys::cgroup::ActionCgroup>);
+
+impl CgroupGuard {
+    /// Reads the whole tree's figures, then kills whatever is left and removes the cgroup.
+    fn finish(mut self) -> Option<procmesh_sys::cgroup::CgroupStats> {
+        let cgroup = self.0.take()?;
+        let stats = cgroup.stats();
+        if let Err(error) = cgroup.remove() {
+            tracing::warn!(%error, "could not remove the action's cgroup");
+        }
+        Some(stats)
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            if let Err(error) = cgroup.remove() {
+                tracing::warn!(%error, "could not remove the action's cgroup");
+            }
+        }
+    }
 }
 
 /// The variable telling an action its LSN, e.g. `42`.
@@ -302,25 +462,46 @@ pub const ENV_LSN: &str = "PROCMESH_LSN";
 /// The variable telling an action its attempt number, the first being `1`.
 pub const ENV_ATTEMPT: &str = "PROCMESH_ATTEMPT";
 
-/// The command of the action (PA-10): the worker's executable inside the sandbox, its arguments,
-/// the worker's environment overlaid with the action's and its numbers, in its own process group.
-fn command(worker: &Worker, spec: &ActionSpec, sandbox: &Sandbox) -> Command {
-    let mut env: BTreeMap<&str, &str> = worker
-        .descriptor
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    env.extend(
-        spec.action
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    let (lsn, attempt) = (spec.lsn.to_string(), spec.attempt.to_string());
-    env.insert(ENV_LSN, &lsn);
-    env.insert(ENV_ATTEMPT, &attempt);
-    let mut cmd = Command::new(sandbox.root().join(&worker.descriptor.executable));
+/// The environment of the action (PA-10, ISO-5).
+fn environment(
+    worker: &Worker,
+    spec: &ActionSpec,
+    sandbox: &Sandbox,
+    namespaced: bool,
+) -> BTreeMap<String, String> {
+    let (home, tmp) = if namespaced {
+        ("/tmp".to_owned(), "/tmp".to_owned())
+    } else {
+        (
+            sandbox.root().display().to_string(),
+            std::env::temp_dir().display().to_string(),
+        )
+    };
+    isolate::environment(
+        [
+            ("PATH", isolate::DEFAULT_PATH.to_owned()),
+            ("HOME", home),
+            ("TMPDIR", tmp),
+        ],
+        &worker.descriptor.env,
+        &spec.action.env,
+        [
+            (ENV_LSN, spec.lsn.to_string()),
+            (ENV_ATTEMPT, spec.attempt.to_string()),
+        ],
+        spec.action.traceparent.as_deref(),
+    )
+}
+
+/// The command of a plain (not namespaced) action: `program`, its arguments and exactly `env`,
+/// in the sandbox, in its own process group.
+fn command(
+    program: &std::path::Path,
+    spec: &ActionSpec,
+    sandbox: &Sandbox,
+    env: BTreeMap<String, String>,
+) -> Command {
+    let mut cmd = Command::new(program);
     cmd.args(&spec.action.args)
         .env_clear()
         .envs(env)
@@ -343,21 +524,49 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// Turns a finished process into the outcome, collecting outputs if it ran to its own end.
-async fn ended(shared: &Shared, finished: Finished, sandbox: &Sandbox) -> Outcome {
+async fn ended(
+    shared: &Shared,
+    finished: Finished,
+    sandbox: &Sandbox,
+    usage: Option<procmesh_sys::cgroup::CgroupStats>,
+    memory_limit: Option<u64>,
+) -> Outcome {
     let Finished {
         ending,
         exit,
         stdout_tail,
         stderr_tail,
+        netns,
+        identity: _,
     } = finished;
+    // The cgroup is gone by now: the network namespace may serve the next action.
+    drop(netns);
+    // The whole tree's figures when the cgroup has them, else the leader's rusage.
+    let cpu_ms = usage.as_ref().and_then(|u| u.cpu_ms).unwrap_or(exit.cpu_ms);
+    let peak = usage
+        .as_ref()
+        .and_then(|u| u.peak_memory_bytes)
+        .unwrap_or(exit.peak_rss_bytes);
+    let oom = usage.as_ref().is_some_and(|u| u.oom_kills > 0);
     let mut detail = TransitionDetail {
         exit: Some(exit.status),
-        cpu_ms: Some(exit.cpu_ms),
-        peak_memory_bytes: Some(exit.peak_rss_bytes),
+        cpu_ms: Some(cpu_ms),
+        peak_memory_bytes: Some(peak),
         stdout_tail,
         stderr_tail,
         ..TransitionDetail::default()
     };
+    if oom && !exit.status.success() && !matches!(ending, Ending::Cancelled(_)) {
+        let limit = memory_limit.map_or_else(String::new, |l| format!(" of {l} bytes"));
+        detail.reason = Some(format!(
+            "oom: killed by its memory limit{limit} ({})",
+            describe_exit(exit.status)
+        ));
+        return Outcome {
+            state: ActionState::Failed,
+            detail,
+        };
+    }
     let state = match ending {
         Ending::Cancelled(request) => {
             detail.reason = Some(cancel_reason(&request));

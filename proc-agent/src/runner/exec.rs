@@ -1,5 +1,6 @@
-//! Running an action's process: spawn (std's posix_spawn path, no `pre_exec`), bounded
-//! stdout/stderr tails, the timeout, cancellation, and the exit with its resource figures.
+//! Running an action's process: spawn (std's posix_spawn path, no `pre_exec`; directly, or
+//! through the namespace sandbox launcher), bounded stdout/stderr tails, the timeout,
+//! cancellation, and the exit with its resource figures.
 //!
 //! ```text
 //! spawn (own process group) ─▶ started() ─▶ loop { read stdout | read stderr | exit
@@ -54,9 +55,37 @@ pub(crate) enum Ending {
     Cancelled(CancelRequest),
 }
 
+/// How an action's process is started.
+pub(crate) enum Start {
+    /// The command itself, in its own process group.
+    Plain(Command),
+    /// Through the sandbox launcher (`exe`), which mirrors the action's exit.
+    Sandboxed {
+        /// The launcher binary.
+        exe: std::path::PathBuf,
+        /// What it sets up and runs.
+        spec: Box<procmesh_sys::sandbox::SandboxSpec>,
+        /// A network namespace from the pool, if any.
+        netns: Option<procmesh_sys::sandbox::NetnsLease>,
+    },
+}
+
+/// Why a process did not start.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The program (or the launcher) could not be started.
+    Io(io::Error),
+    /// The sandbox could not be set up: an infrastructure failure, with the launcher's reason.
+    Setup(String),
+}
+
 /// What a finished process left.
 #[derive(Debug)]
 pub(crate) struct Finished {
+    /// The action's process: pid (in the host's pid namespace) and start time.
+    pub(crate) identity: procmesh_sys::ProcessIdentity,
+    /// The network namespace lease, given back once the caller emptied the cgroup.
+    pub(crate) netns: Option<procmesh_sys::sandbox::NetnsLease>,
     /// Why it ended.
     pub(crate) ending: Ending,
     /// Its exit and resource figures.
@@ -154,15 +183,34 @@ fn kill(child: &Child) {
 /// spawn) stops it with `grace` between SIGTERM and SIGKILL. An error means it could not be
 /// started.
 pub(crate) async fn execute(
-    cmd: &mut Command,
+    start: Start,
     tail_bytes: usize,
     timeout: Option<Duration>,
     grace: Duration,
     cancel: &mut watch::Receiver<Option<CancelRequest>>,
     started: impl FnOnce(u32),
-) -> io::Result<Finished> {
-    let (child, pipes) = spawn(cmd).await?;
-    started(child.pid());
+) -> Result<Finished, StartError> {
+    let (child, pipes, identity, netns) = match start {
+        Start::Plain(mut cmd) => {
+            let (child, pipes) = spawn(&mut cmd).await.map_err(StartError::Io)?;
+            let identity = *child.identity();
+            (child, pipes, identity, None)
+        }
+        Start::Sandboxed { exe, spec, netns } => {
+            let sandboxed = procmesh_sys::sandbox::spawn(&exe, &spec, netns.as_ref())
+                .await
+                .map_err(|e| match e {
+                    procmesh_sys::sandbox::SpawnError::Start(e) => StartError::Io(e),
+                    procmesh_sys::sandbox::SpawnError::Setup(reason) => StartError::Setup(reason),
+                })?;
+            let identity = procmesh_sys::ProcessIdentity {
+                pid: sandboxed.started.pid,
+                start_time: sandboxed.started.start_time,
+            };
+            (sandboxed.child, sandboxed.pipes, identity, netns)
+        }
+    };
+    started(identity.pid);
     let start = Instant::now();
 
     let mut stdout = pipes.stdout;
@@ -245,6 +293,8 @@ pub(crate) async fn execute(
         None => wait.await,
     };
     Ok(Finished {
+        identity,
+        netns,
         ending,
         exit,
         stdout_tail: out_tail.into_bytes(),

@@ -19,6 +19,7 @@
 //! - `worker_cache` — `<workers_dir>/<id>`: resolve, verify, materialise, reuse.
 //! - `sandbox` — path rules and materialisation of worker files and inputs.
 //! - `exec` — spawn, tails, timeout, cancellation.
+//! - `isolate` — cgroups, the namespace sandbox's root, host programs, the environment.
 //! - `outputs` — `Outputs/` into the blob store.
 //! - `cleanup` — deferred, retried sandbox deletion.
 //!
@@ -59,10 +60,12 @@
 //! - **PA-9** Sandboxes: each attempt gets a fresh directory; after the final report it is
 //!   deleted in the background with bounded, logged retries; `start` wipes what an earlier run
 //!   left; `shutdown` deletes every sandbox before it returns.
-//! - **PA-10** Environment: an action sees exactly its worker's environment overlaid with its
-//!   own (the action's entries win), plus `PROCMESH_LSN` and `PROCMESH_ATTEMPT` (its action and
-//!   attempt numbers, the first attempt being 1) — nothing of the agent's; stdin is `/dev/null`,
-//!   the working directory its sandbox.
+//! - **PA-10** Environment: an action sees exactly `PATH` ([`DEFAULT_PATH`]), `HOME` and
+//!   `TMPDIR` (`/tmp` in a namespace sandbox; the sandbox and the system's temporary directory
+//!   otherwise), overlaid with its worker's environment, overlaid with its own (the action's
+//!   entries win), plus `PROCMESH_LSN` and `PROCMESH_ATTEMPT` (its action and attempt numbers,
+//!   the first attempt being 1) and `TRACEPARENT` when the submission carried one — nothing of
+//!   the agent's; stdin is `/dev/null`, the working directory its sandbox.
 //! - **PA-11** Timeout: an action running longer than its `timeout_ms` is stopped like a
 //!   cancelled one (SIGTERM, grace, SIGKILL) and ends `Failed` with a reason starting
 //!   "timed out after".
@@ -71,6 +74,7 @@ mod attempt;
 mod cleanup;
 mod error;
 mod exec;
+mod isolate;
 mod outputs;
 mod sandbox;
 mod worker_cache;
@@ -93,6 +97,7 @@ use tracing::{info, warn, Instrument};
 
 pub use attempt::{ENV_ATTEMPT, ENV_LSN};
 pub use error::RunnerError;
+pub use isolate::DEFAULT_PATH;
 
 use cleanup::{remove_tree, Cleaner};
 use exec::CancelRequest;
@@ -120,6 +125,9 @@ pub struct RunnerConfig {
     pub tail_bytes: usize,
     /// What runs an action: a real process, or nothing (for benchmarks of the dispatch path).
     pub executor: Executor,
+    /// How actions are isolated, as the host decided (`None`: plain processes in the proc's
+    /// own namespaces, without cgroups — in-process tests).
+    pub isolation: Option<procmesh_protocol::messages::host::ActionIsolation>,
 }
 
 /// What runs an action's process.
@@ -161,6 +169,7 @@ impl Default for RunnerConfig {
             cancel_grace: Duration::from_secs(5),
             tail_bytes: 64 * 1024,
             executor: Executor::Process,
+            isolation: None,
         }
     }
 }
@@ -232,6 +241,7 @@ struct Shared {
     /// How many slots are held; `shutdown` waits for 0.
     held: watch::Sender<usize>,
     workers: WorkerCache,
+    isolator: Option<Arc<isolate::Isolator>>,
     cleaner: Cleaner,
     handle: tokio::runtime::Handle,
 }
@@ -332,6 +342,13 @@ impl Runner {
             .canonicalize()
             .map_err(io(&config.workers_dir))?;
         let max = config.effective_max_actions();
+        let isolator = match &config.isolation {
+            Some(settings) => Some(Arc::new(
+                isolate::Isolator::new(settings.clone(), &config.work_dir, max)
+                    .map_err(io(&config.work_dir))?,
+            )),
+            None => None,
+        };
         info!(proc = %config.proc_id, max, sandboxes = %sandboxes.display(), "runner started");
         let (held, _) = watch::channel(0);
         Ok(Runner {
@@ -340,6 +357,7 @@ impl Runner {
                 cleaner: Cleaner::new(sandboxes.clone(), handle.clone()),
                 sandboxes,
                 workers: WorkerCache::new(workers_dir),
+                isolator,
                 config,
                 store,
                 resolver,

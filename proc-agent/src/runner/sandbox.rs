@@ -309,12 +309,16 @@ impl Sandbox {
 
     /// Fills the sandbox: `Outputs/`, the worker's directories and files (from its cache
     /// directory), the inputs (from the store, size checked). Every path is checked lexically
-    /// before the first write (PA-5).
+    /// before the first write (PA-5). With `share`, files are hard links into the cache and
+    /// the store (for actions that cannot write them: read-only binds); without, they are
+    /// copies verified against their hash (ISO-3), so that what an action does to its copy
+    /// never reaches the cache or the store, and a damaged cache entry is noticed.
     pub(crate) fn materialise(
         &self,
         worker: &Worker,
         inputs: &[InputFile],
         store: &BlobStore,
+        share: bool,
     ) -> Result<(), PrepareError> {
         let descriptor = &worker.descriptor;
         // PA-5: every path first, before anything is written.
@@ -354,7 +358,11 @@ impl Sandbox {
             } else {
                 READ_ONLY
             };
-            link_or_copy(&source, &dest, file.size, mode)?;
+            if share {
+                link_or_copy(&source, &dest, file.size, mode)?;
+            } else {
+                copy_verified(&source, &dest, file.size, &file.hash, mode)?;
+            }
         }
         for input in inputs {
             let source = store_blob(store, &input.hash, input.size)?;
@@ -365,10 +373,38 @@ impl Sandbox {
                 },
                 other => other,
             })?;
-            link_or_copy(&source, &dest, input.size, READ_ONLY)?;
+            if share {
+                link_or_copy(&source, &dest, input.size, READ_ONLY)?;
+            } else {
+                copy_verified(&source, &dest, input.size, &input.hash, READ_ONLY)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Copies `source` to the new file `dest` with `mode`, and checks that exactly `size` bytes
+/// hashing to `hash` were copied (ISO-3).
+fn copy_verified(
+    source: &Path,
+    dest: &Path,
+    size: u64,
+    hash: &BlobHash,
+    mode: u32,
+) -> Result<(), PrepareError> {
+    let mut hasher = BlobHasher::new();
+    let (copied, got) = copy_file(source, dest, size, mode, Some(&mut hasher))?;
+    if copied != size || got.as_ref() != Some(hash) {
+        return Err(PrepareError::BlobMismatch {
+            hash: *hash,
+            reason: format!(
+                "{} does not hold these bytes any more ({copied} bytes, hash {})",
+                source.display(),
+                got.map(|h| h.to_string()).unwrap_or_default()
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

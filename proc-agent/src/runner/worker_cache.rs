@@ -125,6 +125,30 @@ impl WorkerCache {
         Ok(worker)
     }
 
+    /// Throws away the cache entry of `worker` (a file in it no longer matches its hash): it is
+    /// renamed out of the way at once and deleted, so the next [`get`](Self::get) builds it
+    /// again from the store.
+    pub(crate) async fn discard(&self, worker: &Worker) {
+        self.forget(&worker.id);
+        let gate = lock(&self.building).entry(worker.id).or_default().clone();
+        let _building = gate.lock().await;
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        let trash = self
+            .dir
+            .join(format!(".bad-{}-{}-{n}", worker.id, std::process::id()));
+        match fs::rename(&worker.dir, &trash) {
+            Ok(()) => {
+                if let Err(error) = remove_tree(&trash) {
+                    tracing::warn!(%error, path = %trash.display(), "could not delete a damaged worker cache entry");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, path = %worker.dir.display(), "could not move a damaged worker cache entry away");
+            }
+        }
+    }
+
     /// Forgets that `id` is materialised, so the next attempt checks the disk again (after a
     /// sandbox could not be filled from it).
     pub(crate) fn forget(&self, id: &WorkerId) {

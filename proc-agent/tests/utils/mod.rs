@@ -179,6 +179,7 @@ impl Harness {
             cancel_grace: Duration::from_millis(500),
             tail_bytes: 64 * 1024,
             executor: Executor::Process,
+            isolation: None,
         };
         configure(&mut config);
         let (tx, reports) = mpsc::unbounded_channel();

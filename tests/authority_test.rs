@@ -192,6 +192,7 @@ async fn a_client_certificate_can_neither_act_as_a_host_nor_reach_hosts_and_proc
         version: "0.1.0".into(),
         node: "mallory".into(),
         node_secret: Some("00".repeat(32)),
+        isolation: None,
     };
     let answer = orch
         .ask(OrchestratorRequest::RegisterHost(fake), T)

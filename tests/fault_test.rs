@@ -78,8 +78,17 @@ impl Fixture {
     }
 
     /// A host bound to `listen` with its state in `state`, `procs` procs of `slots` each.
+    /// Its actions coordinate with the test through files on the host, so they run without
+    /// namespaces (`--isolation none`; isolation has its own tests, `isolation_test`).
     fn host(&self, listen: &str, state: &Path, procs: u32, slots: u32) -> (Proc, HostAddr) {
-        start_mesh_host(&self.certs, listen, state, &self.id, (procs, slots), &[])
+        start_mesh_host(
+            &self.certs,
+            listen,
+            state,
+            &self.id,
+            (procs, slots),
+            &["--isolation", "none"],
+        )
     }
 
     async fn client(&self) -> Client {

@@ -51,8 +51,14 @@ impl Mesh {
         &self.orchestrator.1
     }
 
-    /// A host on `ip` with `procs` proc agents of `slots` each.
+    /// A host on `ip` with `procs` proc agents of `slots` each, isolating actions by default
+    /// (`namespaces`).
     fn add_host(&mut self, ip: &str, procs: u32, slots: u32) -> HostAddr {
+        self.add_host_with(ip, procs, slots, &[])
+    }
+
+    /// [`add_host`](Self::add_host) with `extra` flags.
+    fn add_host_with(&mut self, ip: &str, procs: u32, slots: u32, extra: &[&str]) -> HostAddr {
         let state = self.dir.path().join(format!("host-{}", self.hosts.len()));
         let (proc, addr) = start_mesh_host(
             &self.certs,
@@ -60,7 +66,7 @@ impl Mesh {
             &state,
             self.id(),
             (procs, slots),
-            &[],
+            extra,
         );
         self.hosts.push((proc, addr.clone()));
         addr
@@ -305,7 +311,8 @@ fn read_pid(file: &Path, within: Duration) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_proc_agent_abandons_its_action_which_completes_on_retry() {
     let mut mesh = Mesh::start("127.0.0.1");
-    mesh.add_host("127.0.0.6", 2, 1);
+    // The action tells the test its agent's pid through a file on the host: no namespaces.
+    mesh.add_host_with("127.0.0.6", 2, 1, &["--isolation", "none"]);
     let client = mesh.client().await;
     mesh.wait_capacity(&client, 2).await;
     let marker = mesh.dir.path().join("agent.pid");

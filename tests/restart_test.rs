@@ -104,6 +104,8 @@ fn a_journal_that_cannot_be_read_stops_start_up_and_is_left_untouched() {
     assert_refused(&certs, &state, "truncated");
 }
 
+/// A host whose actions log their executions into a file of the test: they run without
+/// namespaces (`--isolation none`; isolation has its own tests, `isolation_test`).
 fn host(certs: &Certs, state: PathBuf, ip: &str, orchestrator: &ActorId) -> Proc {
     let (proc, _) = start_procmesh(
         "host",
@@ -122,6 +124,8 @@ fn host(certs: &Certs, state: PathBuf, ip: &str, orchestrator: &ActorId) -> Proc
             "2",
             "--max-actions",
             "2",
+            "--isolation",
+            "none",
         ],
     );
     proc

@@ -74,6 +74,9 @@ fn init_tracing() {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // The namespace sandbox launcher is this binary re-executed by a proc agent's runner: it
+    // must run before anything else (no threads, no tracing).
+    procmesh_sys::sandbox::run_helper_if_asked();
     let cli = Cli::parse();
     init_tracing();
     procmesh_transport::install_crypto_provider();

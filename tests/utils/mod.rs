@@ -158,7 +158,8 @@ pub fn start_host(args: &[&str]) -> (Proc, HostAddr) {
 }
 
 /// Starts `procmesh <command>` with `args` and waits (bounded) for its `ready <what>` line;
-/// returns the process and `<what>`.
+/// returns the process and `<what>`. Its stderr is passed through, and the last lines of it
+/// are in the panic message if it never gets ready (an early exit names its status).
 pub fn start_procmesh(command: &str, args: &[&str]) -> (Proc, String) {
     let mut child = Command::new(procmesh_bin())
         .arg(command)
@@ -169,10 +170,24 @@ pub fn start_procmesh(command: &str, args: &[&str]) -> (Proc, String) {
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start procmesh host");
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let last = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let kept = last.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() == 40 {
+                kept.pop_front();
+            }
+            kept.push_back(line);
+        }
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -182,11 +197,26 @@ pub fn start_procmesh(command: &str, args: &[&str]) -> (Proc, String) {
             }
         }
     });
-    let proc = Proc(child);
-    let ready = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("procmesh {command} did not print its ready line within 30 s"));
-    (proc, ready)
+    let ready = rx.recv_timeout(Duration::from_secs(30));
+    let mut proc = Proc(child);
+    match ready {
+        Ok(ready) => (proc, ready),
+        Err(_) => {
+            // Give an exiting process a moment, then say how it ended and what it printed.
+            std::thread::sleep(Duration::from_millis(200));
+            let status = proc.0.try_wait();
+            let lines: Vec<String> = last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            panic!(
+                "procmesh {command} did not print its ready line within 30 s (status: {status:?}); its last stderr lines:\n{}",
+                lines.join("\n")
+            )
+        }
+    }
 }
 
 /// Every descendant of `pid` (scanning /proc).

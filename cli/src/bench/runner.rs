@@ -25,7 +25,9 @@ use kameo::Actor;
 use procmesh_host::{Host, HostConfig, OsProcManager};
 use procmesh_protocol::action::{Attempt, Lsn};
 use procmesh_protocol::messages::agent::{ActionSpec, AgentError, AgentReply, AgentRequest};
-use procmesh_protocol::messages::host::{HostReply, HostRequest, ProcConfig, SpawnSpec};
+use procmesh_protocol::messages::host::{
+    HostReply, HostRequest, IsolationMode, ProcConfig, SpawnSpec,
+};
 use procmesh_protocol::messages::orchestrator::{
     OrchestratorError, OrchestratorReply, OrchestratorRequest,
 };
@@ -143,6 +145,60 @@ pub(super) fn raw_spawn_rate(
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The naive isolated baseline: like [`raw_spawn_rate`], but each child calls
+/// `unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)` before it execs the
+/// worker — fresh namespaces per action and nothing else (no root, no binds, no cgroup).
+pub(super) fn naive_isolated_rate(
+    worker: &Path,
+    concurrency: usize,
+    budget: Duration,
+) -> anyhow::Result<f64> {
+    use std::os::unix::process::CommandExt as _;
+    let deadline = Instant::now() + budget;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let worker = worker.to_path_buf();
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let mut cmd = std::process::Command::new(&worker);
+                    cmd.env_clear();
+                    // SAFETY: unshare(2) is a plain system call, async-signal-safe.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            let flags = libc::CLONE_NEWUSER
+                                | libc::CLONE_NEWNS
+                                | libc::CLONE_NEWNET
+                                | libc::CLONE_NEWPID;
+                            if libc::unshare(flags) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        })
+                    };
+                    let out = cmd.output()?;
+                    if !out.status.success() {
+                        return Err(std::io::Error::other(format!(
+                            "naive isolated worker failed: {:?}",
+                            out.status
+                        )));
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in threads {
+        total += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("naive spawner panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     let me = std::env::current_exe()?;
@@ -170,6 +226,22 @@ pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
             goal: ">= 0.8",
         },
         Row {
+            what: "isolated actions/s vs naive unshare+exec",
+            ours: f.isolated_per_s,
+            raw: f.naive_per_s,
+            unit: "1/s",
+            ratio: f.isolated_per_s / f.naive_per_s,
+            goal: ">= 1.5",
+        },
+        Row {
+            what: "isolated vs non-isolated runner",
+            ours: f.isolated_per_s,
+            raw: f.runner_per_s,
+            unit: "1/s",
+            ratio: f.isolated_per_s / f.runner_per_s,
+            goal: ">= 0.5",
+        },
+        Row {
             what: "ask RTT via host to proc (median)",
             ours: f.proc_rtt_us,
             raw: f.service_rtt_us,
@@ -192,9 +264,13 @@ pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
         "runner_actions_per_s": f.runner_per_s,
         "raw_spawn_per_s": f.raw_per_s,
         "runner_ratio": rows[1].ratio,
+        "isolated_actions_per_s": f.isolated_per_s,
+        "naive_isolated_per_s": f.naive_per_s,
+        "isolated_ratio": rows[2].ratio,
+        "isolated_vs_runner": rows[3].ratio,
         "proc_rtt_us": f.proc_rtt_us,
         "service_rtt_us": f.service_rtt_us,
-        "mux_rtt_ratio": rows[2].ratio,
+        "mux_rtt_ratio": rows[4].ratio,
     });
     println!("{json}");
     Ok(())
@@ -207,6 +283,8 @@ struct Figures {
     raw_per_s: f64,
     proc_rtt_us: f64,
     service_rtt_us: f64,
+    isolated_per_s: f64,
+    naive_per_s: f64,
 }
 
 async fn measure(
@@ -227,6 +305,11 @@ async fn measure(
         move || raw_spawn_rate(&w, concurrency as usize, budget)
     })
     .await??;
+    let naive_per_s = tokio::task::spawn_blocking({
+        let w = worker_bin.clone();
+        move || naive_isolated_rate(&w, concurrency as usize, budget)
+    })
+    .await??;
 
     let ca = MeshCa::generate("bench", Duration::from_secs(3600))?;
     let node_id = ca.issue(Role::Host, "bench-host", &[], Duration::from_secs(3600))?;
@@ -239,11 +322,10 @@ async fn measure(
         Duration::from_secs(3600),
     )?;
     let manager = OsProcManager::new(None, None)?;
-    let host = Host::start(
-        HostConfig::ephemeral(dir.join("host"), node_id),
-        Arc::new(manager),
-    )
-    .await?;
+    // The non-isolated runner first (isolation = none: plain processes, still in cgroups).
+    let mut config = HostConfig::ephemeral(dir.join("host"), node_id.clone());
+    config.isolation = IsolationMode::None;
+    let host = Host::start(config, Arc::new(manager)).await?;
 
     // Spawn → ready, a few times.
     let mut samples = Vec::new();
@@ -260,6 +342,78 @@ async fn measure(
     }
     let spawn_ready_ms = median(&mut samples);
 
+    let (runner_per_s, agent, client) = runner_rate(
+        &host,
+        dir,
+        &worker_bin,
+        client_id.clone(),
+        budget,
+        concurrency,
+    )
+    .await?;
+    // Mux RTT: the same small ask to the proc's agent and to the host's service actor.
+    let host_actor: RemoteRef<HostRequest> =
+        client.remote_ref(host.addr().proc(SERVICE_PROC)?.actor("host")?);
+    let rtt = |proc: bool| {
+        let agent = agent.clone();
+        let host_actor = host_actor.clone();
+        async move {
+            let mut samples = Vec::new();
+            let deadline = Instant::now() + budget / 2;
+            let mut i = 0;
+            while Instant::now() < deadline || i < 200 {
+                let t = Instant::now();
+                if proc {
+                    let r = agent.ask(AgentRequest::Capacity, T).await?;
+                    anyhow::ensure!(matches!(r, Ok(AgentReply::Capacity(_))), "{r:?}");
+                } else {
+                    let r = host_actor.ask(HostRequest::ListProcs, T).await?;
+                    anyhow::ensure!(matches!(r, Ok(HostReply::Procs(_))), "{r:?}");
+                }
+                if i >= 100 {
+                    samples.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                i += 1;
+            }
+            anyhow::Ok(median(&mut samples))
+        }
+    };
+    let service_rtt_us = rtt(false).await?;
+    let proc_rtt_us = rtt(true).await?;
+
+    client.shutdown(Duration::from_millis(100)).await;
+    host.shutdown(Duration::from_secs(5)).await;
+
+    // The isolated runner: the same load on a host in `namespaces` mode.
+    let mut config = HostConfig::ephemeral(dir.join("host-isolated"), node_id);
+    config.isolation = IsolationMode::Namespaces;
+    let host = Host::start(config, Arc::new(OsProcManager::new(None, None)?)).await?;
+    let (isolated_per_s, _, client) =
+        runner_rate(&host, dir, &worker_bin, client_id, budget, concurrency).await?;
+    client.shutdown(Duration::from_millis(100)).await;
+    host.shutdown(Duration::from_secs(5)).await;
+    Ok(Figures {
+        isolated_per_s,
+        naive_per_s,
+        spawn_ready_ms,
+        raw_spawn_ms,
+        runner_per_s,
+        raw_per_s,
+        proc_rtt_us,
+        service_rtt_us,
+    })
+}
+
+/// Spawns a proc agent of `concurrency` slots on `host` and keeps it full of trivial actions
+/// (after a warm-up); its actions/s, its agent and the client node that drove it.
+async fn runner_rate(
+    host: &Host,
+    dir: &Path,
+    worker_bin: &Path,
+    client_id: procmesh_transport::TlsIdentity,
+    budget: Duration,
+    concurrency: u32,
+) -> anyhow::Result<(f64, RemoteRef<AgentRequest>, procmesh_transport::Node)> {
     let spec = SpawnSpec {
         name: "runner".into(),
         config: ProcConfig {
@@ -270,8 +424,10 @@ async fn measure(
     let proc = host.spawn(spec).await?;
     let ready = proc.ready().await?;
 
-    let store = BlobStore::open(dir.join("client-blobs"))?;
-    let (hash, size) = store.put_file(&worker_bin).await?;
+    let store = BlobStore::open(
+        dir.join(format!("client-blobs-{}", host.addr()).replace([':', '!', '/'], "-")),
+    )?;
+    let (hash, size) = store.put_file(worker_bin).await?;
     let worker = WorkerDescriptor {
         executable: "true".into(),
         files: vec![WorkerFile {
@@ -282,6 +438,7 @@ async fn measure(
         }],
         directories: Vec::new(),
         env: BTreeMap::new(),
+        host_program: None,
     };
     let worker_id: WorkerId = worker.id();
     let client = NodeBuilder::new("bench")
@@ -331,46 +488,7 @@ async fn measure(
     let failures = failed.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(failures == 0, "{failures} bench actions did not complete");
 
-    // Mux RTT: the same small ask to the proc's agent and to the host's service actor.
-    let host_actor: RemoteRef<HostRequest> =
-        client.remote_ref(host.addr().proc(SERVICE_PROC)?.actor("host")?);
-    let rtt = |proc: bool| {
-        let agent = agent.clone();
-        let host_actor = host_actor.clone();
-        async move {
-            let mut samples = Vec::new();
-            let deadline = Instant::now() + budget / 2;
-            let mut i = 0;
-            while Instant::now() < deadline || i < 200 {
-                let t = Instant::now();
-                if proc {
-                    let r = agent.ask(AgentRequest::Capacity, T).await?;
-                    anyhow::ensure!(matches!(r, Ok(AgentReply::Capacity(_))), "{r:?}");
-                } else {
-                    let r = host_actor.ask(HostRequest::ListProcs, T).await?;
-                    anyhow::ensure!(matches!(r, Ok(HostReply::Procs(_))), "{r:?}");
-                }
-                if i >= 100 {
-                    samples.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                i += 1;
-            }
-            anyhow::Ok(median(&mut samples))
-        }
-    };
-    let service_rtt_us = rtt(false).await?;
-    let proc_rtt_us = rtt(true).await?;
-
-    client.shutdown(Duration::from_millis(100)).await;
-    host.shutdown(Duration::from_secs(5)).await;
-    Ok(Figures {
-        spawn_ready_ms,
-        raw_spawn_ms,
-        runner_per_s,
-        raw_per_s,
-        proc_rtt_us,
-        service_rtt_us,
-    })
+    Ok((runner_per_s, agent, client))
 }
 
 /// Keeps a proc agent's runner full of trivial actions.

@@ -5,6 +5,8 @@
 //! and its stdout and stderr tails are printed to ours. Files the action left in `Outputs/`
 //! are downloaded into `--output-dir`. The exit code is the program's (a signal `n` gives
 //! `128 + n`); when it could not run at all, 125 and the reason on stderr. Ctrl-C cancels it.
+//! With `--host-program PATH` nothing is shipped: the host runs its own `PATH` (from its
+//! `allowed_host_programs`), and everything after `--` are its arguments.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,8 +22,21 @@ use super::common::{parse_duration, parse_key_value, print_json, runtime, tail_t
 /// Exit code when the program could not be run (or ended without an exit status).
 pub const EXIT_NOT_RUN: u8 = 125;
 
+/// What an action sees, for `procmesh exec --help`.
+pub const ENVIRONMENT_HELP: &str = "\
+The action's environment (exactly this, nothing of the host's):
+  PATH=/usr/local/bin:/usr/bin:/bin, HOME=/tmp, TMPDIR=/tmp (isolation = none: HOME is the
+  sandbox, TMPDIR the host's temporary directory), then the worker's variables, then the
+  action's (--env wins), then PROCMESH_LSN (the action's number), PROCMESH_ATTEMPT (1, 2, ...)
+  and TRACEPARENT (when $TRACEPARENT is set here, the W3C trace context of the submission).
+It runs in /sandbox (its inputs, read-only) and leaves its results in /sandbox/Outputs; /tmp is
+private. With isolation = namespaces (the hosts' default) it has no network, sees only its own
+processes, runs as an unprivileged user, and is limited by its cgroup (--memory, --cores, and
+the host's pids limit); a memory-limit kill ends it Failed with the reason \"oom\".";
+
 /// Flags of `procmesh exec`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = ENVIRONMENT_HELP)]
 pub struct ExecArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -44,9 +59,19 @@ pub struct ExecArgs {
     /// Automatic retries if the run fails or its host is lost.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
-    /// The program and its arguments.
+    /// Run this executable of the host (e.g. /usr/bin/gcc) instead of shipping a program; the
+    /// host must allow it (allowed_host_programs). Everything after -- is its arguments.
+    #[arg(long, value_name = "PATH")]
+    pub host_program: Option<String>,
+    /// The memory the program needs (its cgroup limit), e.g. 512M or 2G.
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// The CPUs the program keeps busy (its cgroup CPU limit), e.g. 2.
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// The program and its arguments (with --host-program: its arguments).
     #[arg(
-        required = true,
+        required_unless_present = "host_program",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "PROGRAM"
@@ -178,12 +203,43 @@ pub fn run(args: ExecArgs) -> anyhow::Result<u8> {
     runtime()?.block_on(exec(args))
 }
 
+/// A size in bytes: a number with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad size {text:?}: expected e.g. 512M"))?;
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "m" | "MiB" => 20,
+        "G" | "g" | "GiB" => 30,
+        _ => return Err(format!("bad size {text:?}: the unit is K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("bad size {text:?}"))
+}
+
 async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
-    let (program, program_args) = args.command.split_first().context("no program given")?;
-    let program_path = resolve_program(program, std::env::var_os("PATH").as_deref())?;
+    let (worker, program_path, program_args) = match &args.host_program {
+        Some(path) => (
+            WorkerBuilder::new().host_program(path.clone()),
+            PathBuf::from(path),
+            args.command.as_slice(),
+        ),
+        None => {
+            let (program, program_args) = args.command.split_first().context("no program given")?;
+            let path = resolve_program(program, std::env::var_os("PATH").as_deref())?;
+            (WorkerBuilder::program(&path), path, program_args)
+        }
+    };
     let files = expand_inputs(&args.inputs)?;
     let client = args.client.connect().await?;
-    let outcome = run_on(&client, &args, &program_path, program_args, &files).await;
+    let outcome = run_on(&client, &args, worker, &program_path, program_args, &files).await;
     client.close().await;
     outcome
 }
@@ -191,12 +247,13 @@ async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
 async fn run_on(
     client: &Client,
     args: &ExecArgs,
+    worker: WorkerBuilder,
     program: &Path,
     program_args: &[String],
     files: &[(String, PathBuf)],
 ) -> anyhow::Result<u8> {
     let worker = client
-        .register_worker(&WorkerBuilder::program(program))
+        .register_worker(&worker)
         .await
         .with_context(|| format!("shipping {}", program.display()))?;
     let inputs = client
@@ -221,6 +278,11 @@ async fn run_on(
         .timeout
         .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64);
     action.resources.host_labels = args.host_labels.iter().cloned().collect();
+    action.resources.memory_bytes = args.memory;
+    action.resources.cores = args.cores;
+    action.traceparent = std::env::var("TRACEPARENT")
+        .ok()
+        .filter(|tp| procmesh_protocol::spec::is_traceparent(tp));
     let lsns = queue
         .submit(vec![SubmitAction {
             action,

@@ -54,6 +54,19 @@ pub struct HostArgs {
     /// File of revoked certificate serials (one hex serial per line), re-read when it changes.
     #[arg(long, env = "PROCMESH_REVOKED")]
     revoked: Option<PathBuf>,
+    /// How actions are isolated: namespaces (default) or none (an explicit opt-out).
+    #[arg(long, env = "PROCMESH_ISOLATION")]
+    isolation: Option<procmesh_protocol::messages::host::IsolationMode>,
+    /// A directory whose executables workers may run as host programs (e.g. /usr/bin);
+    /// repeatable.
+    #[arg(long = "allow-host-programs", value_name = "DIR")]
+    allowed_host_programs: Vec<PathBuf>,
+    /// Most processes an action may have at once (its cgroup's pids limit).
+    #[arg(long, env = "PROCMESH_ACTION_PIDS")]
+    action_pids: Option<u64>,
+    /// Memory limit of an action whose hints name none, e.g. 2G (default: half the machine).
+    #[arg(long, env = "PROCMESH_ACTION_MEMORY", value_parser = crate::cmd::exec::parse_size)]
+    action_memory: Option<u64>,
     /// Print the ready line as JSON.
     #[arg(long)]
     json: bool,
@@ -110,6 +123,20 @@ impl HostArgs {
         }
         if let Some(v) = &self.revoked {
             config.revoked = Some(v.clone());
+        }
+        if let Some(v) = self.isolation {
+            config.isolation = v;
+        }
+        if !self.allowed_host_programs.is_empty() {
+            config
+                .allowed_host_programs
+                .extend(self.allowed_host_programs.iter().cloned());
+        }
+        if let Some(v) = self.action_pids {
+            config.action_pids = v;
+        }
+        if let Some(v) = self.action_memory {
+            config.action_memory_bytes = Some(v);
         }
         anyhow::ensure!(
             config.tls_dir.is_some(),

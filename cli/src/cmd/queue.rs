@@ -311,6 +311,12 @@ fn print_record(record: &ActionRecord) {
         if let Some(mem) = exec.peak_memory_bytes {
             println!("  memory     {:.1} MiB", mem as f64 / (1024.0 * 1024.0));
         }
+        if let Some(ran) = &exec.ran {
+            println!(
+                "  ran        {}  blake3 {}  pid {} (start {})",
+                ran.executable, ran.blake3, ran.pid, ran.start_time
+            );
+        }
     }
     if let Some(error) = record.last_error() {
         println!("  error      {error}");
@@ -356,8 +362,8 @@ fn print_hosts(hosts: &[HostView]) {
         return;
     }
     println!(
-        "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} labels",
-        "address", "node", "state", "capacity", "procs", "free", "placed", "hostname"
+        "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {:<18} labels",
+        "address", "node", "state", "capacity", "procs", "free", "placed", "hostname", "isolation"
     );
     for host in hosts {
         let free: u64 = host.procs.iter().map(|p| u64::from(p.capacity.free)).sum();
@@ -367,8 +373,16 @@ fn print_hosts(hosts: &[HostView]) {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        let isolation = match &host.info.isolation {
+            Some(iso) => format!(
+                "{} cgroup-{}",
+                iso.mode,
+                iso.cgroup.as_deref().unwrap_or("off")
+            ),
+            None => "unknown".to_owned(),
+        };
         println!(
-            "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {}",
+            "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {:<18} {}",
             host.info.addr.to_string(),
             host.info.node,
             match host.state {
@@ -380,8 +394,14 @@ fn print_hosts(hosts: &[HostView]) {
             free,
             host.running,
             host.info.system.hostname,
+            isolation,
             labels.join(",")
         );
+        if let Some(iso) = &host.info.isolation {
+            for warning in &iso.warnings {
+                println!("  warning: {warning}");
+            }
+        }
         // One line per proc: its agent, free of total slots, and how often the host respawned it.
         for proc in &host.procs {
             println!(

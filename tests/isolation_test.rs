@@ -80,15 +80,16 @@ impl Mesh {
     }
 }
 
-/// One action of `worker` with `args`, `inputs` and `memory`, run to its end; its result.
-async fn run_action(
+/// Submits one action of `worker` with `args`, `inputs`, `memory` and `env` into a new queue
+/// (no retries), which is then drained; the queue and the action's LSN.
+async fn submit(
     client: &Client,
     worker: &WorkerBuilder,
     args: &[&str],
     inputs: Vec<InputFile>,
     memory: Option<u64>,
     env: &[(&str, String)],
-) -> ActionResult {
+) -> (procmesh_client::Queue, procmesh_protocol::Lsn) {
     let id = client.register_worker(worker).await.expect("worker");
     let queue = client
         .create_queue(QueueConfig {
@@ -116,8 +117,21 @@ async fn run_action(
         .await
         .unwrap();
     queue.drain().await.unwrap();
+    (queue, lsns[0])
+}
+
+/// [`submit`], run to its end; its result.
+async fn run_action(
+    client: &Client,
+    worker: &WorkerBuilder,
+    args: &[&str],
+    inputs: Vec<InputFile>,
+    memory: Option<u64>,
+    env: &[(&str, String)],
+) -> ActionResult {
+    let (queue, lsn) = submit(client, worker, args, inputs, memory, env).await;
     queue.wait_complete(Some(T)).await.expect("the action ends");
-    queue.result(lsns[0]).await.unwrap().expect("a result")
+    queue.result(lsn).await.unwrap().expect("a result")
 }
 
 /// `sh -c script` in the sandbox.
@@ -434,31 +448,18 @@ async fn killing_host_and_proc_agent_leaves_no_action_once_restarted() {
     for mode in ["namespaces", "none"] {
         let mut mesh = start_mesh(&["--isolation", mode]);
         let client = mesh.client("a").await;
-        let id = client
-            .register_worker(&WorkerBuilder::new().host_program("/bin/sh"))
-            .await
-            .unwrap();
-        let queue = client
-            .create_queue(QueueConfig {
-                retry_limit: 0,
-                default_priority: 0,
-                name: "kill".into(),
-            })
-            .await
-            .unwrap();
-        let mut action = ActionDef::new(id);
-        action.args = vec![
-            "-c".into(),
-            "setsid sleep 300.301 & (sh -c 'sleep 300.302 &' &); sleep 300.303".into(),
-        ];
-        queue
-            .submit(vec![SubmitAction {
-                action,
-                priority: None,
-                idempotency_key: None,
-            }])
-            .await
-            .unwrap();
+        let _queue = submit(
+            &client,
+            &WorkerBuilder::new().host_program("/bin/sh"),
+            &[
+                "-c",
+                "setsid sleep 300.301 & (sh -c 'sleep 300.302 &' &); sleep 300.303",
+            ],
+            Vec::new(),
+            None,
+            &[],
+        )
+        .await;
         let deadline = Instant::now() + T;
         while processes_with("300.30").len() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));

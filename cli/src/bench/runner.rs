@@ -120,29 +120,7 @@ pub(super) fn raw_spawn_rate(
     concurrency: usize,
     budget: Duration,
 ) -> anyhow::Result<f64> {
-    let deadline = Instant::now() + budget;
-    let started = Instant::now();
-    let threads: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let worker = worker.to_path_buf();
-            std::thread::spawn(move || -> std::io::Result<u64> {
-                let mut n = 0;
-                while Instant::now() < deadline {
-                    // Actions run with an empty environment (PA-10): so does the baseline.
-                    std::process::Command::new(&worker).env_clear().output()?;
-                    n += 1;
-                }
-                Ok(n)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in threads {
-        total += t
-            .join()
-            .map_err(|_| anyhow::anyhow!("raw spawner panicked"))??;
-    }
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    spawn_rate(worker, concurrency, budget, false)
 }
 
 /// The naive isolated baseline: like [`raw_spawn_rate`], but each child calls
@@ -152,6 +130,17 @@ pub(super) fn naive_isolated_rate(
     worker: &Path,
     concurrency: usize,
     budget: Duration,
+) -> anyhow::Result<f64> {
+    spawn_rate(worker, concurrency, budget, true)
+}
+
+/// `concurrency` threads looping `Command::output()` of `worker` for `budget`, each child in
+/// fresh namespaces if `unshare`; runs per second.
+fn spawn_rate(
+    worker: &Path,
+    concurrency: usize,
+    budget: Duration,
+    unshare: bool,
 ) -> anyhow::Result<f64> {
     use std::os::unix::process::CommandExt as _;
     let deadline = Instant::now() + budget;
@@ -163,24 +152,27 @@ pub(super) fn naive_isolated_rate(
                 let mut n = 0;
                 while Instant::now() < deadline {
                     let mut cmd = std::process::Command::new(&worker);
+                    // Actions run with a fixed environment (PA-10): so does the baseline.
                     cmd.env_clear();
-                    // SAFETY: unshare(2) is a plain system call, async-signal-safe.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            let flags = libc::CLONE_NEWUSER
-                                | libc::CLONE_NEWNS
-                                | libc::CLONE_NEWNET
-                                | libc::CLONE_NEWPID;
-                            if libc::unshare(flags) != 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            Ok(())
-                        })
-                    };
+                    if unshare {
+                        // SAFETY: unshare(2) is a plain system call, async-signal-safe.
+                        unsafe {
+                            cmd.pre_exec(|| {
+                                let flags = libc::CLONE_NEWUSER
+                                    | libc::CLONE_NEWNS
+                                    | libc::CLONE_NEWNET
+                                    | libc::CLONE_NEWPID;
+                                if libc::unshare(flags) != 0 {
+                                    return Err(std::io::Error::last_os_error());
+                                }
+                                Ok(())
+                            })
+                        };
+                    }
                     let out = cmd.output()?;
                     if !out.status.success() {
                         return Err(std::io::Error::other(format!(
-                            "naive isolated worker failed: {:?}",
+                            "baseline worker failed: {:?}",
                             out.status
                         )));
                     }
@@ -194,7 +186,7 @@ pub(super) fn naive_isolated_rate(
     for t in threads {
         total += t
             .join()
-            .map_err(|_| anyhow::anyhow!("naive spawner panicked"))??;
+            .map_err(|_| anyhow::anyhow!("baseline spawner panicked"))??;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }

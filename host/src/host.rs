@@ -588,6 +588,14 @@ impl Host {
         if let Some(local) = inner.local.get() {
             local.shutdown(Duration::ZERO).await;
         }
+        // The procs are gone: so is the base of their action cgroups (HST-23).
+        if let Some(name) = inner
+            .isolation
+            .as_ref()
+            .and_then(|i| i.settings.cgroup_name.clone())
+        {
+            crate::isolation::remove_base(&name);
+        }
         inner.node.unexpose(HOST_ACTOR);
         inner.node.unexpose(BOOTSTRAP_ACTOR);
         inner.node.shutdown(Duration::from_millis(100)).await;

@@ -138,6 +138,15 @@ pub(crate) fn decide(config: &HostConfig, memory_bytes: u64) -> Result<Isolation
     })
 }
 
+/// Removes the host's base cgroup `name` at shutdown, once its procs are gone (what is still in
+/// it is killed); a failure is logged: the next start clears it.
+pub(crate) fn remove_base(name: &str) {
+    match Cgroups::detect(name).and_then(|cgroups| cgroups.remove_base()) {
+        Ok(()) => tracing::debug!(cgroup = name, "action cgroup base removed"),
+        Err(error) => warn!(%error, cgroup = name, "could not remove the action cgroup base"),
+    }
+}
+
 /// The canonical form of `roots`, for tests.
 #[cfg(test)]
 fn canonical(roots: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
@@ -183,5 +192,8 @@ mod tests {
         assert_eq!(decided.settings.mode, IsolationMode::None);
         assert!(decided.summary.warnings[0].contains("explicit opt-out"));
         assert_eq!(decided.settings.memory_bytes, Some(1 << 29));
+        if let Some(name) = &decided.settings.cgroup_name {
+            remove_base(name);
+        }
     }
 }

@@ -100,6 +100,15 @@ fn main() -> anyhow::Result<ExitCode> {
 
 fn proc_agent() -> anyhow::Result<()> {
     let boot = procmesh_proc_agent::from_env()?;
+    if boot
+        .isolation
+        .as_ref()
+        .is_some_and(|i| i.mode == procmesh_protocol::messages::host::IsolationMode::Namespaces)
+        && std::env::var_os("PROCMESH_NO_ZYGOTE").is_none()
+    {
+        // Before any thread: the zygote is a fork of this process.
+        procmesh_sys::sandbox::start_zygote()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("proc-agent")

@@ -204,6 +204,24 @@ impl Child {
         Ok((Child { inner }, pipes))
     }
 
+    /// Adopts a child of this process started by other means (the sandbox zygote's
+    /// `CLONE_PARENT`): `pid` must be an unreaped child, already in the tracked set (SYS-3).
+    pub(crate) fn adopt_pid(pid: u32, reap: Reap, pipes: Pipes) -> io::Result<(Child, Pipes)> {
+        let pidfd = pidfd_open(pid)?;
+        let identity = ProcessIdentity::of(pid).unwrap_or(ProcessIdentity { pid, start_time: 0 });
+        let (done, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            pid,
+            pidfd,
+            identity,
+            state: Mutex::new(State { reaped: false }),
+            done,
+        });
+        let task_inner = inner.clone();
+        tokio::spawn(async move { reaper(task_inner, reap).await });
+        Ok((Child { inner }, pipes))
+    }
+
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.inner.pid

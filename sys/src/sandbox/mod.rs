@@ -19,6 +19,11 @@
 //! the netns fd as `SCM_RIGHTS` on it. H → the runner: one frame, `Started { pid, start_time }`
 //! or `SetupFailed { reason }`. E ↔ H and F → E are private pipes.
 //!
+//! With a **zygote** ([`start_zygote`], forked by the proc agent before its runtime starts),
+//! H is not exec'd: the zygote `clone(CLONE_PARENT)`s it with the control socket and the
+//! runner's pipes as its standard fds, so H is still the runner's child (reaped and signalled
+//! through its pidfd) but skips an exec of the whole binary per action (SBX-9).
+//!
 //! The binary that hosts the runner must call [`run_helper_if_asked`] first thing in `main`,
 //! before it starts any thread (a tokio runtime included): H must be single-threaded, because E
 //! is a plain copy of it that allocates.
@@ -50,6 +55,10 @@
 //! - **SBX-8** A pooled network namespace has only `lo` and is handed to one sandbox at a time;
 //!   it goes back to the pool only when its [`NetnsLease`] drops, which the runner does once
 //!   the action's cgroup is empty, so no process of one action shares it with the next.
+//! - **SBX-9** A zygote-started H is the same code with the same fds as an exec'd one, a child
+//!   of the runner from its first instruction (tracked before any orphan scan can see it); the
+//!   zygote itself is tracked, dies with the runner (parent-death signal, EOF on its socket),
+//!   and hands the runner's fds to nothing but H.
 //!
 //! # Ids
 //! `uid`/`gid` map one inside id to one outside id. With `outside: None` the helper's own
@@ -75,6 +84,9 @@ mod netns;
 mod probe;
 mod seccomp;
 mod wire;
+mod zygote;
+
+pub use zygote::start_zygote;
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -257,14 +269,47 @@ pub async fn spawn(
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let net_fd: Option<OwnedFd> = netns.map(|l| l.fd().try_clone_to_owned()).transpose()?;
 
-    let mut cmd = Command::new(exe);
-    cmd.arg(HELPER_ARG)
-        .env_clear()
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let (child, pipes) = Child::spawn_on_long_lived_thread(cmd, Reap::KillGroupFirst).await?;
+    let (child, pipes) = if zygote::available() {
+        let (out_r, out_w) = std::io::pipe()?;
+        let (err_r, err_w) = std::io::pipe()?;
+        let (ctl, out, err) = (
+            OwnedFd::from(theirs),
+            OwnedFd::from(out_w),
+            OwnedFd::from(err_w),
+        );
+        let pid = tokio::task::spawn_blocking(move || {
+            let _phase = crate::child::spawn_phase()
+                .read()
+                .expect("spawn phase lock");
+            let pid = zygote::start_helper(ctl, out, err)?;
+            crate::child::tracked()
+                .lock()
+                .expect("tracked lock")
+                .insert(pid);
+            io::Result::Ok(pid)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let pipes = Pipes {
+            stdin: None,
+            stdout: Some(tokio::process::ChildStdout::from_std(
+                std::process::ChildStdout::from(OwnedFd::from(out_r)),
+            )?),
+            stderr: Some(tokio::process::ChildStderr::from_std(
+                std::process::ChildStderr::from(OwnedFd::from(err_r)),
+            )?),
+        };
+        Child::adopt_pid(pid, Reap::KillGroupFirst, pipes)?
+    } else {
+        let mut cmd = Command::new(exe);
+        cmd.arg(HELPER_ARG)
+            .env_clear()
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        Child::spawn_on_long_lived_thread(cmd, Reap::KillGroupFirst).await?
+    };
     // Until the action has started, a failure or a dropped future takes the helper down.
     let guard = KillOnDrop(Some(child.clone()));
 

@@ -171,7 +171,6 @@ impl Child {
         reap: Reap,
     ) -> io::Result<(Child, Pipes)> {
         let pid = child.id();
-        let identity = ProcessIdentity::of(pid).unwrap_or(ProcessIdentity { pid, start_time: 0 });
         let pipes = Pipes {
             stdin: child
                 .stdin
@@ -191,23 +190,18 @@ impl Child {
         };
         // Dropping std's handle neither waits nor kills: the reaper owns the child now.
         drop(child);
-        let (done, _) = watch::channel(None);
-        let inner = Arc::new(Inner {
-            pid,
-            pidfd,
-            identity,
-            state: Mutex::new(State { reaped: false }),
-            done,
-        });
-        let task_inner = inner.clone();
-        tokio::spawn(async move { reaper(task_inner, reap).await });
-        Ok((Child { inner }, pipes))
+        Ok((Child::supervise(pid, pidfd, reap), pipes))
     }
 
     /// Adopts a child of this process started by other means (the sandbox zygote's
     /// `CLONE_PARENT`): `pid` must be an unreaped child, already in the tracked set (SYS-3).
     pub(crate) fn adopt_pid(pid: u32, reap: Reap, pipes: Pipes) -> io::Result<(Child, Pipes)> {
         let pidfd = pidfd_open(pid)?;
+        Ok((Child::supervise(pid, pidfd, reap), pipes))
+    }
+
+    /// The handle of the unreaped child `pid` with its `pidfd`, and its reaper task.
+    fn supervise(pid: u32, pidfd: OwnedFd, reap: Reap) -> Child {
         let identity = ProcessIdentity::of(pid).unwrap_or(ProcessIdentity { pid, start_time: 0 });
         let (done, _) = watch::channel(None);
         let inner = Arc::new(Inner {
@@ -219,7 +213,7 @@ impl Child {
         });
         let task_inner = inner.clone();
         tokio::spawn(async move { reaper(task_inner, reap).await });
-        Ok((Child { inner }, pipes))
+        Child { inner }
     }
 
     /// The child's pid.

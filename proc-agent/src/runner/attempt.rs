@@ -251,8 +251,10 @@ async fn drive(
     let share = shared.isolator.as_ref().is_none_or(|i| i.shares_files());
     let mut worker = worker;
     let mut rebuilt = false;
+    // The attempt's name: its sandbox, its root directory.
+    let name = format!("{}-{}", spec.lsn, spec.attempt);
     let sandbox = loop {
-        let name = format!("{}-{}", spec.lsn, spec.attempt);
+        let name = name.clone();
         let (dir, store, w, inputs) = (
             shared.sandboxes.clone(),
             shared.store.clone(),
@@ -315,10 +317,18 @@ async fn drive(
     let namespaced = iso.is_some_and(|i| i.mode() == IsolationMode::Namespaces);
     let (program, program_hash) = match &worker.descriptor.host_program {
         Some(path) => {
-            let roots = iso.map(|i| i.host_programs()).unwrap_or_default();
-            match isolate::resolve_host_program(path, roots) {
-                Ok(resolved) => resolved,
-                Err(reason) => return Outcome::failed(reason),
+            // Canonicalising and hashing a host program is file I/O: off the runtime.
+            let roots = iso.map(|i| i.host_programs().to_vec()).unwrap_or_default();
+            let path = path.clone();
+            let resolved =
+                tokio::task::spawn_blocking(move || isolate::resolve_host_program(&path, &roots))
+                    .await;
+            match resolved {
+                Ok(Ok(resolved)) => resolved,
+                Ok(Err(reason)) => return Outcome::failed(reason),
+                Err(join) => {
+                    return Outcome::failed(format!("internal error resolving the program: {join}"))
+                }
             }
         }
         None => {
@@ -360,8 +370,7 @@ async fn drive(
         if let Err(e) = iso.prepare_outputs(&sandbox.outputs()) {
             return Outcome::infrastructure(format!("preparing Outputs/: {e}"));
         }
-        let root_name = format!("{}-{}", spec.lsn, spec.attempt);
-        let root = match iso.new_root(&root_name) {
+        let root = match iso.new_root(&name) {
             Ok(root) => root,
             Err(e) => return Outcome::infrastructure(format!("preparing the sandbox root: {e}")),
         };
@@ -422,7 +431,7 @@ async fn drive(
     let usage = cgroup.finish();
     if namespaced {
         if let Some(iso) = iso {
-            iso.release_root(&format!("{}-{}", spec.lsn, spec.attempt));
+            iso.release_root(&name);
         }
     }
     let memory_limit = iso.and_then(|i| i.memory_limit(&spec.action.resources));

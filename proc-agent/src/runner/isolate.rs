@@ -139,7 +139,7 @@ impl Isolator {
         };
         let limits = CgroupLimits {
             cpu_millicores: hints.cores.map(|c| u64::from(c.max(1)) * 1000),
-            memory_bytes: hints.memory_bytes.or(self.settings.memory_bytes),
+            memory_bytes: self.memory_limit(hints),
             pids: self.settings.pids,
         };
         cgroups
@@ -334,20 +334,8 @@ pub(crate) fn resolve_host_program(
 
 /// The BLAKE3 hash of the file at `path`.
 pub(crate) fn hash_file(path: &Path) -> io::Result<BlobHash> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = BlobHasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(hasher.finalize())
 }
 

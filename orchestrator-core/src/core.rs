@@ -86,6 +86,11 @@ impl Core {
         &self.records
     }
 
+    /// Every registered host, as `ListHosts` answers (for the shell's admin view).
+    pub fn host_views(&self) -> Vec<procmesh_protocol::messages::orchestrator::HostView> {
+        self.registry.views(&self.book)
+    }
+
     /// Every bound node: its name, the address it registered at, its secret (when it proves
     /// one): for the shell's admission check (ORC-38).
     pub fn node_bindings(

@@ -155,14 +155,18 @@ pub(crate) fn recover(
 
 impl Log {
     /// Starts the committer thread; it reports to `actor`.
-    pub fn start(&mut self, actor: WeakActorRef<Service>) {
+    pub fn start(
+        &mut self,
+        actor: WeakActorRef<Service>,
+        metrics: std::sync::Arc<crate::admin::metrics::Metrics>,
+    ) {
         let Some(journal) = self.journal.take() else {
             return;
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || commit_loop(journal, rx, actor))
+            .spawn(move || commit_loop(journal, rx, actor, &metrics))
             .expect("the journal thread starts");
         self.tx = Some(tx);
         self.thread = Some(thread);
@@ -211,6 +215,7 @@ fn commit_loop(
     mut journal: Journal,
     rx: mpsc::Receiver<Job>,
     actor: WeakActorRef<Service>,
+    metrics: &crate::admin::metrics::Metrics,
 ) -> Result<u64, String> {
     let mut committed = 0;
     let tell = |msg: Internal| {
@@ -228,12 +233,15 @@ fn commit_loop(
         }
         let mut records = Vec::new();
         let mut last = committed;
+        let began = std::time::Instant::now();
+        let mut count = 0u64;
         let result = (|| -> Result<(), JournalError> {
             for job in jobs {
                 match job {
                     Job::Record(seq, bytes) => {
                         records.push(bytes);
                         last = seq;
+                        count += 1;
                     }
                     Job::Snapshot(bytes) => {
                         if !records.is_empty() {
@@ -256,6 +264,10 @@ fn commit_loop(
             tell(Internal::JournalFailed(error.clone()));
             return Err(error);
         }
+        metrics
+            .journal_commit
+            .observe(began.elapsed().as_secs_f64());
+        metrics.journal_records.inc_by(count);
         committed = last;
         tell(Internal::Committed(committed));
     }

@@ -41,7 +41,6 @@ impl Service {
                     subscriber,
                     backlog,
                 } => {
-                    self.following.remove(&queue);
                     let next = backlog.next;
                     let subscription = self.subs.subscribe(queue, lsn, subscriber, backlog);
                     answer = Some(Ok(OrchestratorReply::Subscribed { subscription, next }));

@@ -49,6 +49,8 @@ pub(crate) struct Subscriptions {
     subs: BTreeMap<u64, Sub>,
     by_queue: HashMap<u64, BTreeSet<u64>>,
     on_gone: OnGone,
+    /// Events dropped for every subscriber since the start (the metric).
+    dropped: AtomicU64,
 }
 
 impl Subscriptions {
@@ -61,7 +63,18 @@ impl Subscriptions {
             subs: BTreeMap::new(),
             by_queue: HashMap::new(),
             on_gone,
+            dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Events dropped for lagging subscribers since the start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Live subscriptions.
+    pub fn len(&self) -> usize {
+        self.subs.len()
     }
 
     /// Starts a subscription of `subscriber` to `queue` (or one action of it) and hands it
@@ -96,6 +109,7 @@ impl Subscriptions {
         let mut ok = true;
         if backlog.missed > 0 {
             ok &= offer(
+                &self.dropped,
                 sub,
                 ClientEvent::Lagged {
                     subscription: id,
@@ -116,6 +130,7 @@ impl Subscriptions {
                 })
                 .collect();
             ok &= offer(
+                &self.dropped,
                 sub,
                 ClientEvent::Batch {
                     subscription: id,
@@ -168,6 +183,7 @@ impl Subscriptions {
     }
 
     /// Whether any subscription follows `queue`.
+    #[cfg(test)]
     pub fn follows(&self, queue: u64) -> bool {
         self.by_queue.contains_key(&queue)
     }
@@ -191,7 +207,7 @@ impl Subscriptions {
                 transition: transition.clone(),
                 seq,
             };
-            if !offer(sub, event) {
+            if !offer(&self.dropped, sub, event) {
                 closed.push(*id);
             }
         }
@@ -217,7 +233,7 @@ impl Subscriptions {
                 subscription: *id,
                 status: status.clone(),
             };
-            if !offer(sub, event) {
+            if !offer(&self.dropped, sub, event) {
                 closed.push(*id);
             }
         }
@@ -252,11 +268,12 @@ impl Subscriptions {
 
 /// Queues `event` without waiting; a full channel counts it as missed. `false` once the
 /// sender task has ended.
-fn offer(sub: &Sub, event: ClientEvent) -> bool {
+fn offer(dropped: &AtomicU64, sub: &Sub, event: ClientEvent) -> bool {
     match sub.tx.try_send(event) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
             sub.missed.fetch_add(1, Ordering::Relaxed);
+            dropped.fetch_add(1, Ordering::Relaxed);
             true
         }
         Err(TrySendError::Closed(_)) => false,

@@ -45,6 +45,7 @@
 //! - `ListResults` returns at most `result_page` results whatever the client asks.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 mod durable;
 mod effects;
@@ -65,6 +66,7 @@ use procmesh_transport::{BlobStore, DialPolicy, Node, NodeBuilder, NodeError, Tl
 use gate::Gate;
 use tokio::task::JoinHandle;
 
+pub use admin::AdminSlot;
 pub use config::{ConfigError, OrchestratorConfig};
 pub use durable::{RecoverError, Recovered};
 pub use journal::{Durability, Journal, JournalError, JournalOptions};
@@ -125,6 +127,7 @@ pub struct Orchestrator {
     owns_node: bool,
     recovered: Recovered,
     gate: Arc<Gate>,
+    admin: AdminSlot,
 }
 
 /// The state an orchestrator starts from: recovered from its journal, or empty in memory.
@@ -198,6 +201,16 @@ impl Orchestrator {
         config: OrchestratorConfig,
         identity: TlsIdentity,
     ) -> Result<Orchestrator, StartError> {
+        Self::start_with_admin(config, identity, &AdminSlot::new()).await
+    }
+
+    /// [`start`](Self::start), reporting to `admin`: its metrics count from here, and its
+    /// `/readyz` turns ready once the orchestrator serves.
+    pub async fn start_with_admin(
+        config: OrchestratorConfig,
+        identity: TlsIdentity,
+        admin: &AdminSlot,
+    ) -> Result<Orchestrator, StartError> {
         config.validate()?;
         let state = open_state(&config)?;
         let blobs_dir = config.blobs_dir();
@@ -222,7 +235,7 @@ impl Orchestrator {
             builder = builder.revocations(list);
         }
         let node = builder.start().await?;
-        let mut orchestrator = Self::spawn(node, config, state, Gate::new(master))?;
+        let mut orchestrator = Self::spawn(node, config, state, Gate::new(master), admin)?;
         orchestrator.owns_node = true;
         Ok(orchestrator)
     }
@@ -239,7 +252,7 @@ impl Orchestrator {
         let state = open_state(&config)?;
         let mut master = [0u8; 32];
         getrandom::getrandom(&mut master).map_err(|e| StartError::Randomness(e.to_string()))?;
-        Self::spawn(node, config, state, Gate::new(master))
+        Self::spawn(node, config, state, Gate::new(master), &AdminSlot::new())
     }
 
     fn spawn(
@@ -247,6 +260,7 @@ impl Orchestrator {
         config: OrchestratorConfig,
         state: Start,
         gate: Arc<Gate>,
+        admin: &AdminSlot,
     ) -> Result<Orchestrator, StartError> {
         let blobs = node.blob_store().cloned().ok_or(StartError::NoBlobStore)?;
         gate.set_me(node.addr().clone());
@@ -254,7 +268,10 @@ impl Orchestrator {
         node.set_blob_policy(gate.clone());
         let actor_id = node.actor_id(ORCHESTRATOR_ACTOR)?;
         let tick = config.tick_interval();
+        let (observer, view) =
+            admin::view::Observer::new(admin.metrics.clone(), state.log.is_some());
         let args = ServiceArgs {
+            observer,
             config,
             node: node.clone(),
             me: actor_id.clone(),
@@ -266,8 +283,15 @@ impl Orchestrator {
         // Unbounded: the actor tells itself, and its own inbound stream must never stall.
         let actor = Service::spawn_with_mailbox(args, kameo::mailbox::unbounded());
         node.expose(ORCHESTRATOR_ACTOR, actor.clone())?;
+        admin.serving(admin::Serving {
+            view,
+            actor: actor.clone(),
+            actor_id: actor_id.to_string(),
+            recovered: state.recovered,
+        });
         let tasks = vec![
             tokio::spawn(ticker(actor.clone(), tick)),
+            tokio::spawn(refresher(actor.clone())),
             tokio::spawn(watch_undeliverable(node.clone(), actor.clone())),
         ];
         tracing::info!(actor = %actor_id, "orchestrator started");
@@ -279,6 +303,7 @@ impl Orchestrator {
             owns_node: false,
             recovered: state.recovered,
             gate,
+            admin: admin.clone(),
         })
     }
 
@@ -286,6 +311,11 @@ impl Orchestrator {
     /// (`connection` for refused connections, `blob` for refused blob streams).
     pub fn refusals(&self) -> BTreeMap<String, u64> {
         self.gate.refusals()
+    }
+
+    /// Its admin state: the routes of its admin listener and its metrics.
+    pub fn admin(&self) -> &AdminSlot {
+        &self.admin
     }
 
     /// What start-up recovered from the journal.
@@ -326,6 +356,7 @@ impl Orchestrator {
     /// Stops serving: subscribers get `Ended`, the actor stops and is unexposed, and the node
     /// (if [`start`](Self::start) created it) shuts down. Idempotent.
     pub async fn shutdown(&self) {
+        self.admin.stopping();
         for task in &self.tasks {
             task.abort();
         }
@@ -351,6 +382,18 @@ async fn ticker(actor: ActorRef<Service>, every: Duration) {
     loop {
         interval.tick().await;
         if actor.tell(Internal::Tick).try_send().is_err() {
+            return;
+        }
+    }
+}
+
+/// Tells the actor to refresh its admin view every [`admin::REFRESH`].
+async fn refresher(actor: ActorRef<Service>) {
+    let mut interval = tokio::time::interval(admin::REFRESH);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if actor.tell(Internal::Refresh).try_send().is_err() {
             return;
         }
     }

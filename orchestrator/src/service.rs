@@ -28,6 +28,7 @@ use procmesh_protocol::messages::orchestrator::{
 use procmesh_protocol::{ActorId, AttemptRef, BlobHash, ProcId};
 use procmesh_transport::{BlobStore, Node, Request, WireReply};
 
+use crate::admin::view::Observer;
 use crate::config::OrchestratorConfig;
 use crate::durable::Log;
 use crate::events::Subscriptions;
@@ -49,6 +50,8 @@ pub(crate) struct ServiceArgs {
     pub log: Option<Log>,
     /// What the transport checks before the actor (bindings, grants, tickets).
     pub gate: Arc<Gate>,
+    /// Metrics and the admin view.
+    pub observer: Observer,
 }
 
 /// Effects waiting for the commit of the input with sequence number `seq` (or an earlier one).
@@ -73,12 +76,11 @@ pub(crate) struct Service {
     /// The highest sequence number committed.
     committed: u64,
     pub(crate) subs: Subscriptions,
-    /// Queues whose subscription is decided but not yet started (its effect is held).
-    pub(crate) following: HashSet<u64>,
     /// A dispatch pass is queued in the mailbox (ORC-22).
     dispatch_queued: bool,
     shutting_down: bool,
     pub(crate) gate: Arc<Gate>,
+    observer: Observer,
 }
 
 impl std::fmt::Debug for Service {
@@ -110,7 +112,7 @@ impl Actor for Service {
         );
         let mut log = args.log;
         if let Some(log) = &mut log {
-            log.start(weak.clone());
+            log.start(weak.clone(), args.observer.metrics.clone());
         }
         let mut service = Service {
             config: args.config,
@@ -123,10 +125,10 @@ impl Actor for Service {
             held: VecDeque::new(),
             committed: 0,
             subs,
-            following: HashSet::new(),
             dispatch_queued: false,
             shutting_down: false,
             gate: args.gate,
+            observer: args.observer,
         };
         service.publish_bindings();
         service.trigger_dispatch();
@@ -157,6 +159,8 @@ pub(crate) enum Internal {
     SubscriptionGone(u64),
     /// A message to this actor could not be delivered (a bounce notice of the node).
     Undeliverable(ActorId),
+    /// Rebuild the admin view and the gauges if anything changed.
+    Refresh,
 }
 
 impl Message<Internal> for Service {
@@ -203,6 +207,19 @@ impl Message<Internal> for Service {
                 if dropped > 0 {
                     tracing::info!(subscriber = %dest, dropped, "subscriber undeliverable");
                 }
+                return;
+            }
+            Internal::Refresh => {
+                self.observer
+                    .metrics
+                    .forbidden_counts(&self.gate.refusals());
+                self.observer.refresh(
+                    &self.core,
+                    now(),
+                    self.subs.dropped(),
+                    self.subs.len(),
+                    false,
+                );
                 return;
             }
         };
@@ -302,11 +319,34 @@ impl Message<Audit> for Service {
     }
 }
 
+/// One action for the admin API: its record and attempts, and with `explain` why it is (not)
+/// running.
+#[derive(Debug)]
+pub(crate) struct AdminAsk {
+    pub lsn: procmesh_protocol::Lsn,
+    pub explain: bool,
+}
+
+impl Message<AdminAsk> for Service {
+    type Reply = WireReply<Option<serde_json::Value>>;
+
+    async fn handle(
+        &mut self,
+        msg: AdminAsk,
+        _ctx: &mut Context<Self, Self::Reply>,
+    ) -> Self::Reply {
+        Ok(crate::admin::view::action_json(
+            &self.core,
+            msg.lsn,
+            msg.explain,
+            now(),
+        ))
+    }
+}
+
 /// What the core may ask of the world while it handles an input.
 struct ShellEnv<'a> {
     blobs: &'a BlobStore,
-    subs: &'a Subscriptions,
-    following: &'a HashSet<u64>,
 }
 
 impl Env for ShellEnv<'_> {
@@ -314,8 +354,9 @@ impl Env for ShellEnv<'_> {
         self.blobs.contains(hash)
     }
 
-    fn follows(&self, queue: u64) -> bool {
-        self.subs.follows(queue) || self.following.contains(&queue)
+    /// The shell follows every queue: its metrics and admin view count every transition.
+    fn follows(&self, _queue: u64) -> bool {
+        true
     }
 }
 
@@ -420,22 +461,17 @@ impl Service {
             },
             _ => None,
         };
-        let env = ShellEnv {
-            blobs: &self.blobs,
-            subs: &self.subs,
-            following: &self.following,
-        };
+        let env = ShellEnv { blobs: &self.blobs };
         let mut outcome = self.core.handle(input, now, &env);
         adjust(&self.gate, &mut outcome);
         if let Some(Err(error)) = &outcome.reply {
             tracing::debug!(%error, code = error.code(), "request refused");
+            self.observer.metrics.refused(error.code());
         }
+        self.observer
+            .observe(&self.core, &outcome.effects, outcome.changed);
         let mut dispatch_again = false;
         outcome.effects.retain(|effect| match effect {
-            Effect::Subscribe { queue, .. } => {
-                self.following.insert(*queue);
-                true
-            }
             // Nothing leaves the process here: the next pass is itself an input, journaled
             // after this one, whose own effects wait for its commit (ORC-30). Running it now
             // keeps passes flowing while a commit is in flight.

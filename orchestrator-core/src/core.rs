@@ -311,6 +311,15 @@ impl Core {
                 return None;
             }
             R::ListHosts => Ok(OrchestratorReply::Hosts(self.registry.views(&self.book))),
+            // Read-only (not journaled, `Input::may_change_state`); the queue access of
+            // `GetAction` (ORC-15); other queues' occupants named only to an operator.
+            R::Explain { queue, lsn } => self.queue(queue, loopback).and_then(|id| {
+                self.book.action_in(id, lsn)?;
+                let operator = peer.is_none_or(|p| p.role == crate::PeerRole::Operator);
+                self.explain_as(lsn, now, operator)
+                    .map(|e| OrchestratorReply::Explained(Box::new(e)))
+                    .ok_or_else(|| crate::sched::BookError::UnknownAction(lsn).into())
+            }),
         };
         Some(answer)
     }

@@ -86,6 +86,7 @@ impl Input {
                     | R::GetWorker(_)
                     | R::MissingBlobs(_)
                     | R::ListHosts
+                    | R::Explain { .. }
                     | R::Subscribe { .. }
                     | R::Unsubscribe { .. }
                     | R::CheckSubscription { .. }

@@ -112,6 +112,7 @@ pub mod config;
 mod core;
 mod dispatch;
 pub mod events;
+mod explain;
 mod hosts;
 pub mod input;
 pub mod records;

@@ -51,6 +51,14 @@ pub(crate) struct ReadyProc {
     pub labels: Labels,
 }
 
+/// A host as `explain` sees it.
+pub(crate) struct HostLook<'a> {
+    pub alive: bool,
+    pub labels: &'a Labels,
+    pub procs: &'a [ProcCapacity],
+    pub sidelined: &'a BTreeSet<ProcId>,
+}
+
 /// Every host that registered since the orchestrator started.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Registry {
@@ -216,6 +224,17 @@ impl Registry {
             }
         }
         procs
+    }
+
+    /// Every known host as `explain` looks at it: alive or not, its labels, its procs (last
+    /// heartbeat) and which of them are sidelined (ORC-17).
+    pub fn looks(&self) -> impl Iterator<Item = HostLook<'_>> + '_ {
+        self.hosts.values().map(|entry| HostLook {
+            alive: entry.state == HostState::Alive,
+            labels: &entry.info.labels,
+            procs: &entry.procs,
+            sidelined: &entry.sidelined,
+        })
     }
 
     /// Every known host, with how many actions `book` has placed on it.

@@ -8,13 +8,22 @@
 //!  placed    BTreeMap<ProcId, {Lsn}>    where Submitting/Running ones are        placed ones
 //!  queues    BTreeMap<u64, QueueBook>   counts, live/finished, keys              every action
 //!  requires  HashMap<Lsn, Labels>       host labels an action needs              few actions
+//!  stories   HashMap<Lsn, [AttemptStory]> ended attempts before the current one    retried ones
 //! ```
+//!
+//! `stories` keeps, for an action that was retried (automatically or by a reschedule), the
+//! attempts that ended before its current one — where, when, how and why — at most
+//! [`MAX_STORIES`] of them, oldest dropped first. The current attempt is read from the record,
+//! so an action never retried costs nothing here. Stories are written where records move back
+//! to `Pending` (the retry in [`Book::step`] and [`Book::reschedule`]), removed on retire, part
+//! of the snapshot (`serde(default)`: older snapshots load without them) and, being a function
+//! of the inputs, rebuilt identically by a replay (ORC-26).
 //!
 //! Every structure beside `actions` is a function of the records, and every change goes through
 //! one place ([`Book::apply`] and its callers), so they never drift apart ([`Book::audit`]
 //! recounts them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +31,9 @@ use procmesh_protocol::action::{
     ActionRecord, ActionState, AttemptRef, Lsn, Timestamp, Transition, TransitionDetail,
 };
 use procmesh_protocol::ids::{HostAddr, ProcId};
-use procmesh_protocol::messages::orchestrator::{QueueConfig, QueueStatus, StateCounts};
+use procmesh_protocol::messages::orchestrator::{
+    AttemptStory, QueueConfig, QueueStatus, StateCounts,
+};
 
 use super::outcome::{
     ActionEntry, ApplyError, BookError, BookLimits, CancelOutcome, Dispatch, NewAction,
@@ -42,6 +53,37 @@ struct Entry {
     priority: i32,
 }
 
+/// How many ended attempts an action's story keeps (the oldest are dropped first).
+pub const MAX_STORIES: usize = 32;
+
+/// The story of `record`'s current attempt, as far as it went.
+pub fn story_of(record: &ActionRecord) -> AttemptStory {
+    let state = record.state();
+    AttemptStory {
+        attempt: record.attempt(),
+        proc: record.location().cloned(),
+        queued: record.entered(ActionState::Pending),
+        placed: record.entered(ActionState::Submitting),
+        started: record.entered(ActionState::Running),
+        ended: if state.is_terminal() {
+            record.entered(state)
+        } else {
+            None
+        },
+        state,
+        reason: record.last_error().map(str::to_owned),
+        exit: record.exit(),
+    }
+}
+
+fn remember(stories: &mut LsnMap<VecDeque<AttemptStory>>, lsn: Lsn, ended: AttemptStory) {
+    let story = stories.entry(lsn).or_default();
+    if story.len() >= MAX_STORIES {
+        story.pop_front();
+    }
+    story.push_back(ended);
+}
+
 fn is_placed(state: ActionState) -> bool {
     matches!(state, ActionState::Submitting | ActionState::Running)
 }
@@ -57,6 +99,8 @@ pub struct Book {
     placed: BTreeMap<ProcId, BTreeSet<Lsn>>,
     cancelling: BTreeSet<Lsn>,
     requires: LsnMap<Labels>,
+    #[serde(default)]
+    stories: LsnMap<VecDeque<AttemptStory>>,
     counts: StateCounts,
     last_lsn: u64,
     last_queue: u64,
@@ -155,6 +199,17 @@ impl Book {
         self.action(lsn)
             .filter(|entry| entry.queue == queue)
             .ok_or(BookError::UnknownAction(lsn))
+    }
+
+    /// The ended attempts kept for an action before its current one, oldest first (empty for an
+    /// action never retried).
+    pub fn stories(&self, lsn: Lsn) -> impl Iterator<Item = &AttemptStory> + '_ {
+        self.stories.get(&lsn).into_iter().flatten()
+    }
+
+    /// Whether cancelling this placed action was asked for (it will not be retried).
+    pub fn is_cancelling(&self, lsn: Lsn) -> bool {
+        self.cancelling.contains(&lsn)
     }
 
     /// The actions placed on `proc` (`Submitting` or `Running` there), in LSN order.
@@ -368,15 +423,17 @@ impl Book {
             let cancelling = queue.is_cancelled() || self.cancelling.contains(&lsn);
             let decision = retry::decide(&entry.record, queue.config().retry_limit, cancelling);
             match decision {
-                RetryDecision::Retry => match entry.record.retry(now) {
-                    Ok(attempt) => {
+                RetryDecision::Retry => match (story_of(&entry.record), entry.record.retry(now)) {
+                    // The ended attempt's story was taken before the retry cleared it.
+                    (ended, Ok(attempt)) => {
+                        remember(&mut self.stories, lsn, ended);
                         queue.moved(lsn, to, ActionState::Pending);
                         self.counts.moved(to, ActionState::Pending);
                         self.pending.insert(lsn, entry.priority);
                         let at = entry.record.entered(ActionState::Pending).unwrap_or(now);
                         retry = Some(Transition::new(lsn, attempt, ActionState::Pending, at));
                     }
-                    Err(_) => finished = true,
+                    (_, Err(_)) => finished = true,
                 },
                 RetryDecision::GiveUp(_) => finished = true,
             }
@@ -548,7 +605,9 @@ impl Book {
             return Err(BookError::UnknownAction(lsn));
         };
         let from = entry.record.state();
+        let ended = story_of(&entry.record);
         let attempt = entry.record.retry(now)?;
+        remember(&mut self.stories, lsn, ended);
         q.moved(lsn, from, ActionState::Pending);
         self.counts.moved(from, ActionState::Pending);
         self.pending.insert(lsn, entry.priority);
@@ -605,6 +664,7 @@ impl Book {
                 q.remove(lsn, state);
                 self.counts.remove(state);
                 self.requires.remove(&lsn);
+                self.stories.remove(&lsn);
                 self.cancelling.remove(&lsn);
                 count += 1;
             }
@@ -688,6 +748,26 @@ impl Book {
         }
         if let Some(lsn) = self.requires.keys().find(|l| !self.actions.contains(l)) {
             return Err(format!("requirements kept for retired action {lsn}"));
+        }
+        for (lsn, story) in &self.stories {
+            let Some(entry) = self.actions.get(lsn) else {
+                return Err(format!("story kept for retired action {lsn}"));
+            };
+            if story.is_empty() || story.len() > MAX_STORIES {
+                return Err(format!("story of {lsn} has {} attempts", story.len()));
+            }
+            let current = entry.record.attempt();
+            let ordered = story
+                .iter()
+                .zip(story.iter().skip(1))
+                .all(|(a, b)| a.attempt < b.attempt);
+            if !ordered
+                || story
+                    .iter()
+                    .any(|a| a.attempt >= current || !a.state.is_terminal())
+            {
+                return Err(format!("story of {lsn} does not lead to attempt {current}"));
+            }
         }
         Ok(())
     }

@@ -348,3 +348,22 @@ impl super::Ask for ListHosts {
         }
     }
 }
+
+/// Why an action is (not) running, and the story of its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explain {
+    /// The queue.
+    pub queue: QueueRef,
+    /// The action (an action of another queue is unknown).
+    pub lsn: Lsn,
+}
+
+ask!(
+    Client,
+    Explain { queue, lsn } = Explain { queue, lsn },
+    crate::messages::orchestrator::Explanation,
+    |r| match r {
+        OrchestratorReply::Explained(explanation) => Ok(*explanation),
+        other => Err(other),
+    }
+);

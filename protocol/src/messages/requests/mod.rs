@@ -76,7 +76,8 @@ impl OrchestratorRequest {
             | R::Subscribe { .. }
             | R::Unsubscribe { .. }
             | R::CheckSubscription { .. }
-            | R::ListHosts => Audience::Client,
+            | R::ListHosts
+            | R::Explain { .. } => Audience::Client,
         }
     }
 
@@ -107,6 +108,7 @@ impl OrchestratorRequest {
             R::Unsubscribe { .. } => client::Unsubscribe::KIND,
             R::CheckSubscription { .. } => client::CheckSubscription::KIND,
             R::ListHosts => client::ListHosts::KIND,
+            R::Explain { .. } => client::Explain::KIND,
         }
     }
 }

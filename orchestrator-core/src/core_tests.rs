@@ -18,7 +18,7 @@ use crate::{Answer, Core, CoreConfig, Effect, Env, Input, Outcome, Replay, Reque
 
 /// An environment that has every blob but `missing`, and follows every queue.
 #[derive(Default)]
-struct World {
+pub(crate) struct World {
     missing: HashSet<BlobHash>,
 }
 
@@ -32,7 +32,7 @@ impl Env for World {
     }
 }
 
-fn client() -> ActorId {
+pub(crate) fn client() -> ActorId {
     HostAddr::Local("client".into())
         .proc("local")
         .unwrap()
@@ -40,7 +40,7 @@ fn client() -> ActorId {
         .unwrap()
 }
 
-fn request(message: OrchestratorRequest, loopback: bool) -> Input {
+pub(crate) fn request(message: OrchestratorRequest, loopback: bool) -> Input {
     Input::Request(Request {
         message,
         from: client(),
@@ -50,7 +50,12 @@ fn request(message: OrchestratorRequest, loopback: bool) -> Input {
     })
 }
 
-fn ask(core: &mut Core, message: OrchestratorRequest, loopback: bool, now: u64) -> Outcome {
+pub(crate) fn ask(
+    core: &mut Core,
+    message: OrchestratorRequest,
+    loopback: bool,
+    now: u64,
+) -> Outcome {
     core.handle(
         request(message, loopback),
         Timestamp(now),
@@ -58,15 +63,15 @@ fn ask(core: &mut Core, message: OrchestratorRequest, loopback: bool, now: u64) 
     )
 }
 
-fn answer(outcome: &Outcome) -> Answer {
+pub(crate) fn answer(outcome: &Outcome) -> Answer {
     outcome.reply.clone().expect("a reply")
 }
 
-fn token(n: u8) -> QueueToken {
+pub(crate) fn token(n: u8) -> QueueToken {
     QueueToken::from_bytes([n; QUEUE_TOKEN_LEN])
 }
 
-fn create_queue(core: &mut Core, n: u8) -> (u64, QueueToken) {
+pub(crate) fn create_queue(core: &mut Core, n: u8) -> (u64, QueueToken) {
     let input = Input::Request(Request {
         message: OrchestratorRequest::CreateQueue(QueueConfig::default()),
         from: client(),
@@ -82,7 +87,7 @@ fn create_queue(core: &mut Core, n: u8) -> (u64, QueueToken) {
     }
 }
 
-fn descriptor() -> WorkerDescriptor {
+pub(crate) fn descriptor() -> WorkerDescriptor {
     WorkerDescriptor {
         executable: "run.sh".into(),
         files: vec![WorkerFile {
@@ -97,7 +102,7 @@ fn descriptor() -> WorkerDescriptor {
     }
 }
 
-fn register_worker(core: &mut Core) -> WorkerId {
+pub(crate) fn register_worker(core: &mut Core) -> WorkerId {
     let outcome = ask(
         core,
         OrchestratorRequest::RegisterWorker(descriptor()),
@@ -110,7 +115,13 @@ fn register_worker(core: &mut Core) -> WorkerId {
     }
 }
 
-fn submit(core: &mut Core, queue: QueueToken, worker: WorkerId, n: usize, now: u64) -> Vec<Lsn> {
+pub(crate) fn submit(
+    core: &mut Core,
+    queue: QueueToken,
+    worker: WorkerId,
+    n: usize,
+    now: u64,
+) -> Vec<Lsn> {
     let actions = (0..n)
         .map(|_| SubmitAction {
             action: ActionDef::new(worker),
@@ -133,11 +144,11 @@ fn submit(core: &mut Core, queue: QueueToken, worker: WorkerId, n: usize, now: u
     }
 }
 
-fn host() -> HostAddr {
+pub(crate) fn host() -> HostAddr {
     HostAddr::Local("host-a".into())
 }
 
-fn info() -> HostInfo {
+pub(crate) fn info() -> HostInfo {
     HostInfo {
         addr: host(),
         capacity: 2,
@@ -156,7 +167,7 @@ fn info() -> HostInfo {
     }
 }
 
-fn heartbeat(running: Vec<AttemptRef>) -> OrchestratorRequest {
+pub(crate) fn heartbeat(running: Vec<AttemptRef>) -> OrchestratorRequest {
     OrchestratorRequest::Heartbeat(Heartbeat {
         addr: host(),
         procs: vec![ProcCapacity {
@@ -168,7 +179,7 @@ fn heartbeat(running: Vec<AttemptRef>) -> OrchestratorRequest {
     })
 }
 
-fn state(core: &Core, lsn: Lsn) -> ActionState {
+pub(crate) fn state(core: &Core, lsn: Lsn) -> ActionState {
     core.book().action(lsn).unwrap().record.state()
 }
 
@@ -270,7 +281,7 @@ fn refused_requests_change_nothing_and_send_nothing() {
 }
 
 /// A core with one host of one proc (4 slots) and `n` actions placed on it at time 1000.
-fn placed(n: usize) -> (Core, Vec<Lsn>) {
+pub(crate) fn placed(n: usize) -> (Core, Vec<Lsn>) {
     let mut core = Core::new(CoreConfig::default());
     let (_, token) = create_queue(&mut core, 1);
     let worker = register_worker(&mut core);
@@ -297,7 +308,7 @@ fn placed(n: usize) -> (Core, Vec<Lsn>) {
     (core, lsns)
 }
 
-fn attempt(lsn: Lsn) -> AttemptRef {
+pub(crate) fn attempt(lsn: Lsn) -> AttemptRef {
     AttemptRef {
         lsn,
         attempt: procmesh_protocol::Attempt::FIRST,
@@ -442,4 +453,15 @@ fn a_replayed_core_gives_its_hosts_a_fresh_window() {
     assert_eq!(state(&replayed, lsns[0]), ActionState::Submitting);
     live.handle(Input::Recovered, Timestamp(now), &World::default());
     assert_eq!(log.len(), 6);
+}
+
+/// The `CreateQueue` input of [`create_queue`] for token `n` (for journals in tests).
+pub(crate) fn create_input(n: u8) -> Input {
+    Input::Request(Request {
+        message: OrchestratorRequest::CreateQueue(QueueConfig::default()),
+        from: client(),
+        loopback: false,
+        token: Some(token(n)),
+        peer: None,
+    })
 }

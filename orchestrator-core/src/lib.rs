@@ -129,3 +129,5 @@ pub use records::{Records, ResultDetail};
 
 #[cfg(test)]
 mod core_tests;
+#[cfg(test)]
+mod explain_tests;

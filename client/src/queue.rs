@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use procmesh_protocol::messages::orchestrator::{
-    ActionResult, ActionView, OrchestratorReply, QueueRef, QueueStatus, QueueToken, SubmitAction,
-    SubscriptionTarget,
+    ActionResult, ActionView, Explanation, OrchestratorReply, QueueRef, QueueStatus, QueueToken,
+    SubmitAction, SubscriptionTarget,
 };
 use procmesh_protocol::messages::requests::client as req;
 use procmesh_protocol::{Attempt, ClientEvent, Lsn};
@@ -135,6 +135,17 @@ impl Queue {
         let after = lsn.0.checked_sub(1).map(Lsn);
         let page = self.results(after, Some(1)).await?;
         Ok(page.into_iter().find(|r| r.record.lsn() == lsn))
+    }
+
+    /// Why one of this queue's actions is (not) running, and the story of its attempts (an
+    /// action of another queue is unknown).
+    pub async fn explain(&self, lsn: Lsn) -> Result<Explanation, ClientError> {
+        self.client
+            .call(req::Explain {
+                queue: self.queue,
+                lsn,
+            })
+            .await
     }
 
     /// Forgets finished results; returns how many were retired.

@@ -52,6 +52,8 @@ enum Command {
     Hosts(Box<cmd::queue::HostsArgs>),
     /// One finished action: its record, output tails and files.
     Result(Box<cmd::queue::ResultArgs>),
+    /// Why an action is (not) running, and the story of its attempts.
+    Explain(Box<cmd::explain::ExplainArgs>),
     /// Measure this machine: figures beside raw baselines from the same run.
     Bench {
         #[command(subcommand)]
@@ -95,6 +97,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Queue(args) => ok(cmd::queue::run(*args)),
         Command::Hosts(args) => ok(cmd::queue::hosts(*args)),
         Command::Result(args) => ok(cmd::queue::result(*args)),
+        Command::Explain(args) => ok(cmd::explain::run(*args)),
     }
 }
 

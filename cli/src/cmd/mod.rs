@@ -6,12 +6,13 @@
 //! - `orchestrator` — the orchestrator service.
 //! - `certs` — a mesh CA and identities signed by it.
 //! - `common` — what every client command shares: settings, connecting, argument parsers.
-//! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`) — client commands.
+//! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`), `explain` — client commands.
 
 pub mod certs;
 pub mod common;
 pub mod demo;
 pub mod exec;
+pub mod explain;
 pub mod host;
 pub mod orchestrator;
 pub mod queue;

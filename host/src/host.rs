@@ -96,7 +96,7 @@ static NEXT_HOST: AtomicU64 = AtomicU64::new(1);
 /// The host agent. Cheap to clone; every clone is the same host.
 #[derive(Clone)]
 pub struct Host {
-    inner: Arc<HostInner>,
+    pub(crate) inner: Arc<HostInner>,
 }
 
 impl std::fmt::Debug for Host {
@@ -137,6 +137,8 @@ pub(crate) struct HostInner {
     node_secret: Option<[u8; 32]>,
     /// How actions are isolated (HST-23); `None` for in-process procs.
     pub isolation: Option<crate::isolation::Isolation>,
+    /// The orchestrator link as the admin listener reports it.
+    pub link: crate::admin::Link,
 }
 
 pub(crate) use procmesh_transport::now;
@@ -252,6 +254,7 @@ impl Host {
             node_name,
             node_secret,
             isolation,
+            link: crate::admin::Link::default(),
         });
         inner.node.set_admission(Arc::new(HostAdmission {
             host: Arc::downgrade(&inner),

@@ -50,6 +50,7 @@
 //! HST-21 (`node_id`).
 #![deny(missing_docs)]
 
+pub mod admin;
 mod authority;
 mod blobs;
 pub mod config;

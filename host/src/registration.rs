@@ -122,6 +122,7 @@ async fn register(
                         tracing::warn!("the orchestrator's ticket key is not 64 hex characters");
                     }
                     *inner.ticket_key.lock().expect("ticket key lock") = key;
+                    inner.link.registered();
                 }
                 return Some(match heartbeat_interval_ms {
                     0 => ours,
@@ -212,6 +213,7 @@ impl HostInner {
             .await;
         match answer {
             Ok(Ok(OrchestratorReply::HeartbeatAck { orphans })) => {
+                self.link.acked();
                 self.cancel_orphans(&reports, orphans).await;
                 Beat::Ok
             }
@@ -219,7 +221,10 @@ impl HostInner {
                 tracing::warn!(?other, "unexpected answer to Heartbeat");
                 Beat::Ok
             }
-            Ok(Err(OrchestratorError::UnknownHost(_))) => Beat::Unknown,
+            Ok(Err(OrchestratorError::UnknownHost(_))) => {
+                self.link.unknown();
+                Beat::Unknown
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "heartbeat refused");
                 Beat::Ok

@@ -105,7 +105,16 @@ pub struct OrchestratorConfig {
     /// revoked = "/etc/procmesh/revoked.txt"
     /// ```
     pub revoked: Option<PathBuf>,
+    /// The admin HTTP listener (health, readiness, metrics, JSON API, dashboard): `HOST:PORT`,
+    /// or `off`. Loopback by default; any other address needs `admin_token_file` (ADM-1).
+    pub admin_listen: String,
+    /// A file whose first line is the bearer token admin requests from outside loopback must
+    /// present (at least 16 characters; not world-readable).
+    pub admin_token_file: Option<PathBuf>,
 }
+
+/// The orchestrator's default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7601";
 
 impl Default for OrchestratorConfig {
     fn default() -> Self {
@@ -126,6 +135,8 @@ impl Default for OrchestratorConfig {
             event_backlog: CoreConfig::DEFAULT_EVENT_BACKLOG,
             snapshot_min_bytes: 64 << 20,
             revoked: None,
+            admin_listen: DEFAULT_ADMIN_LISTEN.to_owned(),
+            admin_token_file: None,
         }
     }
 }
@@ -150,6 +161,9 @@ pub enum ConfigError {
     /// The frontend binds an unspecified address and no `advertise` address is set.
     #[error("listen address {0} is unspecified: set advertise to the address peers dial")]
     Advertise(SocketAddr),
+    /// The admin listener setting cannot work.
+    #[error("admin_listen: {0}")]
+    Admin(String),
 }
 
 impl OrchestratorConfig {
@@ -188,7 +202,21 @@ impl OrchestratorConfig {
         if self.listen.ip().is_unspecified() && self.advertise.is_none() {
             return Err(ConfigError::Advertise(self.listen));
         }
+        let admin = self.admin()?;
+        if let Some(addr) = admin {
+            if !addr.ip().is_loopback() && self.admin_token_file.is_none() {
+                return Err(ConfigError::Admin(format!(
+                    "{addr} is not on loopback: set admin_token_file (ADM-1)"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The admin listener's address, or `None` for `off`.
+    pub fn admin(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        procmesh_admin::parse_listen(&self.admin_listen)
+            .map_err(|e| ConfigError::Admin(e.to_string()))
     }
 
     /// Where the journal lives: `<state_dir>/journal.redb`.

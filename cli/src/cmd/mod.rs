@@ -3,11 +3,12 @@
 //! - `demo` — the whole system on this machine with a sample workload.
 //! - `host` — the per-machine agent.
 //! - `orchestrator` — queues, scheduling, retries, results, events.
-//! - `orchestrator` — the orchestrator service.
+//! - `admin` — the admin HTTP listener flags every node shares.
 //! - `certs` — a mesh CA and identities signed by it.
 //! - `common` — what every client command shares: settings, connecting, argument parsers.
 //! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`), `explain` — client commands.
 
+pub mod admin;
 pub mod certs;
 pub mod common;
 pub mod demo;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
+use procmesh_orchestrator::{AdminSlot, Orchestrator, OrchestratorConfig};
 use procmesh_protocol::HostAddr;
 use procmesh_transport::TlsIdentity;
 
@@ -45,6 +45,8 @@ pub struct OrchestratorArgs {
     /// File of revoked certificate serials (one hex serial per line), re-read when it changes.
     #[arg(long, env = "PROCMESH_REVOKED")]
     revoked: Option<PathBuf>,
+    #[command(flatten)]
+    admin: super::admin::AdminArgs,
     /// Print the ready line as JSON.
     #[arg(long)]
     json: bool,
@@ -95,6 +97,12 @@ impl OrchestratorArgs {
         }
         if let Some(v) = &self.revoked {
             config.revoked = Some(v.clone());
+        }
+        if let Some(v) = &self.admin.admin_listen {
+            config.admin_listen = v.clone();
+        }
+        if let Some(v) = &self.admin.admin_token_file {
+            config.admin_token_file = Some(v.clone());
         }
         config
             .validate()
@@ -150,14 +158,25 @@ async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let listen = config.listen;
-    let orchestrator = Orchestrator::start(config, identity)
+    // The admin listener comes first: /readyz says 503 while the journal is recovered.
+    let slot = AdminSlot::new();
+    let admin = super::admin::start(
+        &config.admin_listen,
+        config.admin_token_file.as_deref(),
+        slot.router(),
+        slot.refused_counter(),
+    )
+    .await?;
+    let orchestrator = Orchestrator::start_with_admin(config, identity, &slot)
         .await
         .with_context(|| format!("starting the orchestrator on {listen}"))?;
     let recovered = orchestrator.recovered();
+    let admin_addr = admin.as_ref().map(|a| a.addr().to_string());
     if json {
         let line = serde_json::json!({
             "ready": orchestrator.actor_id().to_string(),
             "addr": orchestrator.addr().to_string(),
+            "admin": admin_addr,
             "recovered": {
                 "snapshot": recovered.snapshot,
                 "records": recovered.records,
@@ -166,6 +185,9 @@ async fn serve(
         });
         println!("{line}");
     } else {
+        if let Some(addr) = &admin_addr {
+            println!("admin http://{addr}/");
+        }
         println!("ready {}", orchestrator.actor_id());
     }
     tracing::info!(actor = %orchestrator.actor_id(), "orchestrator ready");
@@ -180,6 +202,9 @@ async fn serve(
     }
     tracing::info!("stopping");
     orchestrator.shutdown().await;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     Ok(())
 }
 
@@ -230,6 +255,7 @@ mod tests {
             durability: None,
             no_journal: false,
             revoked: None,
+            admin: Default::default(),
             json: false,
         };
         let err = format!("{:#}", args.config().unwrap_err());

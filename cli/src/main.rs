@@ -18,9 +18,25 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "procmesh", version, about)]
 struct Cli {
+    /// Log line format on stderr: text or json (default: $PROCMESH_LOG_FORMAT, else text).
+    /// Proc agents a host starts inherit it.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The environment variable that carries the log format (and hands it to proc agents).
+const LOG_FORMAT_ENV: &str = "PROCMESH_LOG_FORMAT";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -61,12 +77,20 @@ enum Command {
     },
 }
 
-fn init_tracing() {
+/// Installs the one subscriber: `RUST_LOG` filters (default `warn`); the format is the flag,
+/// else `PROCMESH_LOG_FORMAT`, else text; ANSI colours only when stderr is a terminal, so a
+/// node logging to a file or journald writes plain text.
+fn init_tracing(flag: Option<LogFormat>) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let json = std::env::var("PROCMESH_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = match flag {
+        Some(format) => format == LogFormat::Json,
+        None => std::env::var(LOG_FORMAT_ENV).is_ok_and(|v| v == "json"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -75,12 +99,43 @@ fn init_tracing() {
     }
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Exit codes: 0 success; 1 an error (printed as `error: …` plus one `  caused by: …` line per
+/// cause, never a backtrace); 2 a usage error (clap's). Commands that report an outcome
+/// (`exec`, `watch`, `demo`) document their own codes in their `--help`.
+fn main() -> ExitCode {
     // The namespace sandbox launcher is this binary re-executed by a proc agent's runner: it
     // must run before anything else (no threads, no tracing).
     procmesh_sys::sandbox::run_helper_if_asked();
     let cli = Cli::parse();
-    init_tracing();
+    if let Some(format) = cli.log_format {
+        // Flags > environment; set before any thread exists so proc agents inherit it.
+        let value = match format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        std::env::set_var(LOG_FORMAT_ENV, value);
+    }
+    init_tracing(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprint!("{}", render_error(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: <top>` and one `  caused by: <cause>` line per cause of the chain; no backtrace,
+/// whatever `RUST_BACKTRACE` says.
+fn render_error(error: &anyhow::Error) -> String {
+    let mut text = format!("error: {error}\n");
+    for cause in error.chain().skip(1) {
+        text.push_str(&format!("  caused by: {cause}\n"));
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     procmesh_transport::install_crypto_provider();
     let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let code = |r: anyhow::Result<u8>| r.map(ExitCode::from);
@@ -125,6 +180,24 @@ mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
+
+    #[test]
+    fn errors_render_as_one_line_per_cause_without_a_backtrace() {
+        let error = anyhow::anyhow!("connection refused")
+            .context("connecting to 127.0.0.1:1")
+            .context("queue status");
+        assert_eq!(
+            render_error(&error),
+            "error: queue status\n  caused by: connecting to 127.0.0.1:1\n  caused by: connection refused\n"
+        );
+    }
+
+    #[test]
+    fn log_format_is_a_global_flag() {
+        let cli = Cli::try_parse_from(["procmesh", "host", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        assert!(Cli::try_parse_from(["procmesh", "--log-format", "xml", "host"]).is_err());
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -23,6 +23,9 @@ use crate::local_mesh::{Identities, LocalMesh, Procs};
 
 /// Flags of `procmesh demo`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes:\n  0  every action completed with the expected output\n  1  an action failed or its output was wrong, or an error (printed as `error: ...`)"
+)]
 pub struct DemoArgs {
     /// How many actions to run.
     #[arg(long, default_value_t = 300)]
@@ -45,6 +48,26 @@ pub struct DemoArgs {
     /// Print the summary as one JSON object (no progress bar).
     #[arg(long)]
     json: bool,
+    /// The dashboard's listener (the orchestrator's admin HTTP), HOST:PORT or `off`; when the
+    /// default port is taken, a free one is used.
+    #[arg(long, default_value = procmesh_orchestrator::config::DEFAULT_ADMIN_LISTEN)]
+    admin_listen: String,
+}
+
+/// The demo's dashboard: at `listen`, or on a free loopback port when the default one is
+/// taken (another demo or orchestrator runs here).
+async fn demo_admin(
+    listen: &str,
+    slot: &procmesh_orchestrator::AdminSlot,
+) -> anyhow::Result<Option<procmesh_admin::AdminServer>> {
+    let started = super::admin::start(listen, None, slot.router(), slot.refused_counter()).await;
+    match started {
+        Ok(server) => Ok(server),
+        Err(_) if listen == procmesh_orchestrator::config::DEFAULT_ADMIN_LISTEN => {
+            super::admin::start("127.0.0.1:0", None, slot.router(), slot.refused_counter()).await
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The worker: plain POSIX sh, so it runs wherever the host does.
@@ -154,6 +177,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     .await?;
     let orchestrator_id = mesh.orchestrator.actor_id();
     say(format!("orchestrator  {orchestrator_id}"));
+    let admin = demo_admin(&args.admin_listen, mesh.orchestrator.admin()).await?;
+    if let Some(admin) = &admin {
+        say(format!("dashboard     http://{}/", admin.addr()));
+    }
     say(format!(
         "host          {} with {} proc agents",
         mesh.host.addr(),
@@ -188,6 +215,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         }
     }
     mesh.stop().await;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     if !args.json {
         eprintln!("stopped after {:.1} s", started.elapsed().as_secs_f64());
     }

@@ -22,7 +22,7 @@ use super::common::{parse_duration, parse_key_value, print_json, runtime, tail_t
 /// Exit code when the program could not be run (or ended without an exit status).
 pub const EXIT_NOT_RUN: u8 = 125;
 
-/// What an action sees, for `procmesh exec --help`.
+/// What an action sees, and the exit codes, for `procmesh exec --help`.
 pub const ENVIRONMENT_HELP: &str = "\
 The action's environment (exactly this, nothing of the host's):
   PATH=/usr/local/bin:/usr/bin:/bin, HOME=/tmp, TMPDIR=/tmp (isolation = none: HOME is the
@@ -32,7 +32,14 @@ The action's environment (exactly this, nothing of the host's):
 It runs in /sandbox (its inputs, read-only) and leaves its results in /sandbox/Outputs; /tmp is
 private. With isolation = namespaces (the hosts' default) it has no network, sees only its own
 processes, runs as an unprivileged user, and is limited by its cgroup (--memory, --cores, and
-the host's pids limit); a memory-limit kill ends it Failed with the reason \"oom\".";
+the host's pids limit); a memory-limit kill ends it Failed with the reason \"oom\".
+
+Exit codes:
+  N      the action's own exit code (0 when it completed)
+  128+S  the action was killed by signal S
+  125    the action could not be run, or ended without an exit status
+  130    interrupted (Ctrl-C); the action is cancelled
+  1      an error of procmesh itself (printed as `error: ...`); 2 a usage error";
 
 /// Flags of `procmesh exec`.
 #[derive(Debug, clap::Args)]

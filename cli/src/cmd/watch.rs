@@ -10,8 +10,17 @@ use procmesh_protocol::ClientEvent;
 
 use super::common::{parse_duration, parse_queue, print_json, runtime, ClientArgs};
 
+/// Exit codes, for `procmesh watch --help`.
+const EXIT_HELP: &str = "\
+Exit codes:
+  0    every action of the queue completed
+  1    the queue is complete but an action failed, was abandoned or cancelled; or an error
+  2    --timeout passed before the queue was complete (or a usage error)
+  130  interrupted (Ctrl-C)";
+
 /// Flags of `procmesh watch`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_HELP)]
 pub struct WatchArgs {
     #[command(flatten)]
     pub client: ClientArgs,

@@ -943,4 +943,52 @@ mod tests {
             config
         );
     }
+
+    #[test]
+    fn an_explanation_round_trips_in_messagepack_and_json() {
+        let proc = HostAddr::Local("h".into()).proc("p1").unwrap();
+        let e = Explanation {
+            lsn: Lsn(7),
+            state: ActionState::Pending,
+            attempt: Attempt::FIRST.next().unwrap(),
+            max_attempts: 4,
+            priority: 0,
+            requires: [("gpu".into(), "a100".into())].into(),
+            reasons: vec![ExplainReason {
+                summary: "all slots busy".into(),
+                reason: Reason::AllSlotsBusy {
+                    procs: vec![BusyProc {
+                        proc: proc.clone(),
+                        max: 1,
+                        placed: 1,
+                        own: vec![Lsn(6)],
+                        other_queues: 2,
+                        others: vec![Occupants {
+                            queue: 2,
+                            lsns: vec![Lsn(3), Lsn(4)],
+                        }],
+                    }],
+                },
+            }],
+            attempts: vec![AttemptStory {
+                attempt: Attempt::FIRST,
+                proc: Some(proc),
+                queued: Some(Timestamp(1)),
+                placed: Some(Timestamp(2)),
+                started: None,
+                ended: Some(Timestamp(3)),
+                state: ActionState::Abandoned,
+                reason: Some("proc lost".into()),
+                exit: None,
+            }],
+        };
+        let bytes = rmp_serde::to_vec_named(&e).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Explanation>(&bytes).unwrap(), e);
+        let reply = OrchestratorReply::Explained(Box::new(e.clone()));
+        let bytes = rmp_serde::to_vec_named(&reply).unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<OrchestratorReply>(&bytes).unwrap(),
+            reply
+        );
+    }
 }

@@ -142,7 +142,17 @@ pub struct HostConfig {
     /// A file whose contents become the sandbox's `/etc/resolv.conf`, e.g.
     /// `"/etc/procmesh/resolv.conf"`. `None`: none (actions have no network anyway).
     pub sandbox_resolv_conf: Option<PathBuf>,
+    /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`, `/api/v1/procs`),
+    /// `HOST:PORT` or `off`, e.g. `"127.0.0.1:7701"` (the default). Any non-loopback address
+    /// needs `admin_token_file`.
+    pub admin_listen: String,
+    /// A file whose first line is the bearer token admin requests from outside loopback must
+    /// present.
+    pub admin_token_file: Option<PathBuf>,
 }
+
+/// A host's default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7701";
 
 impl Default for HostConfig {
     fn default() -> Self {
@@ -177,6 +187,8 @@ impl Default for HostConfig {
             allowed_host_programs: Vec::new(),
             seccomp: true,
             sandbox_resolv_conf: None,
+            admin_listen: DEFAULT_ADMIN_LISTEN.to_owned(),
+            admin_token_file: None,
         }
     }
 }

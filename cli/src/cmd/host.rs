@@ -67,6 +67,8 @@ pub struct HostArgs {
     /// Memory limit of an action whose hints name none, e.g. 2G (default: half the machine).
     #[arg(long, env = "PROCMESH_ACTION_MEMORY", value_parser = crate::cmd::exec::parse_size)]
     action_memory: Option<u64>,
+    #[command(flatten)]
+    admin: super::admin::AdminArgs,
     /// Print the ready line as JSON.
     #[arg(long)]
     json: bool,
@@ -138,6 +140,12 @@ impl HostArgs {
         if let Some(v) = self.action_memory {
             config.action_memory_bytes = Some(v);
         }
+        if let Some(v) = &self.admin.admin_listen {
+            config.admin_listen = v.clone();
+        }
+        if let Some(v) = &self.admin.admin_token_file {
+            config.admin_token_file = Some(v.clone());
+        }
         anyhow::ensure!(
             config.tls_dir.is_some(),
             "no TLS identity: pass --tls-dir (create one with `procmesh certs`)"
@@ -159,9 +167,20 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
     let manager = OsProcManager::new(config.proc_binary.clone(), config.allowed_dir.clone())
         .context("proc manager")?;
     let grace = config.terminate_grace();
+    let (admin_listen, admin_token) =
+        (config.admin_listen.clone(), config.admin_token_file.clone());
     let host = Host::start(config, Arc::new(manager))
         .await
         .context("starting the host")?;
+    // Before the procs: /readyz answers 503 until they are ready and the host is registered.
+    let refused = prometheus_client::metrics::counter::Counter::default();
+    let admin = super::admin::start(
+        &admin_listen,
+        admin_token.as_deref(),
+        host.admin_router(refused.clone()),
+        refused,
+    )
+    .await?;
     let mut procs = Vec::new();
     for i in 1..=args.procs {
         let spec = SpawnSpec {
@@ -177,10 +196,18 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
             .with_context(|| format!("starting proc-{i}"))?;
         procs.push(handle.proc_id().to_string());
     }
+    let admin_addr = admin.as_ref().map(|a| a.addr().to_string());
     if args.json {
-        let line = serde_json::json!({ "ready": host.addr().to_string(), "procs": procs });
+        let line = serde_json::json!({
+            "ready": host.addr().to_string(),
+            "procs": procs,
+            "admin": admin_addr,
+        });
         println!("{line}");
     } else {
+        if let Some(addr) = &admin_addr {
+            println!("admin http://{addr}/");
+        }
         println!("ready {}", host.addr());
     }
     tracing::info!(addr = %host.addr(), procs = procs.len(), "host ready");
@@ -194,6 +221,9 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: terminating procs");
     let outcome = host.shutdown(grace).await;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     let failed: BTreeMap<_, _> = outcome
         .failed
         .iter()

@@ -137,20 +137,28 @@ impl AdminSlot {
             .with_state(self.clone())
     }
 
-    fn serving_or_503(&self) -> Result<Serving, Response> {
+    fn serving_or_503(&self) -> Result<Serving, Unavailable> {
         match self.phase() {
             Phase::Serving(serving) => Ok(serving),
-            Phase::Starting => Err(procmesh_admin::error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "starting",
-                "the orchestrator is recovering its journal",
-            )),
-            Phase::Stopping => Err(procmesh_admin::error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                "the orchestrator is shutting down",
-            )),
+            Phase::Starting => Err(Unavailable::Starting),
+            Phase::Stopping => Err(Unavailable::Stopping),
         }
+    }
+}
+
+/// Why the orchestrator cannot answer yet: a 503.
+enum Unavailable {
+    Starting,
+    Stopping,
+}
+
+impl IntoResponse for Unavailable {
+    fn into_response(self) -> Response {
+        let (code, reason) = match self {
+            Unavailable::Starting => ("starting", "the orchestrator is recovering its journal"),
+            Unavailable::Stopping => ("stopping", "the orchestrator is shutting down"),
+        };
+        procmesh_admin::error_response(StatusCode::SERVICE_UNAVAILABLE, code, reason)
     }
 }
 
@@ -214,7 +222,7 @@ async fn summary(State(slot): State<AdminSlot>) -> Response {
             let view = serving.view.borrow().clone();
             Json(&view.summary).into_response()
         }
-        Err(response) => response,
+        Err(unavailable) => unavailable.into_response(),
     }
 }
 
@@ -246,7 +254,7 @@ async fn hosts(State(slot): State<AdminSlot>, Query(p): Query<Page>) -> Response
             let view = serving.view.borrow().clone();
             page(&view.hosts, &p)
         }
-        Err(response) => response,
+        Err(unavailable) => unavailable.into_response(),
     }
 }
 
@@ -256,14 +264,14 @@ async fn queues(State(slot): State<AdminSlot>, Query(p): Query<Page>) -> Respons
             let view = serving.view.borrow().clone();
             page(&view.queues, &p)
         }
-        Err(response) => response,
+        Err(unavailable) => unavailable.into_response(),
     }
 }
 
 async fn ask(slot: &AdminSlot, lsn: &str, explain: bool) -> Response {
     let serving = match slot.serving_or_503() {
         Ok(serving) => serving,
-        Err(response) => return response,
+        Err(unavailable) => return unavailable.into_response(),
     };
     let Ok(lsn) = lsn.parse::<u64>() else {
         return procmesh_admin::error_response(
@@ -310,7 +318,7 @@ async fn stream(State(slot): State<AdminSlot>) -> Response {
     use tokio_stream::StreamExt as _;
     let serving = match slot.serving_or_503() {
         Ok(serving) => serving,
-        Err(response) => return response,
+        Err(unavailable) => return unavailable.into_response(),
     };
     let events = tokio_stream::wrappers::WatchStream::new(serving.view).map(|view| {
         let data = serde_json::to_string(&view.summary).unwrap_or_else(|_| "{}".into());

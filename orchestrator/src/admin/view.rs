@@ -463,7 +463,17 @@ pub(crate) fn action_json(
         "execution": record.execution(),
         "last_error": record.last_error(),
         "requires": entry.requires,
+        "attempts": core.attempts(lsn),
     });
-    let _ = (explain, now);
-    Some(value.take())
+    if explain {
+        // The admin listener is an operator's: other queues' occupants are shown.
+        let explanation = core.explain_as(lsn, now, true);
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "explanation".into(),
+                serde_json::to_value(explanation).unwrap_or_default(),
+            );
+        }
+    }
+    Some(value)
 }

@@ -53,6 +53,7 @@ fn assert_refused(certs: &Certs, state: &Path, case: &str) {
     let out = Command::new(procmesh_bin())
         .arg("orchestrator")
         .args(&args)
+        .args(["--admin-listen", "off"])
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
         .output()

@@ -1,16 +1,18 @@
 //! The host's admin HTTP surface (served by `procmesh-admin`'s listener): `/healthz`,
 //! `/readyz`, `/metrics` and `/api/v1/procs`.
 //!
-//! - **HST-24** `/readyz` is 200 only while the host is not shutting down, every proc in its
-//!   table is `Ready`, and — when it has an orchestrator — its registration was acknowledged
-//!   and the orchestrator answered a registration or heartbeat within the last
-//!   [`CONTACT_WINDOW`] heartbeat intervals (at least [`MIN_CONTACT`]); a heartbeat answered
-//!   `UnknownHost` makes it unready until it has registered again. Otherwise 503, saying why.
+//! - **HST-24** Ready ([`Host::readiness`], `/readyz` 200, the `ready` line of `procmesh host`)
+//!   means: not shutting down, every proc in the table `Ready`, and — when it has an
+//!   orchestrator — its registration acknowledged, an answer from the orchestrator within the
+//!   last [`CONTACT_WINDOW`] heartbeat intervals (at least [`MIN_CONTACT`]), and the last
+//!   acknowledged heartbeat offering every ready proc. A heartbeat answered `UnknownHost` makes
+//!   it unready until it has registered again. Otherwise 503, saying why.
 //!
 //! Everything is read from the host's own state at request time (no actor is asked): the proc
 //! table, the link to the orchestrator, the refusal counts.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -41,6 +43,10 @@ pub struct Link {
     last_contact_ms: AtomicU64,
     registrations: AtomicU64,
     heartbeats: AtomicU64,
+    /// Procs the last acknowledged heartbeat offered.
+    reported: AtomicU32,
+    /// Wakes the heartbeat loop for a beat now (a proc became ready).
+    pub(crate) beat_now: Arc<tokio::sync::Notify>,
 }
 
 impl Link {
@@ -50,7 +56,8 @@ impl Link {
         self.last_contact_ms.store(now().0, Ordering::Relaxed);
     }
 
-    pub(crate) fn acked(&self) {
+    pub(crate) fn acked(&self, reported: u32) {
+        self.reported.store(reported, Ordering::Relaxed);
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
         self.last_contact_ms.store(now().0, Ordering::Relaxed);
     }
@@ -71,6 +78,8 @@ pub struct Readiness {
     pub registered: bool,
     /// Milliseconds since the orchestrator last answered, if it ever did.
     pub last_contact_ms_ago: Option<u64>,
+    /// Procs the last heartbeat the orchestrator acknowledged offered work on.
+    pub procs_reported: u32,
     /// Procs in the table.
     pub procs: u32,
     /// Of which ready.
@@ -213,6 +222,7 @@ impl Host {
         let link = &self.inner.link;
         let orchestrator = self.config().orchestrator.as_ref().map(|o| o.to_string());
         let registered = link.registered.load(Ordering::Relaxed);
+        let reported = link.reported.load(Ordering::Relaxed);
         let last = link.last_contact_ms.load(Ordering::Relaxed);
         let ago = (last > 0).then(|| now().0.saturating_sub(last));
         let window = Duration::from_millis(
@@ -240,6 +250,11 @@ impl Host {
                     "no answer from the orchestrator for more than {} ms",
                     window.as_millis()
                 ));
+            } else if reported < status.ready {
+                reasons.push(format!(
+                    "the orchestrator has heard {reported} of {} ready procs",
+                    status.ready
+                ));
             }
         }
         Readiness {
@@ -247,11 +262,18 @@ impl Host {
             orchestrator,
             registered,
             last_contact_ms_ago: ago,
+            procs_reported: reported,
             procs: status.procs,
             procs_ready: status.ready,
             shutting_down: status.shutting_down,
             reasons,
         }
+    }
+
+    /// Sends a heartbeat now rather than at the next interval (e.g. once procs are ready, so
+    /// the orchestrator can place work on them at once).
+    pub fn heartbeat_now(&self) {
+        self.inner.link.beat_now.notify_one();
     }
 
     /// The routes of the host's admin listener; `refused` counts the listener's refusals.

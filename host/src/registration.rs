@@ -60,6 +60,9 @@ pub(crate) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let board = Board::default();
+    let Some(beat_now) = host.upgrade().map(|h| h.link.beat_now.clone()) else {
+        return;
+    };
     loop {
         let Some(interval) = register(&host, &orchestrator, &mut shutdown).await else {
             return;
@@ -71,6 +74,7 @@ pub(crate) async fn run(
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                _ = beat_now.notified() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let Some(inner) = host.upgrade() else { return };
@@ -188,6 +192,7 @@ impl HostInner {
         board: &Board,
     ) -> Beat {
         let reports = self.proc_reports(interval / 2, board).await;
+        let offered = reports.iter().filter(|r| r.fresh).count() as u32;
         let heartbeat = Heartbeat {
             addr: self.node.addr().clone(),
             procs: reports
@@ -213,7 +218,7 @@ impl HostInner {
             .await;
         match answer {
             Ok(Ok(OrchestratorReply::HeartbeatAck { orphans })) => {
-                self.link.acked();
+                self.link.acked(offered);
                 self.cancel_orphans(&reports, orphans).await;
                 Beat::Ok
             }

@@ -161,9 +161,24 @@ pub fn start_host(args: &[&str]) -> (Proc, HostAddr) {
 /// returns the process and `<what>`. Its stderr is passed through, and the last lines of it
 /// are in the panic message if it never gets ready (an early exit names its status).
 pub fn start_procmesh(command: &str, args: &[&str]) -> (Proc, String) {
+    let (proc, ready, _) = start_procmesh_admin(command, args);
+    (proc, ready)
+}
+
+/// [`start_procmesh`], also returning the address of its admin listener (`admin http://ADDR/`).
+/// A node started without `--admin-listen` gets one on a free loopback port, so that tests on
+/// one machine never race for the default ports.
+pub fn start_procmesh_admin(command: &str, args: &[&str]) -> (Proc, String, Option<String>) {
+    let node = matches!(command, "host" | "orchestrator");
+    let extra: &[&str] = if node && !args.contains(&"--admin-listen") {
+        &["--admin-listen", "127.0.0.1:0"]
+    } else {
+        &[]
+    };
     let mut child = Command::new(procmesh_bin())
         .arg(command)
         .args(args)
+        .args(extra)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -190,17 +205,21 @@ pub fn start_procmesh(command: &str, args: &[&str]) -> (Proc, String) {
     });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut admin = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("admin http://") {
+                admin = Some(url.trim().trim_end_matches('/').to_owned());
+            }
             if let Some(addr) = line.strip_prefix("ready ") {
-                let _ = tx.send(addr.trim().to_owned());
+                let _ = tx.send((addr.trim().to_owned(), admin.take()));
             }
         }
     });
     let ready = rx.recv_timeout(Duration::from_secs(30));
     let mut proc = Proc(child);
     match ready {
-        Ok(ready) => (proc, ready),
+        Ok((ready, admin)) => (proc, ready, admin),
         Err(_) => {
             // Give an exiting process a moment, then say how it ended and what it printed.
             std::thread::sleep(Duration::from_millis(200));

@@ -1,7 +1,10 @@
 //! `procmesh host`: the per-machine agent. Configuration comes from a TOML file, then the
-//! environment, then flags (each overriding the one before). Once the frontend listens and the
-//! requested procs are ready it prints one line, `ready <frontend address>` (or a JSON object
-//! with `--json`), and serves until SIGTERM or SIGINT, when it stops its procs and exits.
+//! environment, then flags (each overriding the one before). Once the frontend listens, the
+//! requested procs are ready and — with an orchestrator — the orchestrator has acknowledged a
+//! heartbeat offering them (HST-24), it prints `admin http://<addr>/` (unless `--admin-listen
+//! off`) and one line `ready <frontend address>` (or a JSON object with `--json`), and serves
+//! until SIGTERM or SIGINT, when it stops its procs and exits. Signals are handled from the
+//! start: one that arrives before `ready` stops the host as well.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -164,6 +167,10 @@ pub fn run(args: HostArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
+    // Before anything starts, so that a supervisor's signal is never lost.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let manager = OsProcManager::new(config.proc_binary.clone(), config.allowed_dir.clone())
         .context("proc manager")?;
     let grace = config.terminate_grace();
@@ -196,6 +203,30 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
             .with_context(|| format!("starting proc-{i}"))?;
         procs.push(handle.proc_id().to_string());
     }
+    // HST-24: `ready` once every proc is ready and, with an orchestrator, the orchestrator
+    // has acknowledged a heartbeat offering them.
+    host.heartbeat_now();
+    let began = std::time::Instant::now();
+    let mut warned = began;
+    loop {
+        let readiness = host.readiness();
+        if readiness.ready {
+            break;
+        }
+        if warned.elapsed() >= std::time::Duration::from_secs(10) {
+            warned = std::time::Instant::now();
+            tracing::warn!(
+                waited_s = began.elapsed().as_secs(),
+                reasons = ?readiness.reasons,
+                "not ready yet"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(25)) => {}
+            _ = term.recv() => return stop(&host, grace, admin).await,
+            _ = int.recv() => return stop(&host, grace, admin).await,
+        }
+    }
     let admin_addr = admin.as_ref().map(|a| a.addr().to_string());
     if args.json {
         let line = serde_json::json!({
@@ -212,13 +243,19 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %host.addr(), procs = procs.len(), "host ready");
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    stop(&host, grace, admin).await
+}
+
+/// Stops the procs, then the admin listener.
+async fn stop(
+    host: &Host,
+    grace: std::time::Duration,
+    admin: Option<procmesh_admin::AdminServer>,
+) -> anyhow::Result<()> {
     tracing::info!("stopping: terminating procs");
     let outcome = host.shutdown(grace).await;
     if let Some(admin) = admin {

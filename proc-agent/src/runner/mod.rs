@@ -425,7 +425,16 @@ impl Runner {
             shared.held.send_replace(table.slots.len());
             cancel_rx
         };
-        let span = tracing::info_span!("action", lsn = %attempt.lsn, attempt = %attempt.attempt);
+        // One span per attempt; its trace ids come from the submission's `traceparent`
+        // (validated above: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
+        let tp = spec.action.traceparent.as_deref();
+        let span = tracing::info_span!(
+            "attempt",
+            lsn = %attempt.lsn,
+            attempt = %attempt.attempt,
+            trace_id = tp.and_then(|t| t.get(3..35)),
+            parent_span_id = tp.and_then(|t| t.get(36..52)),
+        );
         shared
             .handle
             .spawn(attempt::run(shared.clone(), spec, report_to, cancel_rx).instrument(span));

@@ -312,18 +312,42 @@ async fn explain(State(slot): State<AdminSlot>, Path(lsn): Path<String>) -> Resp
     ask(&slot, &lsn, true).await
 }
 
-/// The summary, pushed each time it changes (at most every refresh); a keep-alive comment
-/// every 15 s.
-async fn stream(State(slot): State<AdminSlot>) -> Response {
+/// `?max_s=`: how long one event stream lasts before the server ends it (the browser's
+/// `EventSource` reconnects after the `retry` it was sent).
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    max_s: Option<u64>,
+}
+
+/// Streams last at most this long by default; a reconnect follows.
+const STREAM_MAX: Duration = Duration::from_secs(300);
+
+/// The summary, pushed each time it changes (at most every refresh), with a keep-alive comment
+/// every 15 s. Each stream ends after `max_s` seconds (default 300, at most 3600): proxies
+/// and headless browsers see a response that completes, and the page reconnects.
+async fn stream(State(slot): State<AdminSlot>, Query(q): Query<StreamQuery>) -> Response {
     use tokio_stream::StreamExt as _;
     let serving = match slot.serving_or_503() {
         Ok(serving) => serving,
         Err(unavailable) => return unavailable.into_response(),
     };
-    let events = tokio_stream::wrappers::WatchStream::new(serving.view).map(|view| {
+    let max = q
+        .max_s
+        .map(|s| Duration::from_secs(s.clamp(1, 3600)))
+        .unwrap_or(STREAM_MAX);
+    let mut first = true;
+    let events = tokio_stream::wrappers::WatchStream::new(serving.view).map(move |view| {
         let data = serde_json::to_string(&view.summary).unwrap_or_else(|_| "{}".into());
-        Ok::<_, std::convert::Infallible>(Event::default().event("summary").data(data))
+        let mut event = Event::default().event("summary").data(data);
+        if std::mem::take(&mut first) {
+            event = event.retry(Duration::from_secs(2));
+        }
+        Ok::<_, std::convert::Infallible>(event)
     });
+    let events = Until {
+        inner: Box::pin(events),
+        deadline: Box::pin(tokio::time::sleep(max)),
+    };
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
@@ -332,4 +356,24 @@ async fn stream(State(slot): State<AdminSlot>) -> Response {
         header::HeaderValue::from_static("no-cache"),
     );
     response
+}
+
+/// A stream that ends at a deadline.
+struct Until<S> {
+    inner: std::pin::Pin<Box<S>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S: futures_core::Stream> futures_core::Stream for Until<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        self.inner.as_mut().poll_next(cx)
+    }
 }

@@ -12,6 +12,7 @@ const queueSeen = new Map(); // queue id -> { t, finished }
 let lastVersion = -1;
 let lastListFetch = 0;
 let listTimer = null;
+let pushes = 0; // summaries received over the event stream
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -261,8 +262,12 @@ function renderExplain(why) {
 
 function connect() {
   const live = document.getElementById("live");
-  const source = new EventSource("/api/v1/stream");
+  // ?stream_s=N on the page's URL shortens each event stream (tests, headless browsers).
+  const seconds = Number(new URLSearchParams(location.search).get("stream_s") || 0);
+  const source = new EventSource(seconds > 0 ? `/api/v1/stream?max_s=${seconds}` : "/api/v1/stream");
   source.addEventListener("summary", (event) => {
+    pushes += 1;
+    document.body.dataset.pushes = String(pushes);
     live.textContent = "live";
     live.classList.remove("off");
     render(JSON.parse(event.data));

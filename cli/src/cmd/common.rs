@@ -136,6 +136,17 @@ pub fn parse_queue(text: &str) -> Result<QueueRef, String> {
     procmesh_client::parse_queue_ref(text)
 }
 
+/// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`), checked.
+pub fn parse_traceparent(text: &str) -> Result<String, String> {
+    if procmesh_protocol::spec::is_traceparent(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+        ))
+    }
+}
+
 /// A duration: a number with a unit `ms`, `s`, `m` or `h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -47,6 +47,10 @@ Exit codes:
 pub struct ExecArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// W3C trace context for the action (it sees it as TRACEPARENT; its attempt's span
+    /// carries the trace id).
+    #[arg(long, env = "TRACEPARENT", value_parser = super::common::parse_traceparent)]
+    pub traceparent: Option<String>,
     /// A local file or directory to ship as input, LOCAL[:PATH_IN_SANDBOX] (default: its file
     /// name); repeatable.
     #[arg(long = "input", short = 'i', value_parser = parse_input_arg)]
@@ -287,9 +291,7 @@ async fn run_on(
     action.resources.host_labels = args.host_labels.iter().cloned().collect();
     action.resources.memory_bytes = args.memory;
     action.resources.cores = args.cores;
-    action.traceparent = std::env::var("TRACEPARENT")
-        .ok()
-        .filter(|tp| procmesh_protocol::spec::is_traceparent(tp));
+    action.traceparent = args.traceparent.clone();
     let lsns = queue
         .submit(vec![SubmitAction {
             action,

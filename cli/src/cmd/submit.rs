@@ -68,6 +68,9 @@ pub struct SubmitArgs {
     /// Only run on hosts with this label, KEY=VALUE; repeatable.
     #[arg(long = "host-label", value_parser = parse_key_value)]
     pub host_labels: Vec<(String, String)>,
+    /// W3C trace context for every action (its TRACEPARENT, and its attempts' spans).
+    #[arg(long, env = "TRACEPARENT", value_parser = super::common::parse_traceparent)]
+    pub traceparent: Option<String>,
     /// Idempotency keys PREFIX-0, PREFIX-1, … (resubmitting returns the same LSNs).
     #[arg(long)]
     pub key_prefix: Option<String>,
@@ -221,6 +224,7 @@ async fn submit_on(
             .timeout
             .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64));
         action.resources = line.resources;
+        action.traceparent = args.traceparent.clone();
         for (k, v) in &args.host_labels {
             action
                 .resources

@@ -159,7 +159,7 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// An OS child killed and reaped when dropped.
-struct ChildGuard(std::process::Child);
+pub(super) struct ChildGuard(pub(super) std::process::Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -170,7 +170,7 @@ impl Drop for ChildGuard {
 
 /// An orchestrator as its own OS process: its guard, its ready line, and how long it took to
 /// print it.
-async fn orchestrator_process(
+pub(super) async fn orchestrator_process(
     ids: &Identities,
     state: &Path,
     journal_flag: &[&str],
@@ -180,6 +180,7 @@ async fn orchestrator_process(
     let started = Instant::now();
     let mut child = std::process::Command::new(me)
         .args(["orchestrator", "--listen", "127.0.0.1:0", "--json"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .args(journal_flag)
         .arg("--tls-dir")
         .arg(ids.orchestrator_dir())
@@ -209,7 +210,7 @@ async fn orchestrator_process(
 
 /// Submits `pending` trivial actions to the orchestrator of `ready` (in batches of 10,000),
 /// after 1,000 to warm up; returns the client, the queue and the worker.
-async fn fill(
+pub(super) async fn fill(
     dir: &Path,
     ids: &Identities,
     ready: &serde_json::Value,

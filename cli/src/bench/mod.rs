@@ -1,6 +1,7 @@
 //! `procmesh bench <suite>`: benchmarks that print a readable table and then one JSON line,
 //! every figure beside a raw baseline measured in the same run on the same machine.
 
+mod admin;
 mod mesh;
 mod runner;
 mod transport;
@@ -12,6 +13,13 @@ use clap::Subcommand;
 /// A benchmark suite.
 #[derive(Debug, Subcommand)]
 pub enum Suite {
+    /// The admin surface under load: `/metrics` scrape time with many pending actions beside a
+    /// `/healthz` GET over the same listener, and the dashboard's page weight.
+    Admin {
+        /// Pending actions in the orchestrator while it is scraped.
+        #[arg(long, default_value_t = 1_000_000)]
+        pending: u64,
+    },
     /// Remote-actor ask RTT and tell throughput over QUIC and Unix, beside raw quinn and raw
     /// Unix sockets.
     Transport {
@@ -53,6 +61,13 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match suite {
+        Suite::Admin { pending } => {
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&pending),
+                "--pending must be in 1..=10000000"
+            );
+            runtime.block_on(admin::run(pending))
+        }
         Suite::Transport { seconds } => {
             anyhow::ensure!(
                 seconds > 0.0 && seconds <= 10.0,

@@ -129,8 +129,10 @@ async fn the_dashboard_shows_a_workload_move_to_completion() {
         )
         .await
         .expect("worker registered");
-    let mut queue_config = QueueConfig::default();
-    queue_config.name = "dashboard-test".into();
+    let queue_config = QueueConfig {
+        name: "dashboard-test".into(),
+        ..QueueConfig::default()
+    };
     let queue = client.create_queue(queue_config).await.unwrap();
     let actions = (0..ACTIONS)
         .map(|_| SubmitAction {

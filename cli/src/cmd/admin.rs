@@ -37,8 +37,6 @@ pub async fn start(
     };
     let server = procmesh_admin::serve(&config, router, refused)
         .await
-        .with_context(|| {
-            format!("starting the admin listener (pass --admin-listen ADDR, or --admin-listen off)")
-        })?;
+        .context("starting the admin listener (pass --admin-listen ADDR, or --admin-listen off)")?;
     Ok(Some(server))
 }

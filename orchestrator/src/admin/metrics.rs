@@ -218,7 +218,7 @@ impl Metrics {
     pub(crate) fn transition(&self, state: ActionState) {
         self.transitions
             .get_or_create(&StateLabel {
-                state: state_name(state),
+                state: state.as_str(),
             })
             .inc();
     }
@@ -227,7 +227,7 @@ impl Metrics {
     pub(crate) fn finished(&self, state: ActionState) {
         self.finished
             .get_or_create(&StateLabel {
-                state: state_name(state),
+                state: state.as_str(),
             })
             .inc();
     }
@@ -268,20 +268,6 @@ impl Metrics {
 
     pub(crate) fn abandon(&self, reason: &'static str) {
         self.abandons.get_or_create(&ReasonLabel { reason }).inc();
-    }
-}
-
-/// The label of a state.
-pub(crate) fn state_name(state: ActionState) -> &'static str {
-    match state {
-        ActionState::New => "new",
-        ActionState::Pending => "pending",
-        ActionState::Submitting => "submitting",
-        ActionState::Running => "running",
-        ActionState::Completed => "completed",
-        ActionState::Failed => "failed",
-        ActionState::Abandoned => "abandoned",
-        ActionState::Cancelled => "cancelled",
     }
 }
 

@@ -18,7 +18,7 @@ use procmesh_protocol::{ActionState, AttemptRef, Timestamp};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::metrics::{reason_of, state_name, Metrics};
+use super::metrics::{reason_of, Metrics};
 
 /// How many of the latest transitions the view keeps.
 pub(crate) const RECENT: usize = 100;
@@ -294,7 +294,7 @@ impl Observer {
                 lsn: t.lsn.0,
                 queue: *queue,
                 attempt: t.attempt.get(),
-                state: state_name(t.state),
+                state: t.state.as_str(),
                 at_ms: t.at.0,
                 proc: t.detail.location.as_ref().map(|p| p.to_string()),
                 reason: reason.map(|r| truncate(r, 200)),
@@ -330,7 +330,7 @@ impl Observer {
         let book = core.book();
         let counts = *book.counts();
         for state in ActionState::ALL {
-            Metrics::set_state(&m.actions, state_name(state), counts.get(state));
+            Metrics::set_state(&m.actions, state.as_str(), counts.get(state));
         }
         m.pending.set(book.pending().len() as i64);
         let mut host_totals = HostTotals::default();
@@ -451,13 +451,13 @@ pub(crate) fn action_json(
     let timeline: Vec<serde_json::Value> = record
         .times()
         .iter()
-        .map(|(state, at)| serde_json::json!({ "state": state_name(state), "at_ms": at.0 }))
+        .map(|(state, at)| serde_json::json!({ "state": state.as_str(), "at_ms": at.0 }))
         .collect();
     let mut value = serde_json::json!({
         "lsn": lsn.0,
         "queue": entry.queue,
         "priority": entry.priority,
-        "state": state_name(record.state()),
+        "state": record.state().as_str(),
         "attempt": record.attempt().get(),
         "timeline": timeline,
         "execution": record.execution(),

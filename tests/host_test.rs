@@ -66,9 +66,13 @@ async fn mesh(procs: u32) -> Mesh {
 }
 
 async fn spawn(host: &RemoteRef<HostRequest>, name: &str) -> ProcInfo {
+    // One slot each: a spawn naming none takes every slot left (HST-25).
     let spec = SpawnSpec {
         name: name.into(),
-        config: Default::default(),
+        config: procmesh_protocol::messages::host::ProcConfig {
+            max_actions: Some(1),
+            ..Default::default()
+        },
     };
     match host.ask(HostRequest::Spawn(spec), T).await.unwrap() {
         Ok(HostReply::Spawned(info)) => info,
@@ -250,6 +254,7 @@ async fn a_worker_runs_100_actions_with_inputs_through_a_real_proc() {
             lsn: Lsn(i),
             attempt: Attempt::FIRST,
             priority: 0,
+            queue: 0,
             action,
         });
     }
@@ -257,6 +262,7 @@ async fn a_worker_runs_100_actions_with_inputs_through_a_real_proc() {
         lsn: Lsn(101),
         attempt: Attempt::FIRST,
         priority: 0,
+        queue: 0,
         action: ActionDef::new(failing_id),
     });
     submit_all(&agent_ref, &report_to, specs).await;
@@ -321,6 +327,7 @@ async fn killing_the_host_leaves_no_proc_agent_or_action_alive() {
             lsn: Lsn(i as u64 + 1),
             attempt: Attempt::FIRST,
             priority: 0,
+            queue: 0,
             action,
         };
         submit_all(&agent_ref, &report_to, vec![spec]).await;

@@ -613,3 +613,95 @@ fn the_demo_runs_to_completion() {
     let per_proc = summary["per_proc"].as_object().unwrap();
     assert_eq!(per_proc.len(), 2, "{summary}");
 }
+
+/// `procmesh hosts` for the mesh `orchestrator`: its stdout.
+fn hosts_cli(certs: &Certs, orchestrator: &ActorId) -> String {
+    let out = Command::new(procmesh_bin())
+        .args(["hosts", "--orchestrator", &orchestrator.to_string()])
+        .args(["--bind", "127.0.0.1:0", "--tls-dir"])
+        .arg(certs.tls_dir(procmesh_transport::Role::Client))
+        .output()
+        .expect("procmesh hosts runs");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// Attests HST-25, HST-26 end to end: what the host announces, what the scheduler places and
+// what `procmesh hosts` shows agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_capacity_is_shared_by_its_procs_and_bounds_what_runs() {
+    let mesh = Mesh::start("127.0.0.1");
+    let state = mesh.dir.path().join("host-capacity");
+    let (tls, node, id) = (
+        mesh.certs.host_dir(),
+        utils::node_name(&state),
+        mesh.id().to_string(),
+    );
+    let common = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--node-name",
+        &node,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--orchestrator",
+        &id,
+        "--isolation",
+        "none",
+        "--procs",
+        "2",
+    ];
+    // More slots than the capacity: refused before anything starts, saying why.
+    let refused = Command::new(procmesh_bin())
+        .arg("host")
+        .args(common)
+        .args(["--max-actions", "2", "--capacity", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: 2 procs × --max-actions 2 = 4 slots, more than the host's capacity 3"
+        ),
+        "{stderr}"
+    );
+
+    // Two procs sharing a capacity of 3: 2 + 1 slots, and never more than 3 running.
+    let (_host, _) = utils::start_procmesh("host", &[&common[..], &["--capacity", "3"]].concat());
+    let client = mesh.client().await;
+    mesh.wait_capacity(&client, 3).await;
+    let hosts = client.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].info.capacity, 3);
+    let mut slots: Vec<u32> = hosts[0].procs.iter().map(|p| p.capacity.max).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2]);
+
+    let worker = script(&client, "sleep 3").await;
+    let queue = client.create_queue(QueueConfig::default()).await.unwrap();
+    queue
+        .submit((0..6).map(|_| action(worker, &[])).collect())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let text = tokio::task::block_in_place(|| hosts_cli(&mesh.certs, mesh.id()));
+        if text.contains("slots 2 used, 0 free of 2") && text.contains("slots 1 used, 0 free of 1")
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "never all 3 slots used: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let host_line = shown.lines().nth(1).expect("a host line");
+    let columns: Vec<&str> = host_line.split_whitespace().collect();
+    // address node state capacity procs used free …
+    assert_eq!(&columns[3..7], ["3", "2", "3", "0"], "{shown}");
+    let hosts = client.hosts().await.unwrap();
+    assert!(hosts[0].placed.iter().sum::<u64>() <= 3, "{hosts:?}");
+    complete(&queue, Duration::from_secs(60)).await;
+    client.close().await;
+}

@@ -125,6 +125,8 @@ fn host(certs: &Certs, state: PathBuf, ip: &str, orchestrator: &ActorId) -> Proc
             "2",
             "--max-actions",
             "2",
+            "--capacity",
+            "4",
             "--isolation",
             "none",
         ],

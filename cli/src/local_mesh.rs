@@ -65,7 +65,8 @@ impl Identities {
 pub struct Procs<'a> {
     /// How many, named `proc-1` … `proc-N`.
     pub count: u32,
-    /// Actions each runs at once; `None` for the logical CPUs.
+    /// Actions each runs at once; `None`: an even share of the logical CPUs, at least one
+    /// (HST-26).
     pub max_actions: Option<u32>,
     /// Extra environment of each proc agent.
     pub env: &'a [(&'a str, &'a str)],
@@ -106,11 +107,21 @@ impl LocalMesh {
         let orchestrator = Orchestrator::start(config, ids.orchestrator.clone())
             .await
             .context("starting the orchestrator")?;
+        // Slots as `procmesh host` plans them (HST-26); an explicit per-proc maximum sizes the
+        // host's capacity to fit, and every proc gets a slot even on a machine with fewer CPUs.
+        let cpus = procmesh_host::system::logical_cpus();
+        let capacity = match procs.max_actions {
+            Some(m) => m.saturating_mul(procs.count),
+            None => cpus.max(procs.count),
+        };
+        let plan = procmesh_host::slots::plan(Some(capacity), procs.count, procs.max_actions, cpus)
+            .map_err(anyhow::Error::msg)?;
         // The proc agents are this binary, re-executed as `procmesh proc-agent`.
         let host = Host::start(
             HostConfig {
                 orchestrator: Some(orchestrator.actor_id()),
                 heartbeat_interval_ms: 500,
+                capacity: Some(plan.capacity),
                 ..HostConfig::ephemeral(dir.join("host"), ids.host.clone())
             },
             Arc::new(OsProcManager::new(None, None).context("proc manager")?),
@@ -122,11 +133,11 @@ impl LocalMesh {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        for i in 1..=procs.count {
+        for (i, slots) in (1..).zip(plan.per_proc) {
             host.spawn(SpawnSpec {
                 name: format!("proc-{i}"),
                 config: ProcConfig {
-                    max_actions: procs.max_actions,
+                    max_actions: Some(slots),
                     env: env.clone(),
                     ..ProcConfig::default()
                 },

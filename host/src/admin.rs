@@ -119,6 +119,8 @@ struct HostMetrics {
     blob_transfers: Gauge,
     forbidden: Family<RequestLabel, Gauge>,
     admin_refused: Counter,
+    capacity: Gauge,
+    slots_held: Gauge,
 }
 
 impl HostMetrics {
@@ -133,6 +135,8 @@ impl HostMetrics {
             blob_transfers: Gauge::default(),
             forbidden: Family::default(),
             admin_refused,
+            capacity: Gauge::default(),
+            slots_held: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -168,6 +172,16 @@ impl HostMetrics {
             m.forbidden.clone(),
         );
         r.register(
+            "capacity_slots",
+            "Actions the host runs at once, across its procs (--capacity)",
+            m.capacity.clone(),
+        );
+        r.register(
+            "slots_held",
+            "Slots held by the host's procs (the sum of their max_actions)",
+            m.slots_held.clone(),
+        );
+        r.register(
             "admin_refused",
             "Admin HTTP requests refused for a missing or wrong token",
             m.admin_refused.clone(),
@@ -196,6 +210,8 @@ impl HostMetrics {
         self.heartbeats
             .set(link.heartbeats.load(Ordering::Relaxed) as i64);
         self.blob_transfers.set(host.blob_transfers() as i64);
+        self.capacity.set(i64::from(host.capacity()));
+        self.slots_held.set(i64::from(host.slots_held()));
         for (request, n) in host.refusals() {
             self.forbidden
                 .get_or_create(&RequestLabel { request })

@@ -331,6 +331,17 @@ impl Host {
         &self.inner.paths
     }
 
+    /// How many actions the host runs at once: its `capacity`, else its logical CPUs; the
+    /// `max_actions` of its procs sum to at most this (HST-25).
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity()
+    }
+
+    /// The slots its procs hold, launched or launching: the sum of their `max_actions`.
+    pub fn slots_held(&self) -> u32 {
+        self.inner.table.slots_used()
+    }
+
     /// The configuration the host runs with.
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
@@ -343,7 +354,13 @@ impl Host {
         if self.inner.is_shutting_down() {
             return Err(HostError::ShuttingDown);
         }
-        let reservation = self.inner.table.reserve(&spec.name)?;
+        let mut spec = spec;
+        let reservation =
+            self.inner
+                .table
+                .reserve(&spec.name, spec.config.max_actions, self.inner.capacity())?;
+        // HST-25: the proc runs with the slots it holds, and is respawned with them.
+        spec.config.max_actions = Some(reservation.slots);
         let inner = self.inner.clone();
         let span = tracing::info_span!("spawn", proc = %spec.name);
         tokio::spawn(
@@ -621,10 +638,15 @@ impl HostInner {
         self.node.actor_id(BOOTSTRAP_ACTOR).expect("valid name")
     }
 
+    /// How many actions the host runs at once: `capacity`, else its logical CPUs (HST-25).
+    pub(crate) fn capacity(&self) -> u32 {
+        self.config.capacity.unwrap_or_else(logical_cpus)
+    }
+
     pub(crate) fn host_info(&self) -> HostInfo {
         HostInfo {
             addr: self.node.addr().clone(),
-            capacity: self.config.capacity.unwrap_or_else(logical_cpus),
+            capacity: self.capacity(),
             labels: self.config.labels.clone(),
             system: self.system.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -64,6 +64,7 @@ mod policy;
 mod registration;
 mod respawn;
 mod service;
+pub mod slots;
 pub mod system;
 mod table;
 

@@ -86,6 +86,7 @@ impl HostInner {
             mut callbacks,
             handle: publish,
             secret,
+            slots: _,
         } = reservation;
         let launched = async {
             let proc_id = self

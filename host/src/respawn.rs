@@ -156,10 +156,11 @@ impl HostInner {
             if self.is_shutting_down() {
                 return self.respawns.abandon(name);
             }
-            let reservation = match self.table.reserve(name) {
+            let asks = spec.config.max_actions;
+            let reservation = match self.table.reserve(name, asks, self.capacity()) {
                 Ok(reservation) => reservation,
                 Err(error) => {
-                    // Someone spawned the name meanwhile: theirs it is.
+                    // Someone spawned the name (or took its slots) meanwhile: theirs it is.
                     tracing::info!(%error, "not respawning");
                     return self.respawns.abandon(name);
                 }

@@ -46,6 +46,8 @@ struct Entry {
     handle: watch::Receiver<Option<ProcHandle>>,
     /// The bootstrap secret the proc proves on its backend link (HST-18).
     secret: [u8; 32],
+    /// The slots it holds (its `max_actions`, HST-25).
+    slots: u32,
 }
 
 /// What a spawn holds while it launches the proc: it publishes the handle through it.
@@ -54,6 +56,8 @@ pub(crate) struct Reservation {
     pub handle: watch::Sender<Option<ProcHandle>>,
     /// The proc's bootstrap secret, passed to it at launch.
     pub secret: [u8; 32],
+    /// The slots granted to it: its `max_actions` (HST-25).
+    pub slots: u32,
 }
 
 /// Checks a name a user wants to spawn (HST-1).
@@ -74,8 +78,14 @@ pub(crate) struct ProcTable {
 }
 
 impl ProcTable {
-    /// Takes `name` for a new proc (HST-1), drawing its bootstrap secret (HST-18).
-    pub fn reserve(&self, name: &str) -> Result<Reservation, HostError> {
+    /// Takes `name` for a new proc (HST-1), drawing its bootstrap secret (HST-18), with the
+    /// slots it `asks` for out of the host's `capacity` (HST-25).
+    pub fn reserve(
+        &self,
+        name: &str,
+        asks: Option<u32>,
+        capacity: u32,
+    ) -> Result<Reservation, HostError> {
         check_spawn_name(name)?;
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret).map_err(|e| {
@@ -85,6 +95,8 @@ impl ProcTable {
         if entries.contains_key(name) {
             return Err(HostError::NameInUse(name.to_owned()));
         }
+        let used = entries.values().map(|e| e.slots).sum();
+        let slots = crate::slots::grant(name, asks, used, capacity)?;
         let (cb_tx, cb_rx) = mpsc::unbounded_channel();
         let (h_tx, h_rx) = watch::channel(None);
         entries.insert(
@@ -93,12 +105,14 @@ impl ProcTable {
                 callbacks: cb_tx,
                 handle: h_rx,
                 secret,
+                slots,
             },
         );
         Ok(Reservation {
             callbacks: cb_rx,
             handle: h_tx,
             secret,
+            slots,
         })
     }
 
@@ -175,6 +189,12 @@ impl ProcTable {
         entries.keys().cloned().collect()
     }
 
+    /// The slots held by the procs in the table (HST-25).
+    pub fn slots_used(&self) -> u32 {
+        let entries = self.entries.lock().expect("proc table lock");
+        entries.values().map(|e| e.slots).sum()
+    }
+
     /// How many names are taken.
     pub fn len(&self) -> usize {
         self.entries.lock().expect("proc table lock").len()
@@ -209,8 +229,11 @@ mod tests {
     #[tokio::test]
     async fn a_name_is_held_once_until_released() {
         let table = ProcTable::default();
-        let r = table.reserve("w").unwrap();
-        assert!(matches!(table.reserve("w"), Err(HostError::NameInUse(_))));
+        let r = table.reserve("w", Some(1), 4).unwrap();
+        assert!(matches!(
+            table.reserve("w", Some(1), 4),
+            Err(HostError::NameInUse(_))
+        ));
         assert_eq!(
             table.backend_identity("w"),
             Some((r.secret, Launched::Launching))
@@ -225,7 +248,29 @@ mod tests {
         ));
         table.release("w", None);
         assert_eq!(table.len(), 0);
-        let again = table.reserve("w").unwrap();
+        let again = table.reserve("w", Some(1), 4).unwrap();
         assert_ne!(again.secret, r.secret, "a fresh secret for every proc");
+    }
+
+    // Attests HST-25
+    #[test]
+    fn slots_are_held_until_released() {
+        let table = ProcTable::default();
+        let a = table.reserve("a", None, 3).unwrap();
+        assert_eq!(a.slots, 3, "no ask: every slot left");
+        assert!(matches!(
+            table.reserve("b", Some(1), 3),
+            Err(HostError::NoCapacity { left: 0, .. })
+        ));
+        assert_eq!(
+            table.names(),
+            vec!["a".to_owned()],
+            "a refusal takes nothing"
+        );
+        drop(a.handle);
+        table.release("a", None);
+        let b = table.reserve("b", Some(2), 3).unwrap();
+        assert_eq!((b.slots, table.slots_used()), (2, 2));
+        assert_eq!(table.reserve("c", None, 3).unwrap().slots, 1);
     }
 }

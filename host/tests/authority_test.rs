@@ -28,7 +28,11 @@ use utils::{eventually, issue, quic_node, test_agent, test_host, T};
 fn spec(name: &str) -> SpawnSpec {
     SpawnSpec {
         name: name.into(),
-        config: ProcConfig::default(),
+        // One slot: a spawn naming none takes every slot left (HST-25).
+        config: ProcConfig {
+            max_actions: Some(1),
+            ..ProcConfig::default()
+        },
     }
 }
 

@@ -19,7 +19,11 @@ use utils::{eventually, quic_node, test_host, test_host_with, T};
 fn spec(name: &str) -> SpawnSpec {
     SpawnSpec {
         name: name.to_owned(),
-        config: ProcConfig::default(),
+        // One slot: a spawn naming none takes every slot left (HST-25).
+        config: ProcConfig {
+            max_actions: Some(1),
+            ..ProcConfig::default()
+        },
     }
 }
 
@@ -28,6 +32,7 @@ fn spec_timeout(name: &str, ready_timeout_ms: u64) -> SpawnSpec {
         name: name.to_owned(),
         config: ProcConfig {
             ready_timeout_ms: Some(ready_timeout_ms),
+            max_actions: Some(1),
             ..ProcConfig::default()
         },
     }
@@ -394,6 +399,7 @@ async fn bulk_terminate_is_bounded_and_reports_attempted_ok_failed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::ephemeral(dir.path().join("state"), identity.clone());
     config.kill_wait_ms = 200;
+    config.capacity = Some(6); // six procs of one slot (HST-25)
     let identity = utils::issue(&ca, procmesh_transport::Role::Orchestrator);
     let host = Host::start(config, Arc::new(Immortal(inner)))
         .await

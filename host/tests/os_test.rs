@@ -62,6 +62,8 @@ async fn os_host(binary: Option<PathBuf>) -> OsHost {
     std::fs::create_dir_all(&bin).unwrap();
     let script = write_script(&bin, "agent.sh");
     let mut config = HostConfig::ephemeral(dir.path().join("state"), identity);
+    // Room for every proc of 3 slots these tests start (HST-25).
+    config.capacity = Some(64);
     config.proc_binary = Some(binary.unwrap_or_else(|| script.clone()));
     config.allowed_dir = Some(bin);
     config.kill_wait_ms = 5_000;
@@ -364,6 +366,8 @@ async fn a_binary_replaced_after_the_first_launch_or_with_another_hash_is_refuse
     std::fs::create_dir_all(&bin).unwrap();
     let script = write_script(&bin, "agent.sh");
     let mut config = HostConfig::ephemeral(dir.path().join("state"), identity);
+    // Room for every proc of 3 slots these tests start (HST-25).
+    config.capacity = Some(64);
     config.proc_binary = Some(script);
     config.allowed_dir = Some(bin);
     config.proc_binary_blake3 = Some(BlobHash::of(b"another binary"));

@@ -14,7 +14,11 @@ use utils::{identity, orchestrator, test_host_in, T};
 fn spec(name: &str) -> SpawnSpec {
     SpawnSpec {
         name: name.to_owned(),
-        config: ProcConfig::default(),
+        // One slot: a spawn naming none takes every slot left (HST-25).
+        config: ProcConfig {
+            max_actions: Some(1),
+            ..ProcConfig::default()
+        },
     }
 }
 

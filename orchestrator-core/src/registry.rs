@@ -241,16 +241,20 @@ impl Registry {
     pub fn views(&self, book: &Book) -> Vec<HostView> {
         self.hosts
             .values()
-            .map(|entry| HostView {
-                info: entry.info.clone(),
-                state: entry.state,
-                last_heartbeat: entry.last_seen,
-                procs: entry.procs.clone(),
-                running: entry
+            .map(|entry| {
+                let placed: Vec<u64> = entry
                     .procs
                     .iter()
                     .map(|p| book.placed_on(p.agent.proc_id()).count() as u64)
-                    .sum(),
+                    .collect();
+                HostView {
+                    info: entry.info.clone(),
+                    state: entry.state,
+                    last_heartbeat: entry.last_seen,
+                    procs: entry.procs.clone(),
+                    running: placed.iter().sum(),
+                    placed,
+                }
             })
             .collect()
     }

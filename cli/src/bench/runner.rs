@@ -317,6 +317,8 @@ async fn measure(
     // The non-isolated runner first (isolation = none: plain processes, still in cgroups).
     let mut config = HostConfig::ephemeral(dir.join("host"), node_id.clone());
     config.isolation = IsolationMode::None;
+    // The runner proc below holds every slot; probes take one beside it (HST-25).
+    config.capacity = Some(concurrency + 1);
     let host = Host::start(config, Arc::new(manager)).await?;
 
     // Spawn → ready, a few times.
@@ -326,7 +328,10 @@ async fn measure(
         let handle = host
             .spawn(SpawnSpec {
                 name: format!("probe-{i}"),
-                config: ProcConfig::default(),
+                config: ProcConfig {
+                    max_actions: Some(1),
+                    ..ProcConfig::default()
+                },
             })
             .await?;
         samples.push(t.elapsed().as_secs_f64() * 1e3);
@@ -379,6 +384,7 @@ async fn measure(
     // The isolated runner: the same load on a host in `namespaces` mode.
     let mut config = HostConfig::ephemeral(dir.join("host-isolated"), node_id);
     config.isolation = IsolationMode::Namespaces;
+    config.capacity = Some(concurrency);
     let host = Host::start(config, Arc::new(OsProcManager::new(None, None)?)).await?;
     let (isolated_per_s, _, client) =
         runner_rate(&host, dir, &worker_bin, client_id, budget, concurrency).await?;
@@ -507,6 +513,7 @@ impl Load {
                 lsn: Lsn(*lsn),
                 attempt: Attempt::FIRST,
                 priority: 0,
+                queue: 0,
                 action: ActionDef::new(self.worker_id),
             };
             let req = AgentRequest::Submit {

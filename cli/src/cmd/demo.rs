@@ -33,7 +33,7 @@ pub struct DemoArgs {
     /// Proc agents (OS processes) the host starts.
     #[arg(long, default_value_t = 2)]
     procs: u32,
-    /// Actions each proc runs at once (default: logical CPUs).
+    /// Actions each proc runs at once (default: an even share of the logical CPUs).
     #[arg(long)]
     max_actions: Option<u32>,
     /// Every N-th action fails its first attempt (0: none); every 5N-th fails twice.

@@ -40,13 +40,14 @@ pub struct HostArgs {
     /// A label announced at registration, KEY=VALUE; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Actions the host announces it runs at once (default: logical CPUs).
+    /// Most actions the host runs at once, across all its procs (default: logical CPUs). The
+    /// procs it starts share it; their --max-actions may not add up to more.
     #[arg(long, env = "PROCMESH_CAPACITY")]
     capacity: Option<u32>,
     /// Proc agents to start at once, named proc-1 … proc-N.
     #[arg(long, env = "PROCMESH_PROCS", default_value_t = 0)]
     procs: u32,
-    /// Most actions each started proc runs at once (default: logical CPUs).
+    /// Most actions each started proc runs at once (default: an even share of --capacity).
     #[arg(long, env = "PROCMESH_MAX_ACTIONS")]
     max_actions: Option<u32>,
     /// This node's name, when its certificate names none (a fleet-wide host certificate);
@@ -158,15 +159,24 @@ impl HostArgs {
 }
 
 pub fn run(args: HostArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let mut config = args.config()?;
+    // HST-26: the starting procs share the capacity; too many slots is refused up front.
+    let plan = procmesh_host::slots::plan(
+        config.capacity,
+        args.procs,
+        args.max_actions,
+        procmesh_host::system::logical_cpus(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    config.capacity = Some(plan.capacity);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("host")
         .build()?;
-    runtime.block_on(serve(args, config))
+    runtime.block_on(serve(args, config, plan.per_proc))
 }
 
-async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
+async fn serve(args: HostArgs, config: HostConfig, slots: Vec<u32>) -> anyhow::Result<()> {
     // Before anything starts, so that a supervisor's signal is never lost.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -189,11 +199,11 @@ async fn serve(args: HostArgs, config: HostConfig) -> anyhow::Result<()> {
     )
     .await?;
     let mut procs = Vec::new();
-    for i in 1..=args.procs {
+    for (i, slots) in (1..).zip(slots) {
         let spec = SpawnSpec {
             name: format!("proc-{i}"),
             config: ProcConfig {
-                max_actions: args.max_actions,
+                max_actions: Some(slots),
                 ..ProcConfig::default()
             },
         };

@@ -657,6 +657,18 @@ pub enum HostError {
     /// The sender's verified identity may not make this request; nothing changed.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The proc would take more slots than the host has left (HST-25); nothing changed.
+    #[error("proc {name:?} asks for {asked} slots but the host has {left} of its {capacity} left")]
+    NoCapacity {
+        /// The proc.
+        name: String,
+        /// The slots it asked for (1 when it named none: at least one).
+        asked: u32,
+        /// The slots not held by other procs.
+        left: u32,
+        /// The host's capacity.
+        capacity: u32,
+    },
 }
 
 impl HostError {
@@ -679,6 +691,7 @@ impl HostError {
             HostError::ShuttingDown => "shutting_down",
             HostError::Internal(_) => "internal",
             HostError::Forbidden(_) => "forbidden",
+            HostError::NoCapacity { .. } => "no_capacity",
         }
     }
 }

@@ -34,6 +34,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod explain;
 pub mod host;
 pub mod orchestrator;
 pub mod requests;

@@ -277,6 +277,7 @@ pub fn action_spec() -> impl Strategy<Value = ActionSpec> {
             lsn,
             attempt,
             priority,
+            queue: 0,
             action,
         }
     })
@@ -681,18 +682,22 @@ pub fn orchestrator_result() -> impl Strategy<Value = Result<OrchestratorReply, 
         timestamp(),
         vec(proc_capacity(), 0..2),
         any::<u64>(),
+        vec(any::<u64>(), 0..2),
     )
-        .prop_map(|(info, alive, last_heartbeat, procs, running)| HostView {
-            info,
-            state: if alive {
-                HostState::Alive
-            } else {
-                HostState::Lost
+        .prop_map(
+            |(info, alive, last_heartbeat, procs, running, placed)| HostView {
+                info,
+                state: if alive {
+                    HostState::Alive
+                } else {
+                    HostState::Lost
+                },
+                last_heartbeat,
+                procs,
+                running,
+                placed,
             },
-            last_heartbeat,
-            procs,
-            running,
-        });
+        );
     let reply = prop_oneof![
         Just(R::Ack),
         (any::<u64>(), any::<u64>()).prop_map(|(heartbeat_interval_ms, lost_after_ms)| {

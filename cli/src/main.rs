@@ -9,6 +9,7 @@
 mod bench;
 mod cmd;
 mod local_mesh;
+mod otlp;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,11 @@ struct Cli {
     /// Proc agents a host starts inherit it.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
+    /// Export action-attempt spans as OTLP/HTTP JSON to this collector, e.g.
+    /// http://127.0.0.1:4318 (`/v1/traces` is appended; plain http only). Default:
+    /// $PROCMESH_OTLP_ENDPOINT, else off. Proc agents a host starts inherit it.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,23 +85,58 @@ enum Command {
 
 /// Installs the one subscriber: `RUST_LOG` filters (default `warn`); the format is the flag,
 /// else `PROCMESH_LOG_FORMAT`, else text; ANSI colours only when stderr is a terminal, so a
-/// node logging to a file or journald writes plain text.
-fn init_tracing(flag: Option<LogFormat>) {
+/// node logging to a file or journald writes plain text. With an OTLP endpoint (`--otlp-endpoint`,
+/// else `PROCMESH_OTLP_ENDPOINT`), `attempt` spans are also exported, under their own filter
+/// (`RUST_LOG` does not hide them); the guard flushes them on exit. A bad endpoint is an error.
+fn init_tracing(
+    flag: Option<LogFormat>,
+    otlp_endpoint: Option<&str>,
+    role: &str,
+) -> anyhow::Result<Option<otlp::OtlpGuard>> {
     use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, Registry};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let json = match flag {
         Some(format) => format == LogFormat::Json,
         None => std::env::var(LOG_FORMAT_ENV).is_ok_and(|v| v == "json"),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (otlp_layer, guard) = match otlp::configured_endpoint(otlp_endpoint) {
+        Some(endpoint) => {
+            let (layer, guard) = otlp::OtlpLayer::new(&endpoint, role).map_err(|e| {
+                e.context(format!(
+                    "bad OTLP endpoint (--otlp-endpoint, else ${})",
+                    otlp::ENDPOINT_ENV
+                ))
+            })?;
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let fmt: Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> = if json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.init();
+        fmt.with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otlp_layer.map(otlp::OtlpLayer::filtered))
+        .init();
+    Ok(guard)
+}
+
+/// The `procmesh.role` resource attribute of exported spans.
+fn role(command: &Command) -> &'static str {
+    match command {
+        Command::Host(_) => "host",
+        Command::Orchestrator(_) => "orchestrator",
+        Command::ProcAgent => "proc-agent",
+        Command::Demo(_) => "demo",
+        _ => "other",
     }
 }
 
@@ -115,14 +156,33 @@ fn main() -> ExitCode {
         };
         std::env::set_var(LOG_FORMAT_ENV, value);
     }
-    init_tracing(cli.log_format);
-    match run(cli) {
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        // Likewise: proc agents a host starts export to the same collector.
+        std::env::set_var(otlp::ENDPOINT_ENV, endpoint);
+    }
+    let otlp = match init_tracing(
+        cli.log_format,
+        cli.otlp_endpoint.as_deref(),
+        role(&cli.command),
+    ) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprint!("{}", render_error(&error));
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprint!("{}", render_error(&error));
             ExitCode::FAILURE
         }
+    };
+    // Best effort: the last attempt spans, 2 s at most.
+    if let Some(guard) = otlp {
+        guard.shutdown();
     }
+    code
 }
 
 /// `error: <top>` and one `  caused by: <cause>` line per cause of the chain; no backtrace,

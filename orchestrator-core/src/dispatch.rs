@@ -65,6 +65,7 @@ impl Core {
                 lsn: attempt.lsn,
                 attempt: attempt.attempt,
                 priority: d.priority,
+                queue: d.queue,
                 action: def,
             };
             match per_proc.iter_mut().find(|(p, _, _)| *p == proc) {

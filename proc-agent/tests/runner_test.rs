@@ -286,6 +286,7 @@ async fn over_capacity_submissions_are_refused() {
         lsn: a.lsn,
         attempt: a.attempt,
         priority: 0,
+        queue: 0,
         action: ActionDef::new(worker),
     };
     assert_eq!(

@@ -432,6 +432,7 @@ impl Runner {
             "attempt",
             lsn = %attempt.lsn,
             attempt = %attempt.attempt,
+            queue = spec.queue,
             trace_id = tp.and_then(|t| t.get(3..35)),
             parent_span_id = tp.and_then(|t| t.get(36..52)),
         );

@@ -268,6 +268,7 @@ impl Harness {
             lsn,
             attempt: Attempt::FIRST,
             priority: 0,
+            queue: 0,
             action,
         }
     }

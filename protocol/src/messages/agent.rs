@@ -85,6 +85,10 @@ pub struct ActionSpec {
     /// The priority it was scheduled with (higher first).
     #[serde(default)]
     pub priority: i32,
+    /// The id of the action's queue, for the attempt's span and log lines (0 when an older
+    /// orchestrator did not send it).
+    #[serde(default)]
+    pub queue: u64,
     /// What to run.
     pub action: ActionDef,
 }

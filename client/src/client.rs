@@ -317,10 +317,11 @@ impl Client {
             path: output.path.clone(),
             reason,
         })?;
+        let dest = dest_dir.join(&output.path);
+        refuse_symlinks(dest_dir, &output.path).await?;
         let blob = self
             .fetch_with(output.hash, &output.path, location, ticket)
             .await?;
-        let dest = dest_dir.join(&output.path);
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -447,4 +448,28 @@ pub(crate) fn unexpected(request: &'static str, reply: &OrchestratorReply) -> Cl
         request,
         reply: text,
     }
+}
+
+/// Refuses a download whose destination, `dest_dir` joined with the (validated, relative)
+/// `path`, would be reached through a symbolic link: each directory already there below
+/// `dest_dir`, and the file itself, must be what they seem, so that a link planted in the
+/// download directory cannot send an output elsewhere.
+async fn refuse_symlinks(dest_dir: &Path, path: &str) -> Result<(), ClientError> {
+    let mut at = dest_dir.to_path_buf();
+    for part in Path::new(path).components() {
+        at.push(part);
+        match tokio::fs::symlink_metadata(&at).await {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let error = std::io::Error::other(
+                    "is a symbolic link: refusing to write an output through it",
+                );
+                return Err(ClientError::io(&at)(error));
+            }
+            Ok(_) => {}
+            // Nothing there yet: nothing below it either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ClientError::io(&at)(e)),
+        }
+    }
+    Ok(())
 }

@@ -6,12 +6,14 @@
 //! - `admin` — the admin HTTP listener flags every node shares.
 //! - `certs` — a mesh CA and identities signed by it.
 //! - `common` — what every client command shares: settings, connecting, argument parsers.
-//! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`), `explain` — client commands.
+//! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`), `explain` — client commands;
+//!   `download` — `result --all --download`, in parallel.
 
 pub mod admin;
 pub mod certs;
 pub mod common;
 pub mod demo;
+pub mod download;
 pub mod exec;
 pub mod explain;
 pub mod host;

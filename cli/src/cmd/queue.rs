@@ -361,12 +361,24 @@ fn print_hosts(hosts: &[HostView]) {
         println!("no hosts");
         return;
     }
+    // Slots as the scheduler counts them (ORC-16): a proc's maximum, the actions placed on it,
+    // and what is left; a host's are its procs', bounded by its capacity (HST-25).
     println!(
-        "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {:<18} labels",
-        "address", "node", "state", "capacity", "procs", "free", "placed", "hostname", "isolation"
+        "{:<28} {:<16} {:<6} {:>8} {:>5} {:>6} {:>6}  {:<16} {:<18} labels",
+        "address", "node", "state", "capacity", "procs", "used", "free", "hostname", "isolation"
     );
     for host in hosts {
-        let free: u64 = host.procs.iter().map(|p| u64::from(p.capacity.free)).sum();
+        let slots: Vec<(u64, u64)> = host
+            .procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let used = host.placed.get(i).copied().unwrap_or(0);
+                (used, u64::from(p.capacity.max).saturating_sub(used))
+            })
+            .collect();
+        let used: u64 = slots.iter().map(|s| s.0).sum();
+        let free: u64 = slots.iter().map(|s| s.1).sum();
         let labels: Vec<String> = host
             .info
             .labels
@@ -382,7 +394,7 @@ fn print_hosts(hosts: &[HostView]) {
             None => "unknown".to_owned(),
         };
         println!(
-            "{:<28} {:<16} {:<6} {:>8} {:>5} {:>8} {:>6}  {:<16} {:<18} {}",
+            "{:<28} {:<16} {:<6} {:>8} {:>5} {:>6} {:>6}  {:<16} {:<18} {}",
             host.info.addr.to_string(),
             host.info.node,
             match host.state {
@@ -391,8 +403,8 @@ fn print_hosts(hosts: &[HostView]) {
             },
             host.info.capacity,
             host.procs.len(),
+            used,
             free,
-            host.running,
             host.info.system.hostname,
             isolation,
             labels.join(",")
@@ -402,17 +414,58 @@ fn print_hosts(hosts: &[HostView]) {
                 println!("  warning: {warning}");
             }
         }
-        // One line per proc: its agent, free of total slots, and how often the host respawned it.
-        for proc in &host.procs {
+        // One line per proc: its agent, its slots used/free of its maximum, and how often the
+        // host respawned it.
+        for (proc, (used, free)) in host.procs.iter().zip(slots) {
             println!(
-                "  {:<40} free {}/{}  restarts {}",
+                "  {:<40} slots {used} used, {free} free of {}  restarts {}",
                 proc.agent.to_string(),
-                proc.capacity.free,
                 proc.capacity.max,
                 proc.restarts
             );
         }
     }
+}
+
+/// `procmesh result --all`: every finished result, one line each; with `--download`, their
+/// outputs (see [`super::download`]) and a summary line.
+async fn show_all(client: &Client, queue: &Queue, args: &ResultArgs) -> anyhow::Result<()> {
+    let results = queue.all_results().await?;
+    let Some(dir) = &args.download else {
+        if args.client.json {
+            return print_json(&results);
+        }
+        for result in &results {
+            print_record(&result.record);
+        }
+        return Ok(());
+    };
+    let summary = super::download::download_all(client, results, dir, !args.client.json).await;
+    if args.client.json {
+        print_json(&summary)?;
+    } else {
+        for why in &summary.failed {
+            eprintln!("failed: {why}");
+        }
+        println!(
+            "{} actions, {} files: {} downloaded ({}), {} already there, {} failed, into {} in {:.1} s",
+            summary.actions,
+            summary.files,
+            summary.downloaded,
+            super::download::human_bytes(summary.bytes),
+            summary.skipped,
+            summary.failed.len(),
+            dir.display(),
+            summary.elapsed_ms as f64 / 1000.0
+        );
+    }
+    anyhow::ensure!(
+        summary.failed.is_empty(),
+        "{} of {} files were not downloaded",
+        summary.failed.len(),
+        summary.files
+    );
+    Ok(())
 }
 
 /// Flags of `procmesh result`.
@@ -423,10 +476,14 @@ pub struct ResultArgs {
     #[command(flatten)]
     pub queue: QueueArg,
     /// The action.
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+    pub lsn: Option<u64>,
+    /// Every finished result of the queue (not yet retired) instead of one.
     #[arg(long)]
-    pub lsn: u64,
-    /// Download its outputs into this directory.
-    #[arg(long)]
+    pub all: bool,
+    /// Download the outputs into this directory; with --all, each action's into DIR/<lsn>/,
+    /// several at once, skipping files already there with the same size and hash.
+    #[arg(long, value_name = "DIR")]
     pub download: Option<PathBuf>,
 }
 
@@ -441,7 +498,9 @@ pub fn result(args: ResultArgs) -> anyhow::Result<()> {
 
 async fn show_result(client: &Client, args: &ResultArgs) -> anyhow::Result<()> {
     let queue: Queue = client.queue(args.queue.queue).await?;
-    let lsn = Lsn(args.lsn);
+    let Some(lsn) = args.lsn.map(Lsn) else {
+        return show_all(client, &queue, args).await;
+    };
     let Some(result) = queue.result(lsn).await? else {
         // Not finished, or retired: say which.
         let view = queue.action(lsn).await?;

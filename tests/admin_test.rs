@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use procmesh_client::{Client, ClientConfig, WorkerBuilder};
+use procmesh_client::WorkerBuilder;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
 use procmesh_protocol::ActorId;
@@ -172,6 +172,8 @@ async fn readiness_follows_the_procs_and_metrics_move_as_actions_complete() {
             "2",
             "--max-actions",
             "2",
+            "--capacity",
+            "4",
         ])
         .args(["--isolation", "none", "--admin-listen", &host_admin])
         .env("RUST_LOG", "error")
@@ -249,14 +251,14 @@ async fn readiness_follows_the_procs_and_metrics_move_as_actions_complete() {
         2.0
     );
     assert_eq!(sample(&host_metrics, "procmesh_host_registered"), 1.0);
+    // --capacity 4 held by 2 procs × --max-actions 2 (HST-25).
+    assert_eq!(sample(&host_metrics, "procmesh_host_capacity_slots"), 4.0);
+    assert_eq!(sample(&host_metrics, "procmesh_host_slots_held"), 4.0);
 
     // A workload: the counters move to completion.
     let before = scrape(&admin);
     let id: ActorId = id.parse().unwrap();
-    let mut config = ClientConfig::new(id, certs.client.clone());
-    config.bind = Some("127.0.0.1:0".parse().unwrap());
-    config.cache_dir = Some(dir.path().join("client-cache"));
-    let client = Client::connect(config).await.expect("client connects");
+    let client = utils::connect_client(&certs, &id, &dir.path().join("client-cache")).await;
     let worker = client
         .register_worker(
             &WorkerBuilder::new()

@@ -7,7 +7,6 @@ mod utils;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use procmesh_client::{Client, ClientConfig, WorkerBuilder};
 use procmesh_protocol::action::ActionState;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
@@ -68,19 +67,8 @@ async fn explain_names_busy_slots_unmet_labels_and_a_drained_queue() {
         (1, 1),
         &["--isolation", "none"],
     );
-    let mut config = ClientConfig::new(id.clone(), certs.client.clone());
-    config.bind = Some("127.0.0.1:0".parse().unwrap());
-    config.cache_dir = Some(dir.path().join("client-cache"));
-    let client = Client::connect(config).await.expect("client connects");
-    let worker = client
-        .register_worker(
-            &WorkerBuilder::new()
-                .bytes("run.sh", b"#!/bin/sh\nsleep 30\n".to_vec(), true)
-                .executable("run.sh")
-                .env("PATH", "/usr/bin:/bin"),
-        )
-        .await
-        .expect("worker registered");
+    let client = utils::connect_client(&certs, &id, &dir.path().join("client-cache")).await;
+    let worker = utils::shell_worker(&client, "sleep 30").await;
     let queue = client.create_queue(QueueConfig::default()).await.unwrap();
     let token = queue.token().expect("a token").to_string();
     let plain = |labels: &[(&str, &str)]| {

@@ -113,6 +113,7 @@ pub fn start_mesh_host(
     extra: &[&str],
 ) -> (Proc, HostAddr) {
     let (tls, node, orchestrator) = (certs.host_dir(), node_name(state), orchestrator.to_string());
+    let capacity = (procs * slots).to_string();
     let (procs, slots) = (procs.to_string(), slots.to_string());
     let mut args = vec![
         "--listen",
@@ -129,6 +130,8 @@ pub fn start_mesh_host(
         &procs,
         "--max-actions",
         &slots,
+        "--capacity",
+        &capacity,
     ];
     args.extend_from_slice(extra);
     let (proc, ready) = start_procmesh("host", &args);
@@ -272,4 +275,35 @@ pub fn orchestrator_id(node: &procmesh_transport::Node) -> ActorId {
 /// Where the `procmesh` binary lives (for the host's allow-list).
 pub fn bin_dir() -> PathBuf {
     procmesh_bin().parent().map(Path::to_path_buf).unwrap()
+}
+
+/// A client of the mesh orchestrator `orchestrator` with the test client identity, bound to
+/// loopback, caching blobs in `cache_dir`.
+pub async fn connect_client(
+    certs: &Certs,
+    orchestrator: &ActorId,
+    cache_dir: &Path,
+) -> procmesh_client::Client {
+    let mut config = procmesh_client::ClientConfig::new(orchestrator.clone(), certs.client.clone());
+    config.bind = Some("127.0.0.1:0".parse().unwrap());
+    config.cache_dir = Some(cache_dir.to_path_buf());
+    procmesh_client::Client::connect(config)
+        .await
+        .expect("client connects")
+}
+
+/// Registers a worker running `body` as a `/bin/sh` script (`run.sh`, `PATH=/usr/bin:/bin`).
+pub async fn shell_worker(
+    client: &procmesh_client::Client,
+    body: &str,
+) -> procmesh_protocol::spec::WorkerId {
+    client
+        .register_worker(
+            &procmesh_client::WorkerBuilder::new()
+                .bytes("run.sh", format!("#!/bin/sh\n{body}\n").into_bytes(), true)
+                .executable("run.sh")
+                .env("PATH", "/usr/bin:/bin"),
+        )
+        .await
+        .expect("worker registered")
 }

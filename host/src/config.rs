@@ -77,6 +77,9 @@ pub struct HostConfig {
     /// Grace period of a terminate that names none (bulk terminate at shutdown), in
     /// milliseconds, e.g. `10000`.
     pub terminate_grace_ms: u64,
+    /// On SIGTERM, how long the host lets running actions finish, taking no new work, before
+    /// it terminates its procs (HST-27), in milliseconds, e.g. `30000`; `0`: no drain.
+    pub drain_grace_ms: u64,
     /// How long to wait for a proc to exit after SIGKILL before the stop is reported as failed,
     /// in milliseconds, e.g. `5000`.
     pub kill_wait_ms: u64,
@@ -167,6 +170,7 @@ impl Default for HostConfig {
             proc_binary_blake3: None,
             ready_timeout_ms: 30_000,
             terminate_grace_ms: 10_000,
+            drain_grace_ms: HostConfig::default_drain_grace_ms(),
             kill_wait_ms: 5_000,
             terminate_concurrency: 8,
             agent_ask_timeout_ms: 2_000,
@@ -208,6 +212,15 @@ impl HostConfig {
     /// The paths inside the state directory.
     pub fn paths(&self) -> StatePaths {
         StatePaths::new(&self.state_dir)
+    }
+
+    fn default_drain_grace_ms() -> u64 {
+        30_000
+    }
+
+    /// [`drain_grace_ms`](Self::drain_grace_ms) as a duration.
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
     }
 
     /// [`terminate_grace_ms`](Self::terminate_grace_ms) as a duration.

@@ -54,6 +54,7 @@ pub mod admin;
 mod authority;
 mod blobs;
 pub mod config;
+pub mod drain;
 pub mod handle;
 pub mod host;
 pub mod isolation;

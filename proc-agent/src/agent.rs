@@ -13,7 +13,10 @@
 //! - **PA-AG-1** Transitions reach `report_to` in the order the runner reported them: one pump
 //!   task sends them one message after another over one link per destination (NODE-1); a
 //!   message that was not answered is sent again before anything later (PA-AG-4).
-//! - **PA-AG-2** After `Stop`, every new submission is refused with `Stopping`.
+//! - **PA-AG-2** After `Stop` or `Drain`, every new submission is refused with `Stopping`.
+//! - **PA-AG-7** After `Drain`, what runs goes on and reports as usual, and `Capacity` (and
+//!   `Status`) answer a maximum of 0: the orchestrator places nothing more on the proc but
+//!   keeps what is placed there.
 //! - **PA-AG-3** … **PA-AG-5**: reliable reports — the outbox, its acknowledgement rule and its
 //!   bound; see [`crate::outbox`].
 //! - **PA-AG-6** An [`AgentRequest`] is carried out only if it comes from this process, from
@@ -204,6 +207,16 @@ async fn probe_route(node: Node, probe: Probe) -> AgentResult {
 }
 
 impl ProcAgent {
+    /// What it offers: the runner's capacity, or nothing once it is stopping or draining
+    /// (PA-AG-7), so that heartbeats tell the orchestrator to place nothing more here.
+    fn capacity(&self) -> procmesh_protocol::messages::agent::Capacity {
+        if self.stopping {
+            procmesh_protocol::messages::agent::Capacity { max: 0, free: 0 }
+        } else {
+            self.runner.capacity()
+        }
+    }
+
     fn handle_now(&mut self, message: AgentRequest) -> AgentResult {
         match message {
             AgentRequest::Probe(_) => unreachable_probe(),
@@ -237,13 +250,22 @@ impl ProcAgent {
                     found: self.runner.cancel(attempt, reason),
                 })
             }
-            AgentRequest::Capacity => Ok(AgentReply::Capacity(self.runner.capacity())),
+            AgentRequest::Capacity => Ok(AgentReply::Capacity(self.capacity())),
             AgentRequest::Status => Ok(AgentReply::Status(AgentStatus {
                 proc_id: self.proc_id.clone(),
-                capacity: self.runner.capacity(),
+                capacity: self.capacity(),
                 actions: self.runner.status(),
                 stopping: self.stopping,
             })),
+            AgentRequest::Drain { reason } => {
+                let running = self.runner.status().len() as u32;
+                if !self.stopping {
+                    // PA-AG-2 from now on; what runs goes on (PA-AG-7).
+                    self.stopping = true;
+                    tracing::info!(%reason, running, "proc agent draining");
+                }
+                Ok(AgentReply::Stopping { running })
+            }
             AgentRequest::Stop { reason } => {
                 let running = self.runner.status().len() as u32;
                 if !self.stopping {

@@ -184,6 +184,7 @@ impl Message<Request<AgentRequest>> for TestAgent {
                 actions: self.running.clone(),
                 stopping: false,
             }),
+            AgentRequest::Drain { .. } => AgentReply::Stopping { running: 0 },
             AgentRequest::Stop { .. } => {
                 if !self.stubborn {
                     if let Some(stop) = self.stop.take() {

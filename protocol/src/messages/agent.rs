@@ -64,6 +64,14 @@ pub enum AgentRequest {
         /// Where to send their transitions (the orchestrator).
         report_to: ActorId,
     },
+    /// Stop accepting work but let what runs finish and report (a host draining before it
+    /// exits). New submissions are refused `Stopping`, and [`AgentRequest::Capacity`] answers
+    /// a maximum of 0, so that the orchestrator places nothing more here. A later `Stop` still
+    /// cancels what is left. Answered by [`AgentReply::Stopping`].
+    Drain {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What a [`AgentRequest::Probe`] asks.

@@ -3,8 +3,9 @@
 //! requested procs are ready and — with an orchestrator — the orchestrator has acknowledged a
 //! heartbeat offering them (HST-24), it prints `admin http://<addr>/` (unless `--admin-listen
 //! off`) and one line `ready <frontend address>` (or a JSON object with `--json`), and serves
-//! until SIGTERM or SIGINT, when it stops its procs and exits. Signals are handled from the
-//! start: one that arrives before `ready` stops the host as well.
+//! until SIGTERM or SIGINT. SIGTERM drains first: no new work, running actions finish within
+//! `drain_grace_ms` (HST-27); then, as on SIGINT, it stops its procs and exits. Signals are
+//! handled from the start: one that arrives before `ready` stops the host as well.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct HostArgs {
     /// procs it starts share it; their --max-actions may not add up to more.
     #[arg(long, env = "PROCMESH_CAPACITY")]
     capacity: Option<u32>,
+    /// On SIGTERM, how long running actions may finish (no new work is taken) before the
+    /// procs are terminated, in milliseconds; 0: no drain (default 30000).
+    #[arg(long, env = "PROCMESH_DRAIN_GRACE_MS")]
+    drain_grace_ms: Option<u64>,
     /// Proc agents to start at once, named proc-1 … proc-N.
     #[arg(long, env = "PROCMESH_PROCS", default_value_t = 0)]
     procs: u32,
@@ -124,6 +129,9 @@ impl HostArgs {
         if let Some(v) = self.capacity {
             config.capacity = Some(v);
         }
+        if let Some(v) = self.drain_grace_ms {
+            config.drain_grace_ms = v;
+        }
         if let Some(v) = &self.node_name {
             config.node_name = Some(v.clone());
         }
@@ -159,6 +167,8 @@ impl HostArgs {
 }
 
 pub fn run(args: HostArgs) -> anyhow::Result<()> {
+    // Before any thread (see notify::take_socket): the proc agents must not inherit it.
+    crate::notify::take_socket();
     let mut config = args.config()?;
     // HST-26: the starting procs share the capacity; too many slots is refused up front.
     let plan = procmesh_host::slots::plan(
@@ -184,6 +194,7 @@ async fn serve(args: HostArgs, config: HostConfig, slots: Vec<u32>) -> anyhow::R
     let manager = OsProcManager::new(config.proc_binary.clone(), config.allowed_dir.clone())
         .context("proc manager")?;
     let grace = config.terminate_grace();
+    let drain_grace = config.drain_grace();
     let (admin_listen, admin_token) =
         (config.admin_listen.clone(), config.admin_token_file.clone());
     let host = Host::start(config, Arc::new(manager))
@@ -251,11 +262,32 @@ async fn serve(args: HostArgs, config: HostConfig, slots: Vec<u32>) -> anyhow::R
         }
         println!("ready {}", host.addr());
     }
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+    // After the ready line: systemd (Type=notify) starts dependants only now.
+    crate::notify::notify_or_warn(&format!("READY=1\nSTATUS=ready {}", host.addr()));
     tracing::info!(addr = %host.addr(), procs = procs.len(), "host ready");
 
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    // SIGTERM (a supervisor stopping the node) drains first (HST-27); SIGINT (an operator's
+    // Ctrl-C) and a second signal during the drain stop at once.
+    let drain = tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => false,
+    };
+    if drain && !drain_grace.is_zero() {
+        crate::notify::notify_or_warn("STOPPING=1\nSTATUS=draining");
+        tracing::info!(grace = ?drain_grace, "draining: no new work, letting running actions finish");
+        tokio::select! {
+            outcome = host.drain(drain_grace) => {
+                if outcome.still_running > 0 {
+                    tracing::warn!(?outcome, "drain grace over: cancelling what still runs");
+                }
+            }
+            _ = term.recv() => tracing::warn!("second SIGTERM: stopping without waiting"),
+            _ = int.recv() => tracing::warn!("SIGINT: stopping without waiting"),
+        }
     }
     stop(&host, grace, admin).await
 }
@@ -266,6 +298,7 @@ async fn stop(
     grace: std::time::Duration,
     admin: Option<procmesh_admin::AdminServer>,
 ) -> anyhow::Result<()> {
+    crate::notify::notify_or_warn("STOPPING=1\nSTATUS=stopping");
     tracing::info!("stopping: terminating procs");
     let outcome = host.shutdown(grace).await;
     if let Some(admin) = admin {

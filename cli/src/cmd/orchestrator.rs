@@ -138,6 +138,8 @@ fn identity(config: &OrchestratorConfig) -> anyhow::Result<TlsIdentity> {
 
 /// Runs `procmesh orchestrator` until SIGTERM or SIGINT.
 pub fn run(args: OrchestratorArgs) -> anyhow::Result<()> {
+    // Before any thread (see notify::take_socket).
+    crate::notify::take_socket();
     let config = args.config()?;
     let identity = identity(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +192,15 @@ async fn serve(
         }
         println!("ready {}", orchestrator.actor_id());
     }
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+    // After the ready line: systemd (Type=notify) starts dependants only now.
+    crate::notify::notify_or_warn(&format!(
+        "READY=1\nSTATUS=ready {}",
+        orchestrator.actor_id()
+    ));
     tracing::info!(actor = %orchestrator.actor_id(), "orchestrator ready");
     tokio::select! {
         _ = term.recv() => {}
@@ -200,6 +211,7 @@ async fn serve(
             anyhow::bail!("the orchestrator stopped: its journal cannot commit (see the log)");
         }
     }
+    crate::notify::notify_or_warn("STOPPING=1\nSTATUS=stopping");
     tracing::info!("stopping");
     orchestrator.shutdown().await;
     if let Some(admin) = admin {

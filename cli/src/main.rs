@@ -9,6 +9,7 @@
 mod bench;
 mod cmd;
 mod local_mesh;
+mod notify;
 mod otlp;
 
 use std::process::ExitCode;
@@ -76,6 +77,9 @@ enum Command {
     Result(Box<cmd::queue::ResultArgs>),
     /// Why an action is (not) running, and the story of its attempts.
     Explain(Box<cmd::explain::ExplainArgs>),
+    /// GET a node's admin endpoint (default /readyz); exit 0 on a 2xx answer. For health
+    /// checks where the image holds only this binary.
+    Probe(Box<cmd::probe::ProbeArgs>),
     /// Measure this machine: figures beside raw baselines from the same run.
     Bench {
         #[command(subcommand)]
@@ -213,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts(args) => ok(cmd::queue::hosts(*args)),
         Command::Result(args) => ok(cmd::queue::result(*args)),
         Command::Explain(args) => ok(cmd::explain::run(*args)),
+        Command::Probe(args) => ok(cmd::probe::run(*args)),
     }
 }
 

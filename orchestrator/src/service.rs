@@ -23,7 +23,8 @@ use kameo::Actor;
 use procmesh_orchestrator_core::{Core, Effect, Env, Input, Outcome};
 use procmesh_protocol::messages::agent::ActionSpec;
 use procmesh_protocol::messages::orchestrator::{
-    OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueToken, QUEUE_TOKEN_LEN,
+    OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueToken, UpdateOutcome,
+    QUEUE_TOKEN_LEN,
 };
 use procmesh_protocol::{ActorId, AttemptRef, BlobHash, ProcId};
 use procmesh_transport::{BlobStore, Node, Request, WireReply};
@@ -464,9 +465,15 @@ impl Service {
         let env = ShellEnv { blobs: &self.blobs };
         let mut outcome = self.core.handle(input, now, &env);
         adjust(&self.gate, &mut outcome);
-        if let Some(Err(error)) = &outcome.reply {
-            tracing::debug!(%error, code = error.code(), "request refused");
-            self.observer.metrics.refused(error.code());
+        match &outcome.reply {
+            Some(Err(error)) => {
+                tracing::debug!(%error, code = error.code(), "request refused");
+                self.observer.metrics.refused(error.code());
+            }
+            Some(Ok(OrchestratorReply::Updated(UpdateOutcome::Ignored(ignored)))) => {
+                self.observer.metrics.ignored(ignored.code());
+            }
+            _ => {}
         }
         self.observer
             .observe(&self.core, &outcome.effects, outcome.changed);

@@ -7,6 +7,8 @@
 //! procmesh certs issue --ca-dir ca/ --role host --out host-a/ [--name host-a] [--san 10.0.0.5]
 //! procmesh certs issue --ca-dir ca/ --role client|operator --out me/ [--name alice]
 //!                                                      → ca.pem, cert.pem, key.pem (0600)
+//! procmesh certs bootstrap --dir certs/ [--owner 65532:65532]
+//!       → certs/{ca,orchestrator,host,client,operator}/…, certs/admin-token   (a small fleet)
 //! ```
 //!
 //! Existing files are never overwritten without `--force`. Keep `ca-key.pem` off the fleet.
@@ -33,6 +35,47 @@ pub enum CertsCommand {
     /// into the certificate as spiffe://<mesh>/<role>[/<name>]. Prints the serial (for
     /// revocation).
     Issue(IssueArgs),
+    /// Make, where missing, everything a small fleet needs in one directory: a CA (ca/), an
+    /// orchestrator identity (orchestrator/), a fleet-wide host identity (host/), a client and
+    /// an operator identity, and an admin token (admin-token). What exists is kept, so it can
+    /// run at every start of a fleet (e.g. a one-shot container).
+    Bootstrap(BootstrapArgs),
+}
+
+/// Flags of `procmesh certs bootstrap`.
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    /// Directory to fill (created).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The mesh's name, shown in the CA certificate.
+    #[arg(long, default_value = "procmesh")]
+    pub mesh: String,
+    /// The orchestrator's node name.
+    #[arg(long, default_value = "orchestrator")]
+    pub orchestrator_name: String,
+    /// An extra subject alternative name of the orchestrator (DNS name or IP); repeatable.
+    #[arg(long = "orchestrator-san")]
+    pub orchestrator_sans: Vec<String>,
+    /// Give what is written (but the CA's key) to this UID:GID, e.g. so that an orchestrator
+    /// running unprivileged can read its key and the admin token.
+    #[arg(long, value_parser = parse_owner)]
+    pub owner: Option<(u32, u32)>,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `UID:GID`.
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not UID:GID"))?;
+    let number = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a numeric id"))
+    };
+    Ok((number(uid)?, number(gid)?))
 }
 
 /// Flags of `procmesh certs init`.
@@ -105,6 +148,14 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             let written = init(&args)?;
             report(args.json, &written)
         }
+        CertsCommand::Bootstrap(args) => {
+            let written = bootstrap(&args)?;
+            if written.is_empty() && !args.json {
+                println!("{}: everything is there already", args.dir.display());
+                return Ok(());
+            }
+            report(args.json, &written)
+        }
         CertsCommand::Issue(args) => {
             let written = issue(&args)?;
             let identity = TlsIdentity::load(&args.out)?.identity()?;
@@ -122,6 +173,70 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Makes what is missing of a small fleet's identities (see [`CertsCommand::Bootstrap`]);
+/// returns the files written.
+pub fn bootstrap(args: &BootstrapArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let ca_dir = args.dir.join("ca");
+    let mut written = Vec::new();
+    if !ca_dir.join(CA_CERT_FILE).exists() {
+        written.extend(init(&InitArgs {
+            dir: ca_dir.clone(),
+            mesh: args.mesh.clone(),
+            valid_for: Duration::from_secs(87_600 * 3600),
+            force: false,
+            json: false,
+        })?);
+    }
+    let identities: [(&str, RoleArg, Option<&str>, &[String]); 4] = [
+        (
+            "orchestrator",
+            RoleArg::Orchestrator,
+            Some(&args.orchestrator_name),
+            &args.orchestrator_sans,
+        ),
+        ("host", RoleArg::Host, None, &[]),
+        ("client", RoleArg::Client, None, &[]),
+        ("operator", RoleArg::Operator, Some("operator"), &[]),
+    ];
+    let mut owned = Vec::new();
+    for (dir, role, name, sans) in identities {
+        let out = args.dir.join(dir);
+        if out.join(CERT_FILE).exists() {
+            continue;
+        }
+        let files = issue(&IssueArgs {
+            ca_dir: ca_dir.clone(),
+            role,
+            out: out.clone(),
+            name: name.map(str::to_owned),
+            sans: sans.to_vec(),
+            valid_for: Duration::from_secs(8_760 * 3600),
+            force: false,
+            json: false,
+        })?;
+        owned.push(out);
+        owned.extend(files.iter().cloned());
+        written.extend(files);
+    }
+    let token = args.dir.join("admin-token");
+    if !token.exists() {
+        let mut bytes = [0u8; 24];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| anyhow::anyhow!("drawing the admin token: {e}"))?;
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_file(&token, &format!("{text}\n"), 0o600)?;
+        owned.push(token.clone());
+        written.push(token);
+    }
+    if let Some((uid, gid)) = args.owner {
+        for path in &owned {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("giving {} to {uid}:{gid}", path.display()))?;
+        }
+    }
+    Ok(written)
 }
 
 fn report(json: bool, written: &[PathBuf]) -> anyhow::Result<()> {
@@ -246,6 +361,55 @@ mod tests {
             force: false,
             json: false,
         }
+    }
+
+    #[test]
+    fn bootstrap_makes_what_is_missing_and_keeps_what_is_there() {
+        use std::os::unix::fs::PermissionsExt;
+        procmesh_transport::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let args = BootstrapArgs {
+            dir: dir.path().join("fleet"),
+            mesh: "test".into(),
+            orchestrator_name: "orch".into(),
+            orchestrator_sans: vec!["10.0.0.1".into()],
+            owner: None,
+            json: false,
+        };
+        let written = bootstrap(&args).unwrap();
+        assert_eq!(written.len(), 2 + 4 * 3 + 1, "{written:?}");
+        for (sub, uri) in [
+            ("orchestrator", "spiffe://test/orchestrator/orch"),
+            ("host", "spiffe://test/host"),
+            ("client", "spiffe://test/client"),
+            ("operator", "spiffe://test/operator/operator"),
+        ] {
+            let identity = TlsIdentity::load(&args.dir.join(sub))
+                .unwrap()
+                .identity()
+                .unwrap();
+            assert_eq!(identity.uri(), uri);
+        }
+        let token = args.dir.join("admin-token");
+        let text = std::fs::read_to_string(&token).unwrap();
+        assert_eq!(text.trim().len(), 48);
+        assert!(text.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+        let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Again: nothing is replaced; a lost identity alone is made again, by the same CA.
+        let before = std::fs::read(args.dir.join("host/cert.pem")).unwrap();
+        assert!(bootstrap(&args).unwrap().is_empty());
+        std::fs::remove_dir_all(args.dir.join("client")).unwrap();
+        let again = bootstrap(&args).unwrap();
+        assert_eq!(again.len(), 3, "{again:?}");
+        assert_eq!(
+            std::fs::read(args.dir.join("host/cert.pem")).unwrap(),
+            before
+        );
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), text);
+        assert!(parse_owner("65532:65532").is_ok());
+        assert!(parse_owner("procmesh").is_err());
+        assert!(parse_owner("a:1").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `orchestrator` — queues, scheduling, retries, results, events.
 //! - `admin` — the admin HTTP listener flags every node shares.
 //! - `certs` — a mesh CA and identities signed by it.
+//! - `probe` — one GET of an admin endpoint, for health checks in images without curl.
 //! - `common` — what every client command shares: settings, connecting, argument parsers.
 //! - `exec`, `submit`, `watch`, `queue` (also `hosts`, `result`), `explain` — client commands;
 //!   `download` — `result --all --download`, in parallel.
@@ -18,6 +19,7 @@ pub mod exec;
 pub mod explain;
 pub mod host;
 pub mod orchestrator;
+pub mod probe;
 pub mod queue;
 pub mod submit;
 pub mod watch;

@@ -25,6 +25,7 @@
 //! | `procmesh_requests_refused_total` | counter: requests answered with an error | `code` |
 //! | `procmesh_forbidden_total` | counter: requests and connections refused by authority | `request` |
 //! | `procmesh_admin_refused_total` | counter: admin HTTP requests refused (no or wrong token) | |
+//! | `procmesh_updates_ignored_total` | counter: agent reports not applied (a stale attempt's, a finished action's, …) | `reason` |
 //!
 //! `reason` is a small fixed set ([`reason_of`]): `host_lost`, `host_restarted`, `proc_lost`,
 //! `silent`, `submit_failed`, `sandbox_setup`, `oom`, `timeout`, `cancelled`, `exit`, `other`.
@@ -87,6 +88,7 @@ pub(crate) struct Metrics {
     pub refused: Family<CodeLabel, Counter>,
     pub forbidden: Family<RequestLabel, Counter>,
     pub admin_refused: Counter,
+    pub ignored: Family<ReasonLabel, Counter>,
     /// The gate's refusal counts as last added to `forbidden`.
     forbidden_seen: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -120,6 +122,7 @@ impl Metrics {
             refused: Family::default(),
             forbidden: Family::default(),
             admin_refused: Counter::default(),
+            ignored: Family::default(),
             forbidden_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -211,6 +214,11 @@ impl Metrics {
             "Admin HTTP requests refused for a missing or wrong token",
             m.admin_refused.clone(),
         );
+        r.register(
+            "updates_ignored",
+            "Agent reports not applied, by why: stale (an earlier attempt's), finished, …",
+            m.ignored.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -230,6 +238,13 @@ impl Metrics {
                 state: state.as_str(),
             })
             .inc();
+    }
+
+    /// An agent's report not applied, for `reason` (the [`Ignored`] variant).
+    ///
+    /// [`Ignored`]: procmesh_protocol::Ignored
+    pub(crate) fn ignored(&self, reason: &'static str) {
+        self.ignored.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// A request answered with the error `code`.

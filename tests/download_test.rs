@@ -13,7 +13,7 @@ use std::time::Duration;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
 use procmesh_transport::Role;
-use utils::{procmesh_bin, start_mesh_host, start_orchestrator, Certs};
+use utils::{procmesh_bin, start_mesh_host, Certs};
 
 const ACTIONS: u64 = 200;
 
@@ -44,12 +44,8 @@ async fn every_output_is_downloaded_once_and_a_second_run_skips_them() {
     procmesh_transport::install_crypto_provider();
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
-    let (_orchestrator, id) = start_orchestrator(
-        &certs,
-        "127.0.0.1:0",
-        &dir.path().join("orchestrator"),
-        &["--heartbeat-interval-ms", "200", "--lost-after-ms", "3000"],
-    );
+    let (_orchestrator, id) =
+        utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
     let (_host, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",

@@ -9,19 +9,15 @@ use std::time::{Duration, Instant};
 use procmesh_protocol::action::ActionState;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
-use utils::{start_mesh_host, start_orchestrator, Certs};
+use utils::{start_mesh_host, Certs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_running_actions_finish_and_places_nothing_new() {
     procmesh_transport::install_crypto_provider();
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
-    let (_orchestrator, id) = start_orchestrator(
-        &certs,
-        "127.0.0.1:0",
-        &dir.path().join("orchestrator"),
-        &["--heartbeat-interval-ms", "200", "--lost-after-ms", "3000"],
-    );
+    let (_orchestrator, id) =
+        utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
     let (mut first, first_addr) = start_mesh_host(
         &certs,
         "127.0.0.1:0",

@@ -12,7 +12,7 @@ use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
 use procmesh_protocol::Lsn;
 use procmesh_transport::Role;
-use utils::{procmesh_bin, start_mesh_host, start_orchestrator, Certs};
+use utils::{procmesh_bin, start_mesh_host, Certs};
 
 /// `procmesh explain --json` for `lsn` of the queue `token`, parsed.
 fn explain(certs: &Certs, orchestrator: &str, token: &str, lsn: Lsn) -> serde_json::Value {
@@ -52,12 +52,8 @@ async fn explain_names_busy_slots_unmet_labels_and_a_drained_queue() {
     procmesh_transport::install_crypto_provider();
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
-    let (_orchestrator, id) = start_orchestrator(
-        &certs,
-        "127.0.0.1:0",
-        &dir.path().join("orchestrator"),
-        &["--heartbeat-interval-ms", "200", "--lost-after-ms", "3000"],
-    );
+    let (_orchestrator, id) =
+        utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
     // One proc with one slot.
     let (_host, addr) = start_mesh_host(
         &certs,

@@ -14,7 +14,7 @@ use procmesh_protocol::action::ActionState;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::ActionDef;
 use procmesh_transport::Role;
-use utils::{procmesh_bin, start_mesh_host, start_orchestrator, Certs};
+use utils::{procmesh_bin, start_mesh_host, Certs};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -23,12 +23,8 @@ async fn a_traceparent_reaches_the_action_and_a_bad_one_is_refused() {
     procmesh_transport::install_crypto_provider();
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
-    let (_orchestrator, id) = start_orchestrator(
-        &certs,
-        "127.0.0.1:0",
-        &dir.path().join("orchestrator"),
-        &["--heartbeat-interval-ms", "200", "--lost-after-ms", "3000"],
-    );
+    let (_orchestrator, id) =
+        utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
     let collector = Collector::start();
     let endpoint = format!("http://{}", collector.addr);
     let (_host, _) = start_mesh_host(

@@ -307,3 +307,14 @@ pub async fn shell_worker(
         .await
         .expect("worker registered")
 }
+
+/// An orchestrator on loopback with its state in `state`, heartbeats every 200 ms and hosts
+/// lost after 3 s of silence: what a single-host mesh test wants.
+pub fn start_quick_orchestrator(certs: &Certs, state: &Path) -> (Proc, ActorId) {
+    start_orchestrator(
+        certs,
+        "127.0.0.1:0",
+        state,
+        &["--heartbeat-interval-ms", "200", "--lost-after-ms", "3000"],
+    )
+}

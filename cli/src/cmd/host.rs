@@ -1,5 +1,5 @@
-//! `procmesh host`: the per-machine agent. Configuration comes from a TOML file, then the
-//! environment, then flags (each overriding the one before). Once the frontend listens, the
+//! `procmesh host`: the per-machine agent. It runs as every node does (`node`): its TOML file <
+//! the environment < flags, signals handled from the start. Once the frontend listens, the
 //! requested procs are ready and — with an orchestrator — the orchestrator has acknowledged a
 //! heartbeat offering them (HST-24), it prints `admin http://<addr>/` (unless `--admin-listen
 //! off`) and one line `ready <frontend address>` (or a JSON object with `--json`), and serves
@@ -8,14 +8,15 @@
 //! handled from the start: one that arrives before `ready` stops the host as well.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use procmesh_host::{Host, HostConfig, OsProcManager};
 use procmesh_protocol::messages::host::{ProcConfig, SpawnSpec};
-use procmesh_protocol::{ActorId, HostAddr};
+use procmesh_protocol::ActorId;
+
+use super::node::{self, NodeArgs, Signals, Stop};
 
 /// Flags of `procmesh host`; each also reads an environment variable.
 #[derive(Debug, clap::Args)]
@@ -23,18 +24,8 @@ pub struct HostArgs {
     /// TOML configuration file (fields of HostConfig; see deploy/host.toml).
     #[arg(long, env = "PROCMESH_HOST_CONFIG")]
     config: Option<PathBuf>,
-    /// QUIC frontend bind address, e.g. 0.0.0.0:7700.
-    #[arg(long, env = "PROCMESH_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Address other nodes reach this host at, e.g. quic!10.0.0.5:7700.
-    #[arg(long, env = "PROCMESH_ADVERTISE")]
-    advertise: Option<HostAddr>,
-    /// Directory with ca.pem, cert.pem, key.pem (from `procmesh certs`).
-    #[arg(long, env = "PROCMESH_TLS_DIR")]
-    tls_dir: Option<PathBuf>,
-    /// State directory (backend socket, blob store, worker cache, proc work dirs).
-    #[arg(long, env = "PROCMESH_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Orchestrator service actor to register with, e.g. quic!10.0.0.1:7600,service.orchestrator.
     #[arg(long, env = "PROCMESH_ORCHESTRATOR")]
     orchestrator: Option<ActorId>,
@@ -60,9 +51,6 @@ pub struct HostArgs {
     /// first registration.
     #[arg(long, env = "PROCMESH_NODE_NAME")]
     node_name: Option<String>,
-    /// File of revoked certificate serials (one hex serial per line), re-read when it changes.
-    #[arg(long, env = "PROCMESH_REVOKED")]
-    revoked: Option<PathBuf>,
     /// How actions are isolated: namespaces (default) or none (an explicit opt-out).
     #[arg(long, env = "PROCMESH_ISOLATION")]
     isolation: Option<procmesh_protocol::messages::host::IsolationMode>,
@@ -76,11 +64,6 @@ pub struct HostArgs {
     /// Memory limit of an action whose hints name none, e.g. 2G (default: half the machine).
     #[arg(long, env = "PROCMESH_ACTION_MEMORY", value_parser = crate::cmd::exec::parse_size)]
     action_memory: Option<u64>,
-    #[command(flatten)]
-    admin: super::admin::AdminArgs,
-    /// Print the ready line as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -94,32 +77,10 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 impl HostArgs {
-    /// The configuration: file < environment < flags (clap folds environment into flags).
+    /// The configuration: file < environment < flags (the common part through
+    /// [`NodeArgs::settings`]).
     pub fn config(&self) -> anyhow::Result<HostConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str::<HostConfig>(&text)
-                    .with_context(|| format!("bad host configuration in {}", path.display()))?
-            }
-            None => HostConfig::default(),
-        };
-        if let Some(v) = self.listen {
-            config.listen = v;
-        }
-        if let Some(v) = &self.advertise {
-            config.advertise = Some(v.clone());
-        }
-        if let Some(v) = &self.tls_dir {
-            config.tls_dir = Some(v.clone());
-        }
-        if let Some(v) = &self.state_dir {
-            config.state_dir = v.clone();
-        }
-        // Procs get addresses inside the state directory: they must not depend on our cwd.
-        config.state_dir = std::path::absolute(&config.state_dir)
-            .with_context(|| format!("state directory {}", config.state_dir.display()))?;
+        let mut config: HostConfig = self.node.settings(self.config.as_deref())?;
         if let Some(v) = &self.orchestrator {
             config.orchestrator = Some(v.clone());
         }
@@ -135,9 +96,6 @@ impl HostArgs {
         if let Some(v) = &self.node_name {
             config.node_name = Some(v.clone());
         }
-        if let Some(v) = &self.revoked {
-            config.revoked = Some(v.clone());
-        }
         if let Some(v) = self.isolation {
             config.isolation = v;
         }
@@ -152,23 +110,11 @@ impl HostArgs {
         if let Some(v) = self.action_memory {
             config.action_memory_bytes = Some(v);
         }
-        if let Some(v) = &self.admin.admin_listen {
-            config.admin_listen = v.clone();
-        }
-        if let Some(v) = &self.admin.admin_token_file {
-            config.admin_token_file = Some(v.clone());
-        }
-        anyhow::ensure!(
-            config.tls_dir.is_some(),
-            "no TLS identity: pass --tls-dir (create one with `procmesh certs`)"
-        );
         Ok(config)
     }
 }
 
 pub fn run(args: HostArgs) -> anyhow::Result<()> {
-    // Before any thread (see notify::take_socket): the proc agents must not inherit it.
-    crate::notify::take_socket();
     let mut config = args.config()?;
     // HST-26: the starting procs share the capacity; too many slots is refused up front.
     let plan = procmesh_host::slots::plan(
@@ -179,18 +125,18 @@ pub fn run(args: HostArgs) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     config.capacity = Some(plan.capacity);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("host")
-        .build()?;
-    runtime.block_on(serve(args, config, plan.per_proc))
+    let json = args.node.json;
+    node::run("host", |signals| {
+        serve(json, config, plan.per_proc, signals)
+    })
 }
 
-async fn serve(args: HostArgs, config: HostConfig, slots: Vec<u32>) -> anyhow::Result<()> {
-    // Before anything starts, so that a supervisor's signal is never lost.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+async fn serve(
+    json: bool,
+    config: HostConfig,
+    slots: Vec<u32>,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     let manager = OsProcManager::new(config.proc_binary.clone(), config.allowed_dir.clone())
         .context("proc manager")?;
     let grace = config.terminate_grace();
@@ -225,7 +171,7 @@ async fn serve(args: HostArgs, config: HostConfig, slots: Vec<u32>) -> anyhow::R
         procs.push(handle.proc_id().to_string());
     }
     // HST-24: `ready` once every proc is ready and, with an orchestrator, the orchestrator
-    // has acknowledged a heartbeat offering them.
+    // has acknowledged a heartbeat offering them. A signal before that stops the host.
     host.heartbeat_now();
     let began = std::time::Instant::now();
     let mut warned = began;
@@ -244,62 +190,40 @@ async fn serve(args: HostArgs, config: HostConfig, slots: Vec<u32>) -> anyhow::R
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(25)) => {}
-            _ = term.recv() => return stop(&host, grace, admin).await,
-            _ = int.recv() => return stop(&host, grace, admin).await,
+            stop = signals.next() => {
+                tracing::info!(?stop, "stopped before ready");
+                return shut_down(&host, grace, admin).await;
+            }
         }
     }
-    let admin_addr = admin.as_ref().map(|a| a.addr().to_string());
-    if args.json {
-        let line = serde_json::json!({
-            "ready": host.addr().to_string(),
-            "procs": procs,
-            "admin": admin_addr,
-        });
-        println!("{line}");
-    } else {
-        if let Some(addr) = &admin_addr {
-            println!("admin http://{addr}/");
-        }
-        println!("ready {}", host.addr());
-    }
-    {
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
-    }
-    // After the ready line: systemd (Type=notify) starts dependants only now.
-    crate::notify::notify_or_warn(&format!("READY=1\nSTATUS=ready {}", host.addr()));
-    tracing::info!(addr = %host.addr(), procs = procs.len(), "host ready");
+    let mut fields = serde_json::Map::new();
+    fields.insert("procs".into(), procs.into());
+    let addr = host.addr().to_string();
+    node::announce_ready(json, &addr, admin.as_ref().map(|a| a.addr()), fields);
 
     // SIGTERM (a supervisor stopping the node) drains first (HST-27); SIGINT (an operator's
     // Ctrl-C) and a second signal during the drain stop at once.
-    let drain = tokio::select! {
-        _ = term.recv() => true,
-        _ = int.recv() => false,
-    };
-    if drain && !drain_grace.is_zero() {
-        crate::notify::notify_or_warn("STOPPING=1\nSTATUS=draining");
-        tracing::info!(grace = ?drain_grace, "draining: no new work, letting running actions finish");
+    if signals.next().await == Stop::Term && !drain_grace.is_zero() {
+        node::announce_stopping("draining");
         tokio::select! {
             outcome = host.drain(drain_grace) => {
                 if outcome.still_running > 0 {
                     tracing::warn!(?outcome, "drain grace over: cancelling what still runs");
                 }
             }
-            _ = term.recv() => tracing::warn!("second SIGTERM: stopping without waiting"),
-            _ = int.recv() => tracing::warn!("SIGINT: stopping without waiting"),
+            stop = signals.next() => tracing::warn!(?stop, "second signal: stopping without waiting"),
         }
     }
-    stop(&host, grace, admin).await
+    shut_down(&host, grace, admin).await
 }
 
 /// Stops the procs, then the admin listener.
-async fn stop(
+async fn shut_down(
     host: &Host,
     grace: std::time::Duration,
     admin: Option<procmesh_admin::AdminServer>,
 ) -> anyhow::Result<()> {
-    crate::notify::notify_or_warn("STOPPING=1\nSTATUS=stopping");
-    tracing::info!("stopping: terminating procs");
+    node::announce_stopping("stopping");
     let outcome = host.shutdown(grace).await;
     if let Some(admin) = admin {
         admin.shutdown().await;
@@ -319,7 +243,8 @@ mod tests {
 
     #[test]
     fn the_shipped_example_configuration_parses() {
-        let config: HostConfig = toml::from_str(include_str!("../../../deploy/host.toml")).unwrap();
+        let config: HostConfig =
+            node::parse_file(include_str!("../../../deploy/host.toml")).unwrap();
         assert_eq!(config.listen.port(), 7700);
         assert_eq!(config.labels.get("zone").map(String::as_str), Some("eu-1"));
     }

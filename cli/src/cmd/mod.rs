@@ -3,7 +3,8 @@
 //! - `demo` — the whole system on this machine with a sample workload.
 //! - `host` — the per-machine agent.
 //! - `orchestrator` — queues, scheduling, retries, results, events.
-//! - `admin` — the admin HTTP listener flags every node shares.
+//! - `node` — what both nodes share: common flags, settings layering, signals, readiness;
+//!   `admin` — the admin HTTP listener flags and start.
 //! - `certs` — a mesh CA and identities signed by it.
 //! - `probe` — one GET of an admin endpoint, for health checks in images without curl.
 //! - `common` — what every client command shares: settings, connecting, argument parsers.
@@ -18,6 +19,7 @@ pub mod download;
 pub mod exec;
 pub mod explain;
 pub mod host;
+pub mod node;
 pub mod orchestrator;
 pub mod probe;
 pub mod queue;

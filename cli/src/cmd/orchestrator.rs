@@ -1,34 +1,26 @@
-//! `procmesh orchestrator`: the fleet's orchestrator. Configuration comes from a TOML file, then
-//! the environment, then flags (each overriding the one before). Once it listens it prints one
-//! line, `ready <actor id>` (or a JSON object with `--json`), and serves until SIGTERM or SIGINT,
-//! when it ends every subscription and exits.
+//! `procmesh orchestrator`: the fleet's orchestrator. It runs as every node does (`node`): its
+//! TOML file < the environment < flags, signals handled from the start. Once its journal is
+//! recovered and it listens, it prints `admin http://<addr>/` (unless `--admin-listen off`) and
+//! one line `ready <actor id>` (or a JSON object with `--json`), and serves until SIGTERM or
+//! SIGINT, when it ends every subscription and exits. A signal during recovery is kept and
+//! stops it once recovery is done.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use procmesh_orchestrator::{AdminSlot, Orchestrator, OrchestratorConfig};
-use procmesh_protocol::HostAddr;
 use procmesh_transport::TlsIdentity;
+
+use super::node::{self, NodeArgs, Signals};
 
 /// Flags of `procmesh orchestrator`; each also reads an environment variable.
 #[derive(Debug, clap::Args)]
 pub struct OrchestratorArgs {
-    /// TOML configuration file (fields of OrchestratorConfig).
+    /// TOML configuration file (fields of OrchestratorConfig; see deploy/orchestrator.toml).
     #[arg(long, env = "PROCMESH_ORCHESTRATOR_CONFIG")]
     config: Option<PathBuf>,
-    /// QUIC frontend bind address, e.g. 0.0.0.0:7600.
-    #[arg(long, env = "PROCMESH_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Address hosts and clients reach the orchestrator at, e.g. quic!10.0.0.1:7600.
-    #[arg(long, env = "PROCMESH_ADVERTISE")]
-    advertise: Option<HostAddr>,
-    /// Directory with ca.pem, cert.pem, key.pem (from `procmesh certs`).
-    #[arg(long, env = "PROCMESH_TLS_DIR")]
-    tls_dir: Option<PathBuf>,
-    /// State directory (the blob store lives in its blobs/).
-    #[arg(long, env = "PROCMESH_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// How often hosts heartbeat, in milliseconds.
     #[arg(long, env = "PROCMESH_HEARTBEAT_INTERVAL_MS")]
     heartbeat_interval_ms: Option<u64>,
@@ -42,47 +34,13 @@ pub struct OrchestratorArgs {
     /// Keep the state in memory only: a restart forgets every queue (benchmarks).
     #[arg(long)]
     no_journal: bool,
-    /// File of revoked certificate serials (one hex serial per line), re-read when it changes.
-    #[arg(long, env = "PROCMESH_REVOKED")]
-    revoked: Option<PathBuf>,
-    #[command(flatten)]
-    admin: super::admin::AdminArgs,
-    /// Print the ready line as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Parses an orchestrator configuration file's text; unknown fields are an error naming them.
-fn parse_config(text: &str) -> anyhow::Result<OrchestratorConfig> {
-    Ok(toml::from_str::<OrchestratorConfig>(text)?)
 }
 
 impl OrchestratorArgs {
-    /// The configuration: file < environment < flags (clap folds environment into flags),
-    /// validated.
+    /// The configuration: file < environment < flags (the common part through
+    /// [`NodeArgs::settings`]), validated.
     pub fn config(&self) -> anyhow::Result<OrchestratorConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                parse_config(&text).with_context(|| {
-                    format!("bad orchestrator configuration in {}", path.display())
-                })?
-            }
-            None => OrchestratorConfig::default(),
-        };
-        if let Some(v) = self.listen {
-            config.listen = v;
-        }
-        if let Some(v) = &self.advertise {
-            config.advertise = Some(v.clone());
-        }
-        if let Some(v) = &self.tls_dir {
-            config.tls_dir = Some(v.clone());
-        }
-        if let Some(v) = &self.state_dir {
-            config.state_dir = v.clone();
-        }
+        let mut config: OrchestratorConfig = self.node.settings(self.config.as_deref())?;
         if let Some(v) = self.heartbeat_interval_ms {
             config.heartbeat_interval_ms = v;
         }
@@ -94,15 +52,6 @@ impl OrchestratorArgs {
         }
         if self.no_journal {
             config.journal = false;
-        }
-        if let Some(v) = &self.revoked {
-            config.revoked = Some(v.clone());
-        }
-        if let Some(v) = &self.admin.admin_listen {
-            config.admin_listen = v.clone();
-        }
-        if let Some(v) = &self.admin.admin_token_file {
-            config.admin_token_file = Some(v.clone());
         }
         config
             .validate()
@@ -138,27 +87,19 @@ fn identity(config: &OrchestratorConfig) -> anyhow::Result<TlsIdentity> {
 
 /// Runs `procmesh orchestrator` until SIGTERM or SIGINT.
 pub fn run(args: OrchestratorArgs) -> anyhow::Result<()> {
-    // Before any thread (see notify::take_socket).
-    crate::notify::take_socket();
     let config = args.config()?;
     let identity = identity(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("orchestrator")
-        .build()?;
-    runtime.block_on(serve(args.json, config, identity))
+    node::run("orchestrator", |signals| {
+        serve(args.node.json, config, identity, signals)
+    })
 }
 
 async fn serve(
     json: bool,
     config: OrchestratorConfig,
     identity: TlsIdentity,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
-    procmesh_transport::install_crypto_provider();
-    use tokio::signal::unix::{signal, SignalKind};
-    // Installed before the ready line, so a supervisor's signal right after it is not lost.
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let listen = config.listen;
     // The admin listener comes first: /readyz says 503 while the journal is recovered.
     let slot = AdminSlot::new();
@@ -169,50 +110,37 @@ async fn serve(
         slot.refused_counter(),
     )
     .await?;
+    // A signal during recovery is kept (Signals) and stops the orchestrator once it serves:
+    // recovery is not cut off halfway.
     let orchestrator = Orchestrator::start_with_admin(config, identity, &slot)
         .await
         .with_context(|| format!("starting the orchestrator on {listen}"))?;
     let recovered = orchestrator.recovered();
-    let admin_addr = admin.as_ref().map(|a| a.addr().to_string());
-    if json {
-        let line = serde_json::json!({
-            "ready": orchestrator.actor_id().to_string(),
-            "addr": orchestrator.addr().to_string(),
-            "admin": admin_addr,
-            "recovered": {
-                "snapshot": recovered.snapshot,
-                "records": recovered.records,
-                "actions": recovered.actions,
-            },
-        });
-        println!("{line}");
-    } else {
-        if let Some(addr) = &admin_addr {
-            println!("admin http://{addr}/");
-        }
-        println!("ready {}", orchestrator.actor_id());
-    }
-    {
-        use std::io::Write as _;
-        let _ = std::io::stdout().flush();
-    }
-    // After the ready line: systemd (Type=notify) starts dependants only now.
-    crate::notify::notify_or_warn(&format!(
-        "READY=1\nSTATUS=ready {}",
-        orchestrator.actor_id()
-    ));
-    tracing::info!(actor = %orchestrator.actor_id(), "orchestrator ready");
+    let mut fields = serde_json::Map::new();
+    fields.insert("addr".into(), orchestrator.addr().to_string().into());
+    fields.insert(
+        "recovered".into(),
+        serde_json::json!({
+            "snapshot": recovered.snapshot,
+            "records": recovered.records,
+            "actions": recovered.actions,
+        }),
+    );
+    node::announce_ready(
+        json,
+        &orchestrator.actor_id().to_string(),
+        admin.as_ref().map(|a| a.addr()),
+        fields,
+    );
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = signals.next() => {}
         _ = orchestrator.stopped() => {
             // ORC-30: only a failed journal stops the actor on its own.
             orchestrator.shutdown().await;
             anyhow::bail!("the orchestrator stopped: its journal cannot commit (see the log)");
         }
     }
-    crate::notify::notify_or_warn("STOPPING=1\nSTATUS=stopping");
-    tracing::info!("stopping");
+    node::announce_stopping("stopping");
     orchestrator.shutdown().await;
     if let Some(admin) = admin {
         admin.shutdown().await;
@@ -226,7 +154,10 @@ mod tests {
 
     #[test]
     fn the_shipped_example_configuration_parses_and_validates() {
-        let config = parse_config(include_str!("../../../deploy/orchestrator.toml")).unwrap();
+        let config = node::parse_file::<OrchestratorConfig>(include_str!(
+            "../../../deploy/orchestrator.toml"
+        ))
+        .unwrap();
         assert_eq!(config.listen.port(), 7600);
         assert_eq!(config.lost_after_ms, 5000);
         config.validate().unwrap();
@@ -234,7 +165,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_a_clear_error() {
-        let err = parse_config("lisen = \"0.0.0.0:7600\"").unwrap_err();
+        let err = node::parse_file::<OrchestratorConfig>("lisen = \"0.0.0.0:7600\"").unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("lisen"), "{text}");
         assert!(text.contains("unknown field"), "{text}");
@@ -242,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_configuration_file_parses_and_flags_win() {
-        let config = parse_config(
+        let config = node::parse_file::<OrchestratorConfig>(
             "listen = \"0.0.0.0:7600\"\nadvertise = \"quic!10.0.0.1:7600\"\nlost_after_ms = 9000\n",
         )
         .unwrap();
@@ -258,17 +189,14 @@ mod tests {
         std::fs::write(&path, "heartbeat_interval_ms = 200\nlost_after_ms = 1000\n").unwrap();
         let args = OrchestratorArgs {
             config: Some(path),
-            listen: None,
-            advertise: None,
-            tls_dir: None,
-            state_dir: None,
+            node: NodeArgs {
+                tls_dir: Some(PathBuf::from("/etc/procmesh/tls")),
+                ..NodeArgs::default()
+            },
             heartbeat_interval_ms: None,
             lost_after_ms: Some(150),
             durability: None,
             no_journal: false,
-            revoked: None,
-            admin: Default::default(),
-            json: false,
         };
         let err = format!("{:#}", args.config().unwrap_err());
         assert!(err.contains("lost_after_ms (150)"), "{err}");

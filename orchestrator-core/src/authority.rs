@@ -186,10 +186,18 @@ impl Core {
         }
         let grant = match &peer.cert_name {
             Some(name) => {
-                if !info.node.is_empty() && info.node != *name {
+                // The registration names exactly what the certificate proves, so that its
+                // replay (which has no certificate) binds the same node, without a secret.
+                if info.node != *name {
                     return Err(forbidden(format!(
                         "the certificate names node {name:?}, the registration {:?}",
                         info.node
+                    )));
+                }
+                if info.node_secret.is_some() {
+                    return Err(forbidden(format!(
+                        "node {name:?} is named by its certificate: its registration carries \
+                         no node secret"
                     )));
                 }
                 NodeGrant {

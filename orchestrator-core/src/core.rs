@@ -175,14 +175,15 @@ impl Core {
                 // Each on its own, in order: one refused (stale, unknown) does not hold up the
                 // rest.
                 for t in transitions {
-                    if peer.is_some() {
-                        // ORC-35, for each transition of the batch (the batch's sender was
-                        // checked by `authorize`).
-                        if let Err(error) = self.check_placed(&t, &req.from) {
-                            tracing::warn!(%error, lsn = %t.lsn, "update of a batch refused");
-                            step.refused += 1;
-                            continue;
-                        }
+                    // ORC-35, for each transition of the batch (the batch's sender was checked
+                    // by `authorize`). Checked on replay too: it depends on the state, not on
+                    // the connection, and a batch is journaled whole once any of it applied,
+                    // so a refused transition must stay refused when the journal is replayed
+                    // (ORC-26).
+                    if let Err(error) = self.check_placed(&t, &req.from) {
+                        tracing::warn!(%error, lsn = %t.lsn, "update of a batch refused");
+                        step.refused += 1;
+                        continue;
                     }
                     if let Err(error) = self.action_update(t, now, step) {
                         tracing::debug!(%error, "update of a batch refused");

@@ -66,8 +66,10 @@ pub struct Request {
     #[serde(default)]
     pub token: Option<QueueToken>,
     /// What the transport verified about the sender's connection; `None` for this process.
-    /// Not journaled: a journaled input passed its checks when it was live, and replays
-    /// without them.
+    /// Not journaled: a journaled input passed the checks of its connection when it was live,
+    /// and replays without them. Checks that depend only on the input and the state (ORC-35
+    /// for each transition of a batch) run on replay too, and a registration carries exactly
+    /// the node its certificate named (ORC-33), so a replay applies what was applied live.
     #[serde(skip)]
     pub peer: Option<Peer>,
 }

@@ -85,14 +85,15 @@
 //!   exactly the ones from `from` on (or says how many are no longer kept) before going live.
 //! - **ORC-33** Registration binds a node ([`authority`]): only a host certificate registers a
 //!   host, only for the address its connection speaks for, as the node its certificate names
-//!   or — with a shared certificate — the node it claims *and* proves by the node secret it
+//!   (which the registration names too, with no secret) or — with a shared certificate — the node it claims *and* proves by the node secret it
 //!   sends. The first registration of a name binds its secret; another secret for the name, or
 //!   another node for a bound address, is `forbidden`. The secret is kept in the binding only,
 //!   never in a view.
 //! - **ORC-34** `Heartbeat` and `ProcLost` are served only to the host bound to the address
 //!   they name (its certificate names the node, or its connection proves the node's secret).
 //! - **ORC-35** A transition is applied only from the agent of the proc its attempt is placed
-//!   on, over its host's connection; a forged one in a batch is skipped and counted.
+//!   on, over its host's connection; a forged one in a batch is skipped and counted, and
+//!   skipped again when the journaled batch is replayed.
 //! - **ORC-36** `GetWorker` is served only to a host with a placed action running that worker.
 //! - **ORC-37** Client requests need a client or operator certificate. Every refusal of
 //!   ORC-33..37 is `NotPermitted` (code `forbidden`), changes nothing and is not journaled;

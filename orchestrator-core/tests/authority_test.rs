@@ -5,7 +5,7 @@
 mod utils;
 
 use procmesh_orchestrator_core::authority::node_proof;
-use procmesh_orchestrator_core::{Core, Input, Outcome, Peer, PeerRole, Request};
+use procmesh_orchestrator_core::{Core, Input, Outcome, Peer, PeerRole, Replay, Request};
 use procmesh_protocol::messages::orchestrator::{
     OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueRef,
 };
@@ -274,7 +274,26 @@ fn only_a_host_certificate_registers_a_host_and_only_for_its_own_address() {
 fn a_per_node_certificate_binds_its_name_and_an_address_keeps_its_node() {
     let mut core = Core::new(config());
     let mut info = host_info(0, 2);
-    info.node = String::new();
+    info.node = "alpha".into();
+    // A registration that does not name its certificate's node, or that brings a secret the
+    // certificate makes moot: refused (a replay, which has no certificate, would bind
+    // something else).
+    let mut unnamed = info.clone();
+    unnamed.node = String::new();
+    refused(
+        &mut core,
+        OrchestratorRequest::RegisterHost(unnamed),
+        host_service(0),
+        named_host(0, "alpha"),
+    );
+    let mut with_secret = info.clone();
+    with_secret.node_secret = Some(hex(&SECRET));
+    refused(
+        &mut core,
+        OrchestratorRequest::RegisterHost(with_secret),
+        host_service(0),
+        named_host(0, "alpha"),
+    );
     let out = send(
         &mut core,
         OrchestratorRequest::RegisterHost(info.clone()),
@@ -401,6 +420,76 @@ fn only_the_agent_of_the_proc_an_attempt_is_placed_on_reports_it() {
         core.book().action(placed.lsn).unwrap().record.state(),
         ActionState::Completed
     );
+}
+
+// Attests ORC-35, ORC-26
+#[test]
+fn a_forged_transition_in_a_batch_stays_refused_when_the_journal_is_replayed() {
+    let (mut core, queue, placed) = running_mesh();
+    // A second action, placed on the other host (each proc has one slot).
+    let out = send(
+        &mut core,
+        OrchestratorRequest::Submit {
+            queue,
+            actions: vec![action(worker(1).id(), false, None)],
+        },
+        client_id(),
+        client(),
+        false,
+    );
+    assert!(matches!(out.reply, Some(Ok(_))), "{:?}", out.reply);
+    let out = core.handle(Input::Dispatch, Timestamp(1_000), &TestEnv::default());
+    let second = out
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            procmesh_orchestrator_core::Effect::SubmitBatch { specs, .. } => {
+                Some(specs[0].attempt_ref())
+            }
+            _ => None,
+        })
+        .expect("the second action was placed");
+    let location = |core: &Core, a: AttemptRef| {
+        core.book()
+            .action(a.lsn)
+            .unwrap()
+            .record
+            .location()
+            .cloned()
+            .unwrap()
+    };
+    let proc = location(&core, placed);
+    assert_ne!(location(&core, second).addr(), proc.addr());
+    let i = usize::from(proc.addr() != &host_addr(0));
+    let snapshot = rmp_serde::to_vec_named(&core).expect("a core serialises");
+
+    // The agent of the first action reports it, and in the same batch forges the second.
+    let batch = Input::Request(Request {
+        message: OrchestratorRequest::ActionUpdates(vec![
+            report(placed, ActionState::Completed, &proc, Timestamp(1_500)),
+            report(second, ActionState::Completed, &proc, Timestamp(1_500)),
+        ]),
+        from: proc.actor("agent").unwrap(),
+        loopback: false,
+        token: None,
+        peer: Some(shared_host(i, SECRET)),
+    });
+    // Journaled as the shell journals it: before it is handled, without its peer.
+    let logged: Input =
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(&batch).unwrap()).expect("decodes");
+    let out = core.handle(batch, Timestamp(1_500), &TestEnv::default());
+    assert!(out.changed);
+    assert_eq!(out.refused, 1, "the forged transition is refused live");
+    let state = |core: &Core, a: AttemptRef| core.book().action(a.lsn).unwrap().record.state();
+    assert_eq!(state(&core, placed), ActionState::Completed);
+    assert_ne!(state(&core, second), ActionState::Completed);
+
+    // Recovery: the snapshot, then the journaled batch. The forgery stays refused.
+    let mut replayed: Core = rmp_serde::from_slice(&snapshot).expect("the snapshot decodes");
+    let again = replayed.handle(logged, Timestamp(1_500), &Replay);
+    assert_eq!(again.refused, 1);
+    assert_ne!(state(&replayed, second), ActionState::Completed);
+    assert_eq!(replayed, core, "the replay rebuilds the live state");
 }
 
 // Attests ORC-36

@@ -211,8 +211,9 @@ impl Drop for FakeHost {
     }
 }
 
-/// What a fake host on `node` with one proc of `capacity` registers as.
-pub fn host_info(node: &Node, capacity: u32) -> HostInfo {
+/// What a fake host on `node` with one proc of `capacity` registers as: the node its
+/// certificate names (`name`; ORC-33).
+pub fn host_info(node: &Node, name: &str, capacity: u32) -> HostInfo {
     HostInfo {
         addr: node.addr().clone(),
         capacity,
@@ -225,7 +226,7 @@ pub fn host_info(node: &Node, capacity: u32) -> HostInfo {
             arch: "x86_64".into(),
         },
         version: "0.1.0".into(),
-        node: String::new(),
+        node: name.to_owned(),
         node_secret: None,
         isolation: None,
     }
@@ -251,8 +252,10 @@ impl FakeHost {
         });
         let agent = node.expose("agent", actor).unwrap();
         let beating = Arc::new(AtomicBool::new(true));
+        let name = id.identity().ok().and_then(|i| i.name).unwrap_or_default();
         let task = tokio::spawn(beat(
             node.clone(),
+            name,
             orchestrator,
             agent.clone(),
             max,
@@ -288,6 +291,7 @@ impl FakeHost {
 /// Registers, then heartbeats every 50 ms while `beating` (registering again on UnknownHost).
 async fn beat(
     node: Node,
+    name: String,
     orchestrator: ActorId,
     agent: ActorId,
     max: u32,
@@ -301,7 +305,7 @@ async fn beat(
             if !registered {
                 let answer = orch
                     .ask(
-                        OrchestratorRequest::RegisterHost(host_info(&node, max)),
+                        OrchestratorRequest::RegisterHost(host_info(&node, &name, max)),
                         ASK_WITHIN,
                     )
                     .await;

@@ -20,7 +20,7 @@
 //! actors on it or send from it. Until then, messages to it come back undeliverable.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kameo::actor::Spawn;
@@ -214,11 +214,24 @@ impl Host {
             std::process::id(),
             NEXT_HOST.fetch_add(1, Ordering::Relaxed)
         );
+        // HST-28, HST-22: admission and blob policy guard the node from its first link on.
+        let admission = Arc::new(HostAdmission {
+            host: OnceLock::new(),
+            orchestrator: config
+                .orchestrator
+                .as_ref()
+                .map(|o| o.proc_id().addr().clone()),
+        });
+        let ticket_key = Arc::<Mutex<Option<[u8; 32]>>>::default();
         let mut builder = NodeBuilder::new(SERVICE_PROC)
             .quic(config.listen, identity)
             .unix(&paths.socket)
             .local(&hub, &hub_name)
             .blob_store(store)
+            .admission(admission.clone())
+            .blob_policy(Arc::new(HostBlobPolicy {
+                ticket_key: ticket_key.clone(),
+            }))
             .node_claim(&node_name, node_secret);
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
@@ -250,18 +263,13 @@ impl Host {
             registration: Mutex::new(None),
             respawns: Respawns::default(),
             refusals: Refusals::default(),
-            ticket_key: Arc::default(),
+            ticket_key,
             node_name,
             node_secret,
             isolation,
             link: crate::admin::Link::default(),
         });
-        inner.node.set_admission(Arc::new(HostAdmission {
-            host: Arc::downgrade(&inner),
-        }));
-        inner.node.set_blob_policy(Arc::new(HostBlobPolicy {
-            ticket_key: inner.ticket_key.clone(),
-        }));
+        let _ = admission.host.set(Arc::downgrade(&inner));
         // The actors hold the host weakly: the node holds the actors.
         let host_agent = HostAgent::spawn_with_mailbox(
             HostAgent {
@@ -525,7 +533,8 @@ impl Host {
     }
 
     /// Requests, backend links and relays this host refused, by kind (`spawn`, `kill`,
-    /// `list_procs`, …, `proc_ready`, `relay`, `backend`): HST-16, HST-17, HST-18.
+    /// `list_procs`, …, `proc_ready`, `relay`, `backend`, `orchestrator_address`): HST-16,
+    /// HST-17, HST-18, HST-28.
     pub fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
         self.inner.refusals.snapshot()
     }

@@ -5,6 +5,7 @@
 //! backend link (unix!<state>/run/host.sock, the directory 0700)
 //!   SO_PEERCRED uid = ours, pid = the child the host spawned for the proc its hello claims,
 //!   claim proof = proc_proof(that proc's bootstrap secret)            ── else closed (HST-18)
+//! QUIC link claiming the orchestrator's address: orchestrator role only ── else closed (HST-28)
 //! QUIC peer ─▶ envelope for proc <name>: only from the orchestrator role ── else dropped (HST-17)
 //! blob stream: fetch ── orchestrator / operator role, or a ticket that verifies ── else refused
 //!              push  ── orchestrator role only                                   (HST-22)
@@ -25,11 +26,15 @@
 //!   or to a peer presenting a download ticket that verifies under the host's ticket key (from
 //!   its latest registration) for that blob and has not expired; it takes a push only from the
 //!   orchestrator role. Refusals send and keep nothing.
+//! - **HST-28** A QUIC link that claims the address of the host's orchestrator (`orchestrator`
+//!   in its config) is admitted only with an orchestrator certificate: nobody else can stand in
+//!   for the orchestrator to receive the host's registration (its node secret), heartbeats and
+//!   reports, or to answer them. The admission is in place before the node accepts anything.
 
-use std::sync::{Mutex, Weak};
+use std::sync::{Mutex, OnceLock, Weak};
 
 use procmesh_protocol::cas::DownloadTicket;
-use procmesh_protocol::{BlobHash, Envelope};
+use procmesh_protocol::{BlobHash, Envelope, HostAddr};
 use procmesh_transport::{
     verify_node_proof, Admission, BlobPeer, BlobPolicy, BlobRequest, PeerInfo, Role, TransportKind,
 };
@@ -38,19 +43,47 @@ use crate::authority::{decide, Kind, Sender};
 use crate::host::HostInner;
 use crate::table::Launched;
 
-/// The host's [`Admission`] (HST-17, HST-18).
+/// The host's [`Admission`] (HST-17, HST-18, HST-28), installed when its node is built and
+/// given the host once that exists.
 pub(crate) struct HostAdmission {
-    pub host: Weak<HostInner>,
+    pub host: OnceLock<Weak<HostInner>>,
+    /// The orchestrator's address (HST-28).
+    pub orchestrator: Option<HostAddr>,
+}
+
+impl HostAdmission {
+    fn host(&self) -> Option<std::sync::Arc<HostInner>> {
+        self.host.get().and_then(Weak::upgrade)
+    }
+
+    fn count(&self, kind: &'static str) {
+        if let Some(host) = self.host() {
+            host.refusals.count(kind);
+        }
+    }
 }
 
 impl Admission for HostAdmission {
     fn admit(&self, peer: &PeerInfo) -> Result<(), String> {
+        if peer.transport == TransportKind::Quic
+            && self.orchestrator.as_ref() == Some(&peer.hello.addr)
+            && peer.role() != Some(Role::Orchestrator)
+        {
+            // HST-28.
+            self.count("orchestrator_address");
+            let role = peer.role().map_or("no", Role::as_str);
+            tracing::warn!(addr = %peer.hello.addr, role, "refused a link claiming the orchestrator's address");
+            return Err(format!(
+                "{} is the orchestrator's address: a {role} certificate may not claim it",
+                peer.hello.addr
+            ));
+        }
         // Only accepted Unix links carry credentials: those are our backend.
         let (TransportKind::Unix, Some(cred)) = (peer.transport, peer.cred) else {
             return Ok(());
         };
-        let Some(host) = self.host.upgrade() else {
-            return Err("the host is shutting down".into());
+        let Some(host) = self.host() else {
+            return Err("the host is starting or shutting down".into());
         };
         let verdict = host.admit_backend(peer, cred);
         if let Err(reason) = &verdict {
@@ -67,9 +100,7 @@ impl Admission for HostAdmission {
         }
         let sender = Sender::Remote(peer.role());
         decide(Kind::Relay, &sender).map_err(|reason| {
-            if let Some(host) = self.host.upgrade() {
-                host.refusals.count(Kind::Relay.as_str());
-            }
+            self.count(Kind::Relay.as_str());
             format!("to proc {proc:?} from {}: {reason}", env.sender)
         })
     }

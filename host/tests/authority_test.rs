@@ -489,6 +489,66 @@ async fn only_the_proc_itself_registers_a_backend_route() {
     host.shutdown(Duration::from_millis(100)).await;
 }
 
+// Attests HST-28
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_orchestrator_may_claim_the_orchestrators_address() {
+    // The host's orchestrator is not up (say, restarting): somebody else claims its address.
+    let (ca, id) = utils::identity();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let orch_addr: HostAddr = format!("quic!127.0.0.1:{port}").parse().unwrap();
+    let orch_actor = orch_addr
+        .proc("service")
+        .unwrap()
+        .actor("orchestrator")
+        .unwrap();
+    let t = utils::test_host_in(&ca, id, Duration::from_millis(10), |c| {
+        c.orchestrator = Some(orch_actor.clone());
+    })
+    .await;
+    for role in [Role::Client, Role::Operator, Role::Host] {
+        let squatter = NodeBuilder::new("service")
+            .quic(utils::loopback(), issue(&ca, role))
+            .addr(orch_addr.clone())
+            .start()
+            .await
+            .unwrap();
+        let answer = squatter
+            .remote_ref::<HostRequest>(t.host.host_actor())
+            .with_sender(orch_actor.clone())
+            .ask(HostRequest::ListProcs, Duration::from_secs(2))
+            .await;
+        assert!(
+            answer.is_err(),
+            "a {role} stood in for the orchestrator: {answer:?}"
+        );
+        squatter.shutdown(Duration::from_millis(100)).await;
+    }
+    assert_eq!(t.host.refusals()["orchestrator_address"], 3);
+    // The orchestrator itself, at its address, is admitted.
+    let real = NodeBuilder::new("service")
+        .quic(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            issue(&ca, Role::Orchestrator),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(*real.addr(), orch_addr);
+    let answer = real
+        .remote_ref::<HostRequest>(t.host.host_actor())
+        .with_sender(orch_actor)
+        .ask(HostRequest::ListProcs, T)
+        .await
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    real.shutdown(Duration::from_millis(100)).await;
+    t.host.shutdown(T).await;
+}
+
 fn unnamed_host_identity(ca: &MeshCa) -> TlsIdentity {
     ca.issue(Role::Host, "", &[], Duration::from_secs(3600))
         .unwrap()

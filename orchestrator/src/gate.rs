@@ -11,11 +11,13 @@
 //! ```
 //!
 //! # Invariants
-//! - **ORC-38** A host-role connection that claims the address of a bound node is admitted only
-//!   as that node: its certificate names it, or its handshake claims it with a valid proof of
-//!   the node's secret. Any other is closed before its first message is routed, so it can
-//!   neither receive that node's dispatches nor speak for it. The orchestrator dials only
-//!   addresses of registered hosts (never one a peer merely named).
+//! - **ORC-38** A connection that claims the address of a bound node is admitted only as that
+//!   node: a host certificate naming it, or a host certificate whose handshake claims it with a
+//!   valid proof of the node's secret (never a client or operator certificate). Any other is
+//!   closed before its first message is routed, so it can neither receive that node's
+//!   dispatches nor speak for it. The bindings are the journal's: the gate has them before
+//!   the orchestrator accepts its first connection. The orchestrator dials only addresses of
+//!   registered hosts (never one a peer merely named).
 //! - **ORC-39** The blob store serves a fetch to a host only for blobs of actions dispatched to
 //!   that host (the worker's files and the inputs), to an operator, or to anyone with a valid
 //!   download ticket of this orchestrator; it takes pushes only from clients and operators.
@@ -228,9 +230,6 @@ impl Admission for Gate {
         let Some(identity) = &peer.identity else {
             return Ok(());
         };
-        if identity.role != Role::Host {
-            return Ok(());
-        }
         let Some(node) = self
             .bound
             .read()
@@ -238,9 +237,18 @@ impl Admission for Gate {
             .get(&peer.hello.addr)
             .cloned()
         else {
-            // Not bound yet: its registration decides (ORC-33).
+            // Not bound yet: a host's registration decides (ORC-33); a client's or operator's
+            // claim lasts only while its link does (NODE-7).
             return Ok(());
         };
+        if identity.role != Role::Host {
+            // Only that node speaks from (and is sent to at) a bound node's address.
+            self.refuse("connection");
+            return Err(format!(
+                "{} is the address of node {:?}: a {} certificate may not claim it",
+                peer.hello.addr, node.name, identity.role
+            ));
+        }
         let ok = match (&identity.name, &node.secret) {
             (Some(name), _) => *name == node.name,
             (None, Some(secret)) => match (peer.hello.node.as_ref(), peer.binding) {

@@ -221,9 +221,15 @@ impl Orchestrator {
             "procmesh download ticket master v1",
             identity.key_pem.as_bytes(),
         );
+        // ORC-38: the gate knows the recovered bindings and guards the node from its first
+        // connection on.
+        let gate = Gate::new(master);
+        gate.rebind(state.core.node_bindings());
         let mut builder = NodeBuilder::new(SERVICE_PROC)
             .quic(config.listen, identity)
             .blob_store(store)
+            .admission(gate.clone())
+            .blob_policy(gate.clone())
             // ORC-38: only registered hosts are dialled.
             .dial_policy(DialPolicy::Listed);
         if let Some(addr) = &config.advertise {
@@ -235,7 +241,7 @@ impl Orchestrator {
             builder = builder.revocations(list);
         }
         let node = builder.start().await?;
-        let mut orchestrator = Self::spawn(node, config, state, Gate::new(master), admin)?;
+        let mut orchestrator = Self::spawn(node, config, state, gate, admin)?;
         orchestrator.owns_node = true;
         Ok(orchestrator)
     }

@@ -107,6 +107,99 @@ async fn a_shared_certificate_host_must_prove_the_bound_nodes_secret() {
     orch.shutdown().await;
 }
 
+// Attests ORC-38
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_take_a_registered_hosts_address_even_first_after_a_restart() {
+    let id = identity();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = procmesh_orchestrator::OrchestratorConfig::ephemeral(dir.path());
+    config.heartbeat_interval_ms = 100;
+    config.lost_after_ms = 5_000;
+    let orch = procmesh_orchestrator::Orchestrator::start(config.clone(), id.orchestrator.clone())
+        .await
+        .unwrap();
+    let fleet = id
+        .ca
+        .issue(Role::Host, "", &[], Duration::from_secs(3600))
+        .unwrap();
+    let secret = [5u8; 32];
+    let real = shared_host(&fleet, None, secret).await;
+    let addr = real.addr().clone();
+    let register = |node: &Node| {
+        node.remote_ref::<OrchestratorRequest>(orch.actor_id())
+            .with_sender(node.actor_id("host").unwrap())
+    };
+    let answer = register(&real)
+        .ask(
+            OrchestratorRequest::RegisterHost(info(&addr, "n1", &secret)),
+            T,
+        )
+        .await
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    let actor = orch.actor_id();
+    let HostAddr::Quic(listen) = orch.addr() else {
+        panic!("not QUIC")
+    };
+    real.shutdown(Duration::from_millis(100)).await;
+    orch.shutdown().await;
+    drop(orch);
+
+    // The orchestrator restarts from its journal; a client claiming the host's address is
+    // the first to connect. It is not admitted: it can neither receive the node's dispatches
+    // nor be answered as that address.
+    config.listen = listen;
+    let mut restarted = None;
+    for _ in 0..50 {
+        // The old endpoint's socket may take a moment to go.
+        match procmesh_orchestrator::Orchestrator::start(config.clone(), id.orchestrator.clone())
+            .await
+        {
+            Ok(orch) => {
+                restarted = Some(orch);
+                break;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "restart");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let orch = restarted.expect("the orchestrator restarts on its address");
+    let squatter = NodeBuilder::new("local")
+        .quic(loopback(), id.client.clone())
+        .addr(addr.clone())
+        .start()
+        .await
+        .unwrap();
+    let answer = squatter
+        .remote_ref::<OrchestratorRequest>(actor.clone())
+        .with_sender(addr.proc("local").unwrap().actor("client").unwrap())
+        .ask(OrchestratorRequest::ListHosts, SILENCE)
+        .await;
+    assert!(
+        answer.is_err(),
+        "a client squatted a host's address: {answer:?}"
+    );
+    assert!(orch.refusals().get("connection").copied().unwrap_or(0) >= 1);
+    squatter.shutdown(Duration::from_millis(100)).await;
+
+    // The node itself comes back at its address and is served.
+    let back = shared_host(&fleet, Some(&addr), secret).await;
+    let answer = back
+        .remote_ref::<OrchestratorRequest>(actor)
+        .with_sender(addr.proc("service").unwrap().actor("host").unwrap())
+        .ask(beat(&addr), T)
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Ok(OrchestratorReply::HeartbeatAck { .. })),
+        "{answer:?}"
+    );
+    back.shutdown(Duration::from_millis(100)).await;
+    orch.shutdown().await;
+}
+
 // Attests ORC-39
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blob_store_serves_by_role_and_grant() {

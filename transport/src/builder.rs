@@ -13,10 +13,10 @@ use procmesh_protocol::codec::{FrameCodec, DEFAULT_MAX_FRAME};
 use procmesh_protocol::{HostAddr, ProcId};
 use tokio::sync::broadcast;
 
-use crate::blob::BlobStore;
+use crate::blob::{BlobPolicy, BlobStore};
 use crate::local::LocalHub;
 use crate::node::{Node, NodeInner};
-use crate::peer::{refusal, DialPolicy, Limits};
+use crate::peer::{refusal, Admission, DialPolicy, Limits};
 use crate::quic::{Quic, QuicOptions};
 use crate::revoke::Revocations;
 use crate::tls::TlsIdentity;
@@ -82,6 +82,23 @@ pub struct NodeBuilder {
     claim: Option<(String, Option<[u8; 32]>)>,
     dial_policy: DialPolicy,
     revocations: Option<Revocations>,
+    hooks: Hooks,
+}
+
+/// The admission and blob policy a node starts with (installed before it accepts anything).
+#[derive(Default)]
+struct Hooks {
+    admission: Option<Arc<dyn Admission>>,
+    blob_policy: Option<Arc<dyn BlobPolicy>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("admission", &self.admission.is_some())
+            .field("blob_policy", &self.blob_policy.is_some())
+            .finish()
+    }
 }
 
 impl NodeBuilder {
@@ -99,7 +116,22 @@ impl NodeBuilder {
             claim: None,
             dial_policy: DialPolicy::Any,
             revocations: None,
+            hooks: Hooks::default(),
         }
+    }
+
+    /// Start with this admission hook (NODE-8), so that no link is ever admitted without it
+    /// (also settable later with [`Node::set_admission`]).
+    pub fn admission(mut self, admission: Arc<dyn Admission>) -> Self {
+        self.hooks.admission = Some(admission);
+        self
+    }
+
+    /// Start with this blob policy (BLOB-4), so that no blob request is ever served without it
+    /// (also settable later with [`Node::set_blob_policy`]).
+    pub fn blob_policy(mut self, policy: Arc<dyn BlobPolicy>) -> Self {
+        self.hooks.blob_policy = Some(policy);
+        self
     }
 
     /// Claim to speak for the node (or proc) `name` in every hello, with a proof of `secret`:
@@ -205,8 +237,8 @@ impl NodeBuilder {
             mesh,
             dial_policy: self.dial_policy,
             dial_allowed: RwLock::new(HashSet::new()),
-            admission: RwLock::new(None),
-            blob_policy: RwLock::new(None),
+            admission: RwLock::new(self.hooks.admission),
+            blob_policy: RwLock::new(self.hooks.blob_policy),
             revocations: self.revocations,
             bound: DashMap::new(),
             refusals: Mutex::new(refusal::ALL.iter().map(|c| (*c, 0)).collect()),

@@ -36,7 +36,11 @@
 //! - **NODE-7** A remote peer's claimed address (`hello.addr`) is bound to its identity key
 //!   (role, certificate name, claimed node name) by its first accepted link; a later link from
 //!   another identity key claiming a bound address is refused (`address_bound`) and the route
-//!   stays with the first. A QUIC peer claiming our own address is refused (NODE-3).
+//!   stays with the first. A QUIC peer claiming our own address is refused (NODE-3). Only
+//!   nodes keep an address: a client's or operator's claim lasts while a link of theirs to it
+//!   lives, and a node (orchestrator or host) claiming an address a client or operator holds
+//!   takes it over (their link is replaced and closed), so nobody without a node certificate
+//!   can hold a node's address against it.
 //! - **NODE-8** Every link, accepted or dialled, on every transport, passes [`Admission::admit`]
 //!   after its handshake and before it is adopted or anything it sends is routed; a refusal
 //!   closes it (`admission`).

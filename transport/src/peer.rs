@@ -107,6 +107,15 @@ pub(crate) struct IdentityKey {
     claim: Option<String>,
 }
 
+impl IdentityKey {
+    /// Whether this identity holds an address only while its link lives: clients and
+    /// operators, which are never nodes (NODE-7). Orchestrators and hosts, and peers without a
+    /// certificate (Unix and in-process nodes), keep theirs.
+    pub(crate) fn leases(&self) -> bool {
+        matches!(self.role, Some(Role::Client | Role::Operator))
+    }
+}
+
 impl std::fmt::Display for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let role = self.role.map_or("-", Role::as_str);
@@ -362,15 +371,26 @@ impl NodeInner {
         if self.peer_class(peer) == PeerClass::Remote {
             let key = peer.identity_key();
             match self.bound.entry(peer.hello.addr.clone()) {
-                dashmap::Entry::Occupied(e) if *e.get() != key => {
-                    return Err((
-                        refusal::ADDRESS_BOUND,
-                        format!(
-                            "{} is bound to another identity ({}), not {key}",
-                            peer.hello.addr,
-                            e.get()
-                        ),
-                    ));
+                dashmap::Entry::Occupied(mut e) if *e.get() != key => {
+                    if !e.get().leases() || key.leases() {
+                        return Err((
+                            refusal::ADDRESS_BOUND,
+                            format!(
+                                "{} is bound to another identity ({}), not {key}",
+                                peer.hello.addr,
+                                e.get()
+                            ),
+                        ));
+                    }
+                    // A node takes its address over from a client or operator that claimed it
+                    // first; adopting the node's link closes theirs.
+                    tracing::warn!(
+                        addr = %peer.hello.addr,
+                        was = %e.get(),
+                        now = %key,
+                        "a node takes over an address a client claimed"
+                    );
+                    e.insert(key);
                 }
                 dashmap::Entry::Occupied(_) => {}
                 dashmap::Entry::Vacant(e) => {
@@ -379,6 +399,19 @@ impl NodeInner {
             }
         }
         Ok(())
+    }
+
+    /// NODE-7: after a link of `peer` ended, a client's or operator's claim of its address
+    /// ends with it, unless a link to that address lives on (its own newer one).
+    pub(crate) fn release(&self, peer: &PeerInfo) {
+        let key = peer.identity_key();
+        if !key.leases() {
+            return;
+        }
+        let addr = &peer.hello.addr;
+        self.bound.remove_if(addr, |_, held| {
+            *held == key && !self.peers.contains_key(addr)
+        });
     }
 
     /// NODE-8: the admission hook for any link.

@@ -369,11 +369,13 @@ pub(crate) async fn run_link<R, W>(
     let read_link = link.clone();
     tokio::spawn(async move {
         let peer_addr = peer.hello.addr.clone();
+        let ended = peer.clone();
         if let Err(error) = read_loop(reader, leftover, codec, read_node.clone(), peer).await {
             tracing::warn!(%error, peer = %peer_addr, "closing link after a bad frame");
         }
         read_link.close();
         read_node.forget(&read_link);
+        read_node.release(&ended);
     });
     write_loop(writer, rx, codec, node, link).await;
 }

@@ -154,6 +154,23 @@ impl RawLink {
     }
 }
 
+impl RawLink {
+    /// Whether the node ends this stream (or its connection) within `T`.
+    async fn ended(&mut self) -> bool {
+        tokio::time::timeout(T, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.recv.read(&mut chunk).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
 fn tell(dest: &ActorId, sender: &ActorId, msg: &TestMsg) -> Envelope {
     Envelope {
         dest: dest.clone(),
@@ -435,6 +452,86 @@ async fn a_bound_address_stays_with_its_first_identity() {
     // A QUIC peer claiming the node's own address is refused (NODE-3).
     let third = raw_link(&first, &Hello::new(node.addr().clone(), "b"), 1).await;
     assert!(third.answer.refused.unwrap().contains("our own address"));
+}
+
+// Attests NODE-7
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_keep_an_address_and_a_node_takes_its_own_over_from_a_client() {
+    let ca = ca();
+    let (node, rec) =
+        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let claimed: HostAddr = "quic!127.0.0.1:3".parse().unwrap();
+    let me = claimed.proc("h").unwrap().actor("x").unwrap();
+    let hello = Hello::new(claimed.clone(), "h");
+
+    // A client claims a node's address first (say, right after a restart).
+    let squatter_ep = raw_endpoint(&issue(&ca, Role::Client, "mallory"));
+    let squatter = raw_connect(&squatter_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mut squat = raw_link(&squatter, &hello, 1).await;
+    assert_eq!(squat.answer.refused, None);
+    // While its link lives, another client cannot take the address from it.
+    let other_ep = raw_endpoint(&issue(&ca, Role::Operator, "eve"));
+    let other = raw_connect(&other_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let refused_link = raw_link(&other, &hello, 1).await;
+    assert!(refused_link.answer.refused.is_some());
+
+    // The host whose address it is arrives: it takes the address over, the client's link is
+    // closed, and what is sent to the address reaches the host.
+    let host_ep = raw_endpoint(&issue(&ca, Role::Host, "h"));
+    let host = raw_connect(&host_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mut real = raw_link(&host, &hello, 1).await;
+    assert_eq!(real.answer.refused, None);
+    assert!(squat.ended().await, "the squatter's link was not closed");
+    node.remote_ref::<TestMsg>(me.clone())
+        .tell(TestMsg::Seq(7))
+        .await
+        .unwrap();
+    assert_eq!(real.next().await.dest, me);
+    real.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
+    let local = node.remote_ref::<TestMsg>(rec.clone());
+    assert!(
+        eventually(T, || async {
+            local.ask(TestMsg::Count, T).await.unwrap() == 1
+        })
+        .await
+    );
+    // Now the address is the node's for good: no client gets it back.
+    let squatter = raw_connect(&squatter_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let again = raw_link(&squatter, &hello, 1).await;
+    let reason = again.answer.refused.expect("refused");
+    assert!(reason.contains("bound to another identity"), "{reason}");
+
+    // A client's claim of an address nobody else holds ends with its connection.
+    let free: HostAddr = "quic!127.0.0.1:4".parse().unwrap();
+    let first = raw_link(&other, &Hello::new(free.clone(), "c"), 1).await;
+    assert_eq!(first.answer.refused, None);
+    other.close(0u32.into(), b"done");
+    let next_ep = raw_endpoint(&issue(&ca, Role::Client, "carol"));
+    let next = raw_connect(&next_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mut taken = false;
+    for _ in 0..50 {
+        if raw_link(&next, &Hello::new(free.clone(), "c"), 1)
+            .await
+            .answer
+            .refused
+            .is_none()
+        {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "a closed client's address stayed bound");
 }
 
 // Attests NODE-8

@@ -66,21 +66,16 @@ impl Client {
             .start()
             .await?;
         let client = Client::from_node(node, config.orchestrator.clone(), config.timeout);
-        let check = client
-            .inner
-            .orchestrator
-            .ask(OrchestratorRequest::ListHosts, config.timeout)
-            .await;
-        match check {
-            Ok(_) => Ok(client),
-            Err(error) => {
-                client.close().await;
-                Err(ClientError::Unreachable {
-                    orchestrator: config.orchestrator,
-                    error,
-                })
-            }
+        // Any answer will do: a refusal (or a reply of another kind) comes from the orchestrator.
+        let check = client.call_within(req::ListHosts, config.timeout).await;
+        if let Err(ClientError::Transport { error, .. }) = check {
+            client.close().await;
+            return Err(ClientError::Unreachable {
+                orchestrator: config.orchestrator,
+                error,
+            });
         }
+        Ok(client)
     }
 
     /// A client on an existing node (one in the same process as the orchestrator, a test's).

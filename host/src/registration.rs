@@ -13,6 +13,10 @@
 //! a proc exits unasked ─▶ ProcLost { proc_id, status, reason } (then respawned: `respawn`)
 //! ```
 //!
+//! Each request is a typed request (`requests::host`); a reply of another kind is a protocol
+//! error, logged in one place (`ask_orchestrator`): registration then heartbeats at our
+//! interval anyway, a heartbeat keeps beating.
+//!
 //! The heartbeat asks every ready agent for its `Status` but waits for the answers at most half
 //! an interval: an agent that has not answered by then (stopped, overloaded) is reported from
 //! its latest answer while that is younger than the agent ask timeout (its attempts, not its
@@ -39,12 +43,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use procmesh_protocol::messages::requests::{host as req, Ask};
 use procmesh_protocol::messages::{
-    AgentReply, AgentRequest, Heartbeat, OrchestratorError, OrchestratorReply, OrchestratorRequest,
-    ProcCapacity, ProcStatus,
+    AgentReply, AgentRequest, Heartbeat, OrchestratorError, OrchestratorRequest, ProcCapacity,
+    ProcStatus,
 };
 use procmesh_protocol::{ActorId, AttemptRef, ExitStatus, ProcId};
-use procmesh_transport::RemoteRef;
+use procmesh_transport::{RemoteRef, SendFailure};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -104,20 +109,19 @@ async fn register(
         }
         let ours = Duration::from_millis(inner.config.heartbeat_interval_ms.max(1));
         let info = inner.host_info();
-        let answer = inner
-            .orchestrator_ref(orchestrator)
-            .ask(
-                OrchestratorRequest::RegisterHost(info),
-                inner.config.agent_ask_timeout(),
-            )
-            .await;
+        let answer = ask_orchestrator(
+            &inner.orchestrator_ref(orchestrator),
+            req::RegisterHost { info },
+            inner.config.agent_ask_timeout(),
+        )
+        .await;
         drop(inner);
         match answer {
-            Ok(Ok(OrchestratorReply::HostRegistered {
+            Ok(Ok(Some(req::Registered {
                 heartbeat_interval_ms,
                 ticket_key,
                 ..
-            })) => {
+            }))) => {
                 tracing::info!(%orchestrator, heartbeat_interval_ms, "registered");
                 // HST-22: the key of this registration replaces any earlier one.
                 if let Some(inner) = host.upgrade() {
@@ -133,13 +137,8 @@ async fn register(
                     ms => Duration::from_millis(ms),
                 });
             }
-            Ok(Ok(other)) => {
-                tracing::warn!(
-                    ?other,
-                    "unexpected answer to RegisterHost; heartbeating anyway"
-                );
-                return Some(ours);
-            }
+            // A reply of another kind (logged): heartbeat anyway.
+            Ok(Ok(None)) => return Some(ours),
             Ok(Err(error)) => tracing::warn!(%error, "registration refused"),
             Err(error) => tracing::warn!(%error, %orchestrator, "registration failed"),
         }
@@ -175,6 +174,23 @@ struct StatusBoard {
 
 type Board = Arc<Mutex<StatusBoard>>;
 
+/// Asks the orchestrator a host request: its typed reply, `None` for a reply of another kind
+/// (a protocol error, logged here for every request), the refusal, or why there is no answer.
+async fn ask_orchestrator<A: Ask>(
+    orchestrator: &RemoteRef<OrchestratorRequest>,
+    request: A,
+    timeout: Duration,
+) -> Result<Result<Option<A::Reply>, OrchestratorError>, SendFailure> {
+    let answer = orchestrator.ask(request.request(), timeout).await?;
+    Ok(answer.map(|reply| match A::reply(reply) {
+        Ok(reply) => Some(reply),
+        Err(other) => {
+            tracing::warn!(?other, "unexpected answer to {}", A::KIND);
+            None
+        }
+    }))
+}
+
 impl HostInner {
     pub(crate) fn orchestrator_ref(
         &self,
@@ -209,23 +225,20 @@ impl HostInner {
                 .flat_map(|r| r.running.iter().copied())
                 .collect(),
         };
-        let answer = self
-            .orchestrator_ref(orchestrator)
-            .ask(
-                OrchestratorRequest::Heartbeat(heartbeat),
-                self.config.agent_ask_timeout(),
-            )
-            .await;
+        let answer = ask_orchestrator(
+            &self.orchestrator_ref(orchestrator),
+            req::Heartbeat { beat: heartbeat },
+            self.config.agent_ask_timeout(),
+        )
+        .await;
         match answer {
-            Ok(Ok(OrchestratorReply::HeartbeatAck { orphans })) => {
+            Ok(Ok(Some(orphans))) => {
                 self.link.acked(offered);
                 self.cancel_orphans(&reports, orphans).await;
                 Beat::Ok
             }
-            Ok(Ok(other)) => {
-                tracing::warn!(?other, "unexpected answer to Heartbeat");
-                Beat::Ok
-            }
+            // A reply of another kind (logged): keep beating.
+            Ok(Ok(None)) => Beat::Ok,
             Ok(Err(OrchestratorError::UnknownHost(_))) => {
                 self.link.unknown();
                 Beat::Unknown
@@ -344,12 +357,12 @@ impl HostInner {
         let orch = self.orchestrator_ref(&orchestrator);
         let timeout = self.config.agent_ask_timeout();
         tokio::spawn(async move {
-            let lost = OrchestratorRequest::ProcLost {
+            let lost = req::ProcLost {
                 proc_id: proc_id.clone(),
                 status: Some(status),
                 reason,
             };
-            match orch.ask(lost, timeout).await {
+            match ask_orchestrator(&orch, lost, timeout).await {
                 Ok(Ok(_)) => tracing::info!(proc = %proc_id, "reported lost proc"),
                 Ok(Err(error)) => tracing::warn!(%error, proc = %proc_id, "ProcLost refused"),
                 Err(error) => tracing::warn!(%error, proc = %proc_id, "ProcLost not delivered"),

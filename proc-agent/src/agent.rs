@@ -37,7 +37,8 @@ use procmesh_protocol::messages::agent::{
     AgentError, AgentReply, AgentRequest, AgentStatus, Probe,
 };
 use procmesh_protocol::messages::host::{HostReply, HostRequest};
-use procmesh_protocol::messages::orchestrator::{OrchestratorReply, OrchestratorRequest};
+use procmesh_protocol::messages::orchestrator::OrchestratorRequest;
+use procmesh_protocol::messages::requests::{agent::GetWorker, Ask};
 use procmesh_protocol::spec::{WorkerDescriptor, WorkerId};
 use procmesh_protocol::{ActorId, ProcId};
 use procmesh_transport::remote::BoxFuture;
@@ -314,11 +315,12 @@ impl Resolver for MeshResolver {
         let orchestrator: RemoteRef<OrchestratorRequest> = self.node.remote_ref(report_to.clone());
         Box::pin(async move {
             match orchestrator
-                .ask(OrchestratorRequest::GetWorker(id), RESOLVE_TIMEOUT)
+                .ask(GetWorker { id }.request(), RESOLVE_TIMEOUT)
                 .await
             {
-                Ok(Ok(OrchestratorReply::Worker(descriptor))) => Ok(descriptor),
-                Ok(Ok(other)) => Err(format!("unexpected answer to GetWorker: {other:?}")),
+                Ok(Ok(reply)) => <GetWorker as Ask>::reply(reply).map_err(|other| {
+                    format!("unexpected answer to {}: {other:?}", GetWorker::KIND)
+                }),
                 Ok(Err(e)) => Err(format!("worker {id}: {e}")),
                 Err(e) => Err(format!(
                     "worker {id}: cannot ask {}: {e}",

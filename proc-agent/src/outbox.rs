@@ -20,7 +20,7 @@
 //!
 //! | result of the ask | verdict |
 //! |---|---|
-//! | `Ok(Ack)`, `Ok(Updated(_))`, any other reply | acknowledged: popped |
+//! | `Ok(Ack)`, `Ok(Updated(_))`, any other reply | acknowledged: popped (a reply of another kind is a protocol error, logged at warn) |
 //! | `Err(UnknownAction)`, and every other refusal (`unknown_queue`, `forbidden`, `internal`, …) | judged: popped (logged; `unknown_action` at debug, the rest at warn) — a refusal says nothing was changed *because of the transition*, so re-sending gets the same answer and would hold up every later report |
 //! | `Err(ShuttingDown)`, `Err(Journal(_))` | not applied, for a reason that passes: kept, re-sent |
 //! | `SendFailure::Timeout`, `Remote(Undeliverable \| ActorStopped \| Handler)` | no answer (lost link, orchestrator restarting or down): kept, re-sent |
@@ -57,9 +57,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use procmesh_protocol::messages::orchestrator::{
-    OrchestratorError, OrchestratorReply, OrchestratorRequest,
-};
+use procmesh_protocol::messages::orchestrator::{OrchestratorError, OrchestratorRequest};
+use procmesh_protocol::messages::requests::agent::{ActionUpdate, ActionUpdates};
+use procmesh_protocol::messages::requests::Ask;
 use procmesh_protocol::{ActorId, AttemptRef, RemoteError, Transition};
 use procmesh_transport::{Node, RemoteRef, SendFailure};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -112,8 +112,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The verdict on the result of asking an `ActionUpdate(s)` (the table in the module doc).
-    pub fn of(result: &Result<Result<OrchestratorReply, OrchestratorError>, SendFailure>) -> Self {
+    /// The verdict on the result of asking an `ActionUpdate(s)` (the table in the module doc):
+    /// any reply `R` acknowledges.
+    pub fn of<R>(result: &Result<Result<R, OrchestratorError>, SendFailure>) -> Self {
         match result {
             Ok(Ok(_)) => Verdict::Acknowledged,
             Ok(Err(e @ (OrchestratorError::ShuttingDown | OrchestratorError::Journal(_)))) => {
@@ -137,6 +138,52 @@ impl Verdict {
             ) => Verdict::Retry(e.to_string()),
         }
     }
+}
+
+/// A message of transitions: one alone, or a batch applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// One transition.
+    One(ActionUpdate),
+    /// Several.
+    Batch(ActionUpdates),
+}
+
+impl Message {
+    /// The wire request.
+    pub fn request(self) -> OrchestratorRequest {
+        match self {
+            Message::One(update) => update.request(),
+            Message::Batch(updates) => updates.request(),
+        }
+    }
+
+    /// Asks `target`; the reply only says that it was answered (the module doc).
+    async fn ask(
+        self,
+        target: &RemoteRef<OrchestratorRequest>,
+        timeout: Duration,
+    ) -> Result<Result<(), OrchestratorError>, SendFailure> {
+        match self {
+            Message::One(update) => ask(target, update, timeout).await,
+            Message::Batch(updates) => ask(target, updates, timeout).await,
+        }
+    }
+}
+
+/// Asks `target` for `request`. A reply of another kind acknowledges it all the same (the module
+/// doc) but is a protocol error: logged here, for both kinds of message.
+async fn ask<A: Ask>(
+    target: &RemoteRef<OrchestratorRequest>,
+    request: A,
+    timeout: Duration,
+) -> Result<Result<(), OrchestratorError>, SendFailure> {
+    let answer = target.ask(request.request(), timeout).await?;
+    Ok(answer.map(|reply| {
+        if let Err(other) = A::reply(reply) {
+            tracing::warn!(report_to = %target.id(), ?other, "unexpected answer to {}", A::KIND);
+        }
+    }))
 }
 
 /// What became of a pushed transition.
@@ -271,15 +318,19 @@ impl Outbox {
 
     /// The next message to ask, if one may be sent now: the oldest waiting transitions (up to
     /// `max_batch`), copied — they stay queued until the verdict (PA-AG-3).
-    pub fn next_message(&mut self, max_batch: usize) -> Option<OrchestratorRequest> {
+    pub fn next_message(&mut self, max_batch: usize) -> Option<Message> {
         if self.in_flight > 0 || self.backing_off || self.queue.is_empty() {
             return None;
         }
         let n = self.queue.len().min(max_batch.max(1));
         self.in_flight = n;
         Some(match n {
-            1 => OrchestratorRequest::ActionUpdate(self.queue[0].clone()),
-            _ => OrchestratorRequest::ActionUpdates(self.queue.range(..n).cloned().collect()),
+            1 => Message::One(ActionUpdate {
+                transition: self.queue[0].clone(),
+            }),
+            _ => Message::Batch(ActionUpdates {
+                transitions: self.queue.range(..n).cloned().collect(),
+            }),
         })
     }
 
@@ -404,7 +455,7 @@ struct Dest {
 }
 
 enum Event {
-    Answered(Result<Result<OrchestratorReply, OrchestratorError>, SendFailure>),
+    Answered(Result<Result<(), OrchestratorError>, SendFailure>),
     Wake,
 }
 
@@ -433,7 +484,7 @@ impl Pump {
                     let target = dest.target.clone();
                     let timeout = self.config.ask_timeout;
                     let task = tasks
-                        .spawn(async move { Event::Answered(target.ask(message, timeout).await) });
+                        .spawn(async move { Event::Answered(message.ask(&target, timeout).await) });
                     serving.push((task.id(), i));
                 }
             }
@@ -600,6 +651,7 @@ impl Pump {
 mod tests {
     use super::*;
     use procmesh_protocol::action::{ActionState, Attempt, Lsn, Timestamp};
+    use procmesh_protocol::messages::orchestrator::OrchestratorReply;
 
     fn t(lsn: u64, state: ActionState) -> Transition {
         Transition::new(Lsn(lsn), Attempt::FIRST, state, Timestamp::default())
@@ -632,6 +684,11 @@ mod tests {
         use OrchestratorError as E;
         let v = |r| Verdict::of(&r);
         assert_eq!(v(Ok(Ok(OrchestratorReply::Ack))), Verdict::Acknowledged);
+        // The pump's typed answer: a reply, whatever it says.
+        assert_eq!(
+            Verdict::of(&Ok::<_, SendFailure>(Ok::<(), E>(()))),
+            Verdict::Acknowledged
+        );
         assert_eq!(
             v(Ok(Err(E::UnknownAction(Lsn(1))))),
             Verdict::Judged("unknown_action")
@@ -679,7 +736,9 @@ mod tests {
         o.push(t(1, Running));
         o.push(t(2, Running));
         let first = o.next_message(512).expect("a message");
-        assert!(matches!(&first, OrchestratorRequest::ActionUpdates(ts) if ts.len() == 2));
+        assert!(
+            matches!(first.clone().request(), OrchestratorRequest::ActionUpdates(ts) if ts.len() == 2)
+        );
         assert!(o.next_message(512).is_none(), "one message in flight");
         o.push(t(1, Completed));
         assert_eq!(
@@ -698,7 +757,7 @@ mod tests {
         assert_eq!(o.answered(&Verdict::Acknowledged, &c), Answered::Popped);
         assert_eq!(lsns(&o), [(1, Completed)]);
         assert_eq!(
-            o.next_message(512),
+            o.next_message(512).map(Message::request),
             Some(OrchestratorRequest::ActionUpdate(t(1, Completed)))
         );
         assert_eq!(

@@ -66,6 +66,9 @@ pub enum StartError {
     /// The frontend binds an unspecified address and no `advertise` address is set.
     #[error("listen address {0} is unspecified: set advertise to the address peers dial")]
     Advertise(std::net::SocketAddr),
+    /// A limit that must be positive (NODE-10) is 0; names the field.
+    #[error("{0} must be greater than 0")]
+    Zero(&'static str),
     /// Action isolation could not be set up as configured.
     #[error("action isolation: {0}")]
     Isolation(String),
@@ -168,6 +171,8 @@ impl Host {
         config: HostConfig,
         manager: Arc<dyn ProcManager>,
     ) -> Result<Host, StartError> {
+        // NODE-10: the operator's limits, checked before anything is touched.
+        let node_config = config.node_config().map_err(StartError::Zero)?;
         let identity: TlsIdentity = match (&config.tls_identity, &config.tls_dir) {
             (Some(identity), _) => identity.clone(),
             (None, Some(dir)) => TlsIdentity::load(dir)?,
@@ -232,7 +237,8 @@ impl Host {
             .blob_policy(Arc::new(HostBlobPolicy {
                 ticket_key: ticket_key.clone(),
             }))
-            .node_claim(&node_name, node_secret);
+            .node_claim(&node_name, node_secret)
+            .config(node_config);
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
         }
@@ -670,5 +676,33 @@ impl HostInner {
             agent_ask: self.config.agent_ask_timeout(),
             kill_wait: self.config.kill_wait(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::InProcessManager;
+
+    #[tokio::test]
+    async fn a_zero_limit_is_refused_before_anything_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let config = HostConfig {
+            state_dir: state.clone(),
+            max_streams_per_connection: 0,
+            ..HostConfig::default()
+        };
+        let manager = Arc::new(InProcessManager::new(|_| async { ExitStatus::Code(0) }));
+        let err = Host::start(config, manager).await.unwrap_err();
+        assert!(matches!(
+            err,
+            StartError::Zero("max_streams_per_connection")
+        ));
+        assert_eq!(
+            err.to_string(),
+            "max_streams_per_connection must be greater than 0"
+        );
+        assert!(!state.exists(), "the state directory was created");
     }
 }

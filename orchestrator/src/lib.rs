@@ -231,7 +231,9 @@ impl Orchestrator {
             .admission(gate.clone())
             .blob_policy(gate.clone())
             // ORC-38: only registered hosts are dialled.
-            .dial_policy(DialPolicy::Listed);
+            .dial_policy(DialPolicy::Listed)
+            // NODE-10: the operator's limits.
+            .config(config.node_config());
         if let Some(addr) = &config.advertise {
             builder = builder.addr(addr.clone());
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use kameo::actor::Spawn;
 use procmesh_protocol::cas::{BlobHash, DownloadTicket};
-use procmesh_protocol::codec::{encode_body, FrameCodec, Hello};
+use procmesh_protocol::codec::{encode_body, FrameCodec, Hello, MAGIC};
 use procmesh_protocol::{ActorId, Body, Envelope, HostAddr};
 use procmesh_transport::{
     node_proof, proc_proof, verify_node_proof, Admission, BlobError, BlobPeer, BlobPolicy,
@@ -402,7 +402,7 @@ async fn the_relay_hook_decides_who_reaches_a_proc() {
     assert_eq!(direct.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
 }
 
-// Attests NODE-7
+// Attests NODE-7, NODE-3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_address_stays_with_its_first_identity() {
     let ca = ca();
@@ -790,6 +790,140 @@ async fn connection_and_ask_limits_hold() {
     assert!(refused(&node, "too_many_connections") >= 1);
     // The first two are still served.
     assert_eq!(remote.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
+}
+
+// Attests NODE-10
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_finishes_its_hello_is_refused_after_the_handshake_timeout() {
+    let ca = ca();
+    let within = Duration::from_millis(500);
+    let config = NodeConfig {
+        handshake_timeout: within,
+        ..NodeConfig::default()
+    };
+    let (node, rec) = serving(
+        NodeBuilder::new("b")
+            .quic(loopback(), issue(&ca, Role::Host, "b"))
+            .config(config),
+    )
+    .await;
+    // The TLS handshake completes; then one stream stops after the magic, another halfway
+    // through its hello.
+    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "mute"));
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    let mut hello = Vec::new();
+    FrameCodec::default()
+        .encode_handshake(
+            &Hello::new("quic!127.0.0.1:5".parse().unwrap(), "mute"),
+            &mut hello,
+        )
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut stalled = Vec::new();
+    for part in [&MAGIC[..], &hello[..hello.len() / 2]] {
+        let (mut send, recv) = tokio::time::timeout(T, conn.open_bi())
+            .await
+            .unwrap()
+            .unwrap();
+        send.write_all(part).await.unwrap();
+        stalled.push((send, recv));
+    }
+    // Meanwhile another peer is served.
+    let other = quic_node("o", issue(&ca, Role::Client, "other")).await;
+    let remote = other.remote_ref::<TestMsg>(rec);
+    assert_eq!(remote.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
+
+    // Each stalled stream is ended by the node, unanswered, once the timeout has passed (and
+    // well before the default timeout of 10 s).
+    for (_, recv) in &mut stalled {
+        let end = tokio::time::timeout_at(started + 10 * within, recv.read_to_end(1 << 16))
+            .await
+            .expect("the node kept a stalled handshake open");
+        assert!(
+            end.as_ref().map_or(true, Vec::is_empty),
+            "a stalled handshake was answered: {end:?}"
+        );
+    }
+    assert!(
+        started.elapsed() >= within,
+        "refused before the timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused(&node, "handshake"), 2, "{:?}", node.refusals());
+    // The node keeps serving.
+    assert_eq!(remote.ask(TestMsg::Ping(2), T).await.unwrap(), 3);
+}
+
+// Attests NODE-10
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_has_at_most_max_bidi_streams_open_at_once() {
+    let ca = ca();
+    let mut config = NodeConfig::default();
+    config.quic.max_bidi_streams = 4;
+    // Long enough that the held streams' begun handshakes stay open through the test.
+    config.handshake_timeout = Duration::from_secs(60);
+    let (node, rec) = serving(
+        NodeBuilder::new("b")
+            .quic(loopback(), issue(&ca, Role::Host, "b"))
+            .config(config),
+    )
+    .await;
+    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "greedy"));
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .unwrap();
+    // Four streams, each a handshake begun and never finished: the node holds them open.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (mut send, recv) = tokio::time::timeout(T, conn.open_bi())
+            .await
+            .expect("a stream within the limit")
+            .unwrap();
+        send.write_all(&MAGIC).await.unwrap();
+        held.push((send, recv));
+    }
+    // A fifth (a whole link) does not open while four are.
+    let claimed: HostAddr = "quic!127.0.0.1:6".parse().unwrap();
+    let mut fifth = tokio::spawn({
+        let conn = conn.clone();
+        let hello = Hello::new(claimed.clone(), "greedy");
+        async move { raw_link(&conn, &hello, 1).await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut fifth)
+            .await
+            .is_err(),
+        "a fifth stream opened while four were open"
+    );
+    assert_eq!(refused(&node, "handshake"), 0);
+
+    // One of the four ends (its handshake refused): the fifth opens and its link is served.
+    let (mut send, _recv) = held.remove(0);
+    send.finish().unwrap();
+    let mut link = tokio::time::timeout(T, fifth)
+        .await
+        .expect("the fifth stream did not open once one was closed")
+        .unwrap();
+    assert_eq!(link.answer.refused, None);
+    assert_eq!(refused(&node, "handshake"), 1);
+    let me = claimed.proc("greedy").unwrap().actor("x").unwrap();
+    link.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
+    let local = node.remote_ref::<TestMsg>(rec.clone());
+    assert!(
+        eventually(T, || async {
+            local.ask(TestMsg::Count, T).await.unwrap() == 1
+        })
+        .await
+    );
+    // Four are open again: a sixth waits as well.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), conn.open_bi())
+            .await
+            .is_err(),
+        "a sixth stream opened while four were open"
+    );
 }
 
 // Attests TLS-6

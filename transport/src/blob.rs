@@ -380,10 +380,20 @@ where
 {
     // Blob requests are small: a tight frame limit (BLOB-3).
     let codec = FrameCodec::new(4096);
-    let request: BlobRequest = match read_frame(&mut reader, codec).await {
-        Ok(r) => r,
-        Err(error) => {
+    let read = tokio::time::timeout(
+        node.config.handshake_timeout,
+        read_frame(&mut reader, codec),
+    );
+    let request: BlobRequest = match read.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(error)) => {
             tracing::warn!(%error, "bad blob request");
+            return;
+        }
+        Err(_) => {
+            // NODE-10: no request within the handshake timeout.
+            node.refuse(refusal::HANDSHAKE);
+            tracing::warn!(remote = ?peer.remote, "no blob request within the handshake timeout");
             return;
         }
     };

@@ -50,7 +50,10 @@
 //! - **NODE-10** Limits ([`Limits`]): incoming QUIC connections in total and per certificate
 //!   serial, and asks pending on one link. Past a limit a connection is closed with
 //!   [`CLOSE_LIMIT`] and a reason, an ask is answered `Undeliverable("too many pending asks")`;
-//!   both are counted, and the node keeps serving everyone else.
+//!   both are counted, and the node keeps serving everyone else. Within the handshake timeout
+//!   an accepted connection must open a stream, a stream must say what it is (its magic), a
+//!   link must finish its hello and a blob stream send its request; otherwise it is closed
+//!   and counted (`handshake`), so saying nothing holds no slot for long.
 //! - **NODE-11** Every refusal is counted by reason code ([`Node::refusals`]).
 
 use std::any::Any;

@@ -486,7 +486,14 @@ impl Quic {
                     // until the older connection is settled (QUIC-4).
                     let (settled, settling) = watch::channel(false);
                     let guards = (slot, identity_slot, entry);
-                    tokio::spawn(serve_connection(node.clone(), carrier, settling, guards));
+                    let first = inner_handshake_timeout(&node);
+                    tokio::spawn(serve_connection(
+                        node.clone(),
+                        carrier,
+                        settling,
+                        guards,
+                        first,
+                    ));
                     quic.register_accepted(remote, &conn, &identity).await;
                     settled.send_replace(true);
                 });
@@ -617,6 +624,7 @@ impl Quic {
             carrier,
             settled,
             entry,
+            None,
         ));
         Ok((conn, identity))
     }
@@ -630,19 +638,45 @@ impl Quic {
     }
 }
 
+/// The handshake timeout of the node behind `node`, if it still runs.
+fn inner_handshake_timeout(node: &Weak<NodeInner>) -> Option<Duration> {
+    node.upgrade().map(|n| n.config.handshake_timeout)
+}
+
 /// Accepts the streams a peer opens on a connection until it closes. `guards` (limit slots,
-/// the live-connection entry) are held until then.
+/// the live-connection entry) are held until then. On an accepted connection the peer must
+/// open its first stream within `first` (the handshake timeout, NODE-10), or the connection is
+/// closed: a connection that finished TLS and says nothing holds no slot for long.
 async fn serve_connection<G: Send + 'static>(
     node: Weak<NodeInner>,
     carrier: Carrier,
     settled: watch::Receiver<bool>,
     guards: G,
+    first: Option<Duration>,
 ) {
     let _guards = guards;
     let conn = carrier.conn.clone();
     let remote = conn.remote_address();
+    let mut first = first;
     loop {
-        match conn.accept_bi().await {
+        let accepted = match first.take() {
+            Some(within) => match tokio::time::timeout(within, conn.accept_bi()).await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    if let Some(inner) = node.upgrade() {
+                        inner.refuse(refusal::HANDSHAKE);
+                    }
+                    tracing::warn!(%remote, "no stream within the handshake timeout: closing");
+                    conn.close(
+                        CLOSE_REFUSED.into(),
+                        b"no stream within the handshake timeout",
+                    );
+                    continue;
+                }
+            },
+            None => conn.accept_bi().await,
+        };
+        match accepted {
             Ok((send, recv)) => {
                 let Some(inner) = node.upgrade() else { return };
                 let settled = settled.clone();
@@ -672,8 +706,18 @@ async fn serve_stream(
 ) {
     let remote = carrier.conn.remote_address();
     let mut magic = [0u8; 4];
-    if recv.read_exact(&mut magic).await.is_err() {
-        return;
+    // NODE-10: a stream that does not say what it is within the handshake timeout is ended,
+    // so a peer cannot hold stream slots with a few bytes.
+    match tokio::time::timeout(node.config.handshake_timeout, recv.read_exact(&mut magic)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            node.refuse(refusal::HANDSHAKE);
+            tracing::warn!(%remote, "a stream sent no magic within the handshake timeout");
+            let _ = recv.stop(0u32.into());
+            let _ = send.reset(0u32.into());
+            return;
+        }
     }
     if magic == BLOB_MAGIC {
         let peer = blob::BlobPeer {

@@ -807,8 +807,8 @@ async fn a_peer_that_never_finishes_its_hello_is_refused_after_the_handshake_tim
             .config(config),
     )
     .await;
-    // The TLS handshake completes; then one stream stops after the magic, another halfway
-    // through its hello.
+    // The TLS handshake completes; then streams stop partway: in the magic, after it, halfway
+    // through the hello.
     let endpoint = raw_endpoint(&issue(&ca, Role::Host, "mute"));
     let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
         .await
@@ -821,8 +821,14 @@ async fn a_peer_that_never_finishes_its_hello_is_refused_after_the_handshake_tim
         )
         .unwrap();
     let started = tokio::time::Instant::now();
+    // Another peer's connection finishes TLS and opens no stream at all.
+    let silent_ep = raw_endpoint(&issue(&ca, Role::Host, "silent"));
+    let silent = raw_connect(&silent_ep, node.quic_addr().unwrap())
+        .await
+        .unwrap();
     let mut stalled = Vec::new();
-    for part in [&MAGIC[..], &hello[..hello.len() / 2]] {
+    // Half the magic, the magic alone, half a hello.
+    for part in [&MAGIC[..2], &MAGIC[..], &hello[..hello.len() / 2]] {
         let (mut send, recv) = tokio::time::timeout(T, conn.open_bi())
             .await
             .unwrap()
@@ -846,12 +852,16 @@ async fn a_peer_that_never_finishes_its_hello_is_refused_after_the_handshake_tim
             "a stalled handshake was answered: {end:?}"
         );
     }
+    // The silent connection is closed too.
+    tokio::time::timeout_at(started + 10 * within, silent.closed())
+        .await
+        .expect("the node kept a connection that opened no stream");
     assert!(
         started.elapsed() >= within,
         "refused before the timeout: {:?}",
         started.elapsed()
     );
-    assert_eq!(refused(&node, "handshake"), 2, "{:?}", node.refusals());
+    assert_eq!(refused(&node, "handshake"), 4, "{:?}", node.refusals());
     // The node keeps serving.
     assert_eq!(remote.ask(TestMsg::Ping(2), T).await.unwrap(), 3);
 }

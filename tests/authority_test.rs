@@ -19,7 +19,7 @@ use procmesh_protocol::{
     SERVICE_PROC,
 };
 use procmesh_transport::{BlobError, Node, NodeBuilder, TlsIdentity};
-use utils::{start_mesh_host, start_orchestrator, Certs, Proc};
+use utils::{metric, start_mesh_host, start_orchestrator, Certs, Proc};
 
 const T: Duration = Duration::from_secs(20);
 /// How long an ask that must go unanswered is given.
@@ -30,6 +30,7 @@ struct Mesh {
     dir: tempfile::TempDir,
     orchestrator: ActorId,
     host: HostAddr,
+    host_admin: String,
     revoked: std::path::PathBuf,
     _procs: Vec<Proc>,
 }
@@ -46,7 +47,7 @@ fn start_mesh() -> Mesh {
         &dir.path().join("orchestrator"),
         &["--heartbeat-interval-ms", "200", "--revoked", &revoked_flag],
     );
-    let (host_proc, host) = start_mesh_host(
+    let (host_proc, host, host_admin) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host-a"),
@@ -56,6 +57,7 @@ fn start_mesh() -> Mesh {
     );
     Mesh {
         host,
+        host_admin,
         certs,
         dir,
         orchestrator,
@@ -290,7 +292,10 @@ async fn a_client_certificate_can_neither_act_as_a_host_nor_reach_hosts_and_proc
         assert!(answer.is_err(), "a client reached the agent: {answer:?}");
     }
 
-    // 6. A queue by integer id, relayed through the host: the host relays nothing.
+    // 6. A queue by integer id, relayed through the host: the host relays nothing (it drops
+    //    and counts the envelope, NODE-6), so the orchestrator never judges a relayed sender.
+    let relays = "procmesh_host_transport_refused{reason=\"relay\"}";
+    let relays_before = metric(&mesh.host_admin, relays);
     let relayed = node(&mallory, |b| b.default_route(mesh.host.clone())).await;
     let answer = relayed
         .remote_ref::<OrchestratorRequest>(mesh.orchestrator.clone())
@@ -299,6 +304,10 @@ async fn a_client_certificate_can_neither_act_as_a_host_nor_reach_hosts_and_proc
     assert!(
         answer.is_err(),
         "a relayed request was answered: {answer:?}"
+    );
+    assert!(
+        metric(&mesh.host_admin, relays) > relays_before,
+        "the host did not count the relay it refused"
     );
     // And directly from 127.0.0.1 it is loopback, so it is served: the id check is the
     // connection's own.

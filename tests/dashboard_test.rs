@@ -147,7 +147,7 @@ async fn the_dashboard_shows_a_workload_move_to_completion() {
     );
     let admin = admin.expect("admin address");
     let id: ActorId = id.parse().unwrap();
-    let (_host, _) = start_mesh_host(
+    let (_host, _, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host"),

@@ -46,7 +46,7 @@ async fn every_output_is_downloaded_once_and_a_second_run_skips_them() {
     let dir = tempfile::tempdir().unwrap();
     let (_orchestrator, id) =
         utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
-    let (_host, _) = start_mesh_host(
+    let (_host, _, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host"),

@@ -18,7 +18,7 @@ async fn sigterm_lets_running_actions_finish_and_places_nothing_new() {
     let dir = tempfile::tempdir().unwrap();
     let (_orchestrator, id) =
         utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
-    let (mut first, first_addr) = start_mesh_host(
+    let (mut first, first_addr, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host-1"),
@@ -99,7 +99,7 @@ async fn sigterm_lets_running_actions_finish_and_places_nothing_new() {
     }
 
     // The next host takes them.
-    let (_second, _) = start_mesh_host(
+    let (_second, _, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host-2"),

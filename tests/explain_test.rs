@@ -55,7 +55,7 @@ async fn explain_names_busy_slots_unmet_labels_and_a_drained_queue() {
     let (_orchestrator, id) =
         utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
     // One proc with one slot.
-    let (_host, addr) = start_mesh_host(
+    let (_host, addr, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host"),

@@ -81,14 +81,15 @@ impl Fixture {
     /// Its actions coordinate with the test through files on the host, so they run without
     /// namespaces (`--isolation none`; isolation has its own tests, `isolation_test`).
     fn host(&self, listen: &str, state: &Path, procs: u32, slots: u32) -> (Proc, HostAddr) {
-        start_mesh_host(
+        let (proc, addr, _) = start_mesh_host(
             &self.certs,
             listen,
             state,
             &self.id,
             (procs, slots),
             &["--isolation", "none"],
-        )
+        );
+        (proc, addr)
     }
 
     async fn client(&self) -> Client {

@@ -49,7 +49,7 @@ fn start_mesh(extra: &[&str]) -> Mesh {
     );
     let flags = host_flags(extra);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (host_proc, host) = start_mesh_host(
+    let (host_proc, host, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &state(dir.path()),
@@ -486,7 +486,7 @@ async fn killing_host_and_proc_agent_leaves_no_action_once_restarted() {
         // The host comes back on the same state directory.
         let flags = host_flags(&["--isolation", mode]);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let (restarted, _) = start_mesh_host(
+        let (restarted, _, _) = start_mesh_host(
             &mesh.certs,
             "127.0.0.1:0",
             &mesh.state(),

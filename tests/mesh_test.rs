@@ -60,7 +60,7 @@ impl Mesh {
     /// [`add_host`](Self::add_host) with `extra` flags.
     fn add_host_with(&mut self, ip: &str, procs: u32, slots: u32, extra: &[&str]) -> HostAddr {
         let state = self.dir.path().join(format!("host-{}", self.hosts.len()));
-        let (proc, addr) = start_mesh_host(
+        let (proc, addr, _) = start_mesh_host(
             &self.certs,
             &format!("{ip}:0"),
             &state,

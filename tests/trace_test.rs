@@ -27,7 +27,7 @@ async fn a_traceparent_reaches_the_action_and_a_bad_one_is_refused() {
         utils::start_quick_orchestrator(&certs, &dir.path().join("orchestrator"));
     let collector = Collector::start();
     let endpoint = format!("http://{}", collector.addr);
-    let (_host, _) = start_mesh_host(
+    let (_host, _, _) = start_mesh_host(
         &certs,
         "127.0.0.1:0",
         &dir.path().join("host"),

@@ -101,6 +101,12 @@ struct RequestLabel {
     request: &'static str,
 }
 
+/// A `reason` label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// The state of the admin routes.
 #[derive(Clone)]
 struct AdminState {
@@ -118,6 +124,7 @@ struct HostMetrics {
     heartbeats: Gauge,
     blob_transfers: Gauge,
     forbidden: Family<RequestLabel, Gauge>,
+    transport_refused: Family<ReasonLabel, Gauge>,
     admin_refused: Counter,
     capacity: Gauge,
     slots_held: Gauge,
@@ -134,6 +141,7 @@ impl HostMetrics {
             heartbeats: Gauge::default(),
             blob_transfers: Gauge::default(),
             forbidden: Family::default(),
+            transport_refused: Family::default(),
             admin_refused,
             capacity: Gauge::default(),
             slots_held: Gauge::default(),
@@ -170,6 +178,11 @@ impl HostMetrics {
             "forbidden",
             "Requests, links and relays refused by authority checks, by kind",
             m.forbidden.clone(),
+        );
+        r.register(
+            "transport_refused",
+            "Links, envelopes and blob requests the node refused since the start, by reason",
+            m.transport_refused.clone(),
         );
         r.register(
             "capacity_slots",
@@ -215,6 +228,11 @@ impl HostMetrics {
         for (request, n) in host.refusals() {
             self.forbidden
                 .get_or_create(&RequestLabel { request })
+                .set(n as i64);
+        }
+        for (reason, n) in host.inner.node.refusals() {
+            self.transport_refused
+                .get_or_create(&ReasonLabel { reason })
                 .set(n as i64);
         }
     }

@@ -214,6 +214,9 @@ impl Message<Internal> for Service {
                 self.observer
                     .metrics
                     .forbidden_counts(&self.gate.refusals());
+                self.observer
+                    .metrics
+                    .transport_refusals(&self.node.refusals());
                 self.observer.refresh(
                     &self.core,
                     now(),

@@ -103,7 +103,7 @@ pub fn start_orchestrator(
 
 /// `procmesh host` on `listen` with the fleet's host certificate (its node named after its
 /// state directory), registering with `orchestrator`, with `procs` proc agents of `slots` each
-/// and `extra` flags; its process and frontend address.
+/// and `extra` flags; its process, frontend address and admin listener address.
 pub fn start_mesh_host(
     certs: &Certs,
     listen: &str,
@@ -111,7 +111,7 @@ pub fn start_mesh_host(
     orchestrator: &ActorId,
     (procs, slots): (u32, u32),
     extra: &[&str],
-) -> (Proc, HostAddr) {
+) -> (Proc, HostAddr, String) {
     let (tls, node, orchestrator) = (certs.host_dir(), node_name(state), orchestrator.to_string());
     let capacity = (procs * slots).to_string();
     let (procs, slots) = (procs.to_string(), slots.to_string());
@@ -134,8 +134,32 @@ pub fn start_mesh_host(
         &capacity,
     ];
     args.extend_from_slice(extra);
-    let (proc, ready) = start_procmesh("host", &args);
-    (proc, ready.parse().expect("host address"))
+    let (proc, ready, admin) = start_procmesh_admin("host", &args);
+    let admin = admin.expect("the host prints its admin address");
+    (proc, ready.parse().expect("host address"), admin)
+}
+
+/// One sample of the `/metrics` of the node whose admin listener is at `admin` (loopback, no
+/// token): `series` is the name with its labels as exposed, e.g.
+/// `procmesh_host_transport_refused{reason="relay"}`; 0 when absent.
+pub fn metric(admin: &str, series: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(admin).expect("the admin listener answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }
 
 /// An OS process killed (SIGKILL) and reaped when dropped.

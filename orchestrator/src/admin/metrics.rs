@@ -25,6 +25,7 @@
 //! | `procmesh_requests_refused_total` | counter: requests answered with an error | `code` |
 //! | `procmesh_forbidden_total` | counter: requests and connections refused by authority | `request` |
 //! | `procmesh_admin_refused_total` | counter: admin HTTP requests refused (no or wrong token) | |
+//! | `procmesh_transport_refused` | gauge: links, envelopes and blob requests the QUIC node refused since the start (bad or revoked certificates, limits, forged senders, relays, bound addresses, …) | `reason` |
 //! | `procmesh_updates_ignored_total` | counter: agent reports not applied (a stale attempt's, a finished action's, …) | `reason` |
 //!
 //! `reason` is a small fixed set ([`reason_of`]): `host_lost`, `host_restarted`, `proc_lost`,
@@ -89,6 +90,7 @@ pub(crate) struct Metrics {
     pub forbidden: Family<RequestLabel, Counter>,
     pub admin_refused: Counter,
     pub ignored: Family<ReasonLabel, Counter>,
+    pub transport_refused: Family<ReasonLabel, Gauge>,
     /// The gate's refusal counts as last added to `forbidden`.
     forbidden_seen: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -123,6 +125,7 @@ impl Metrics {
             forbidden: Family::default(),
             admin_refused: Counter::default(),
             ignored: Family::default(),
+            transport_refused: Family::default(),
             forbidden_seen: Default::default(),
             registry: Registry::default(),
         };
@@ -210,6 +213,11 @@ impl Metrics {
             m.forbidden.clone(),
         );
         r.register(
+            "transport_refused",
+            "Links, envelopes and blob requests the node refused since the start, by reason",
+            m.transport_refused.clone(),
+        );
+        r.register(
             "admin_refused",
             "Admin HTTP requests refused for a missing or wrong token",
             m.admin_refused.clone(),
@@ -267,6 +275,15 @@ impl Metrics {
                     .inc_by(n - before);
                 seen.insert(request.clone(), n);
             }
+        }
+    }
+
+    /// Sets the transport's refusal counts (NODE-11).
+    pub(crate) fn transport_refusals(&self, counts: &BTreeMap<&'static str, u64>) {
+        for (&reason, &n) in counts {
+            self.transport_refused
+                .get_or_create(&ReasonLabel { reason })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

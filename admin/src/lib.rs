@@ -339,6 +339,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    // Attests ADM-1
     #[tokio::test]
     async fn a_public_listener_needs_a_token() {
         let config = AdminConfig {
@@ -397,6 +398,7 @@ mod tests {
         (code, response)
     }
 
+    // Attests ADM-2
     #[tokio::test]
     async fn outside_loopback_the_token_is_required() {
         let Some(ip) = non_loopback_ip() else {

@@ -118,6 +118,12 @@ async fn a_client_cannot_take_a_registered_hosts_address_even_first_after_a_rest
     let orch = procmesh_orchestrator::Orchestrator::start(config.clone(), id.orchestrator.clone())
         .await
         .unwrap();
+    // The journal keeps the fleet's node secrets: only the orchestrator's user reads it.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let fleet = id
         .ca
         .issue(Role::Host, "", &[], Duration::from_secs(3600))

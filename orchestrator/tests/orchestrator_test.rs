@@ -475,7 +475,7 @@ async fn bad_submissions_change_nothing_and_keys_are_idempotent() {
     orch.shutdown().await;
 }
 
-// Attests ORC-20 (one action's subscription sees only that action)
+// Attests ORC-20 (one action's subscription sees only that action), ORC-25 (only its owner ends it)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_subscription_follows_one_action() {
     let id = identity();

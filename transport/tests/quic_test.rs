@@ -148,6 +148,7 @@ async fn raw_client_tell(config: rustls::ClientConfig, actor: &ActorId) {
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
 }
 
+// Attests TLS-1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_mesh_certificate_are_refused() {
     let (ca, id) = identity();

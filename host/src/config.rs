@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use procmesh_protocol::{ActorId, HostAddr};
-use procmesh_transport::{Limits, NodeConfig, QuicOptions, TlsIdentity};
+use procmesh_transport::{LimitSettings, NodeConfig, TlsIdentity};
 use serde::{Deserialize, Serialize};
 
 /// A host agent's configuration.
@@ -152,21 +152,10 @@ pub struct HostConfig {
     /// A file whose first line is the bearer token admin requests from outside loopback must
     /// present.
     pub admin_token_file: Option<PathBuf>,
-    /// Most incoming QUIC connections at once, those still in their TLS handshake included;
-    /// beyond it a new one is refused before the handshake (NODE-10), e.g. `1024`.
-    pub max_connections: u32,
-    /// Most incoming QUIC connections at once from one certificate (by serial), e.g. `64`.
-    pub max_connections_per_identity: u32,
-    /// Most asks from one link (a QUIC peer, or a proc on the backend) handed to the host's
-    /// actors and not yet answered; beyond it an ask is answered undeliverable ("too many
-    /// pending asks"), e.g. `1024`.
-    pub max_pending_asks_per_connection: u32,
-    /// Most bidirectional streams a peer may have open at once on one QUIC connection (its
-    /// control stream and blob transfers), e.g. `64`.
-    pub max_streams_per_connection: u32,
-    /// How long a handshake may take — the TLS handshake of an incoming connection, and the
-    /// procmesh hello of every link — before it is refused, in milliseconds, e.g. `10000`.
-    pub handshake_timeout_ms: u64,
+    /// Limits against abuse of the host's node (NODE-10), the `[limits]` table, e.g.
+    /// `{ max_connections = 1024, handshake_timeout_ms = 10000 }` (see [`LimitSettings`]);
+    /// `max_pending_asks_per_connection` covers the host's procs on the backend too.
+    pub limits: LimitSettings,
 }
 
 /// A host's default admin listener.
@@ -208,11 +197,7 @@ impl Default for HostConfig {
             sandbox_resolv_conf: None,
             admin_listen: DEFAULT_ADMIN_LISTEN.to_owned(),
             admin_token_file: None,
-            max_connections: 1_024,
-            max_connections_per_identity: 64,
-            max_pending_asks_per_connection: 1_024,
-            max_streams_per_connection: 64,
-            handshake_timeout_ms: 10_000,
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -253,43 +238,13 @@ impl HostConfig {
         Duration::from_millis(self.kill_wait_ms)
     }
 
-    /// The node's limits (NODE-10) as its tunables, everything else the transport's default;
-    /// `Err` names a limit set to 0.
+    /// The node's tunables: its [`limits`](Self::limits) (NODE-10), everything else the
+    /// transport's default; `Err` names a limit set to 0.
     pub fn node_config(&self) -> Result<NodeConfig, &'static str> {
-        for (name, value) in [
-            ("max_connections", u64::from(self.max_connections)),
-            (
-                "max_connections_per_identity",
-                u64::from(self.max_connections_per_identity),
-            ),
-            (
-                "max_pending_asks_per_connection",
-                u64::from(self.max_pending_asks_per_connection),
-            ),
-            (
-                "max_streams_per_connection",
-                u64::from(self.max_streams_per_connection),
-            ),
-            ("handshake_timeout_ms", self.handshake_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(name);
-            }
+        match self.limits.zero() {
+            Some(name) => Err(name),
+            None => Ok(self.limits.node_config()),
         }
-        let defaults = NodeConfig::default();
-        Ok(NodeConfig {
-            limits: Limits {
-                max_connections: self.max_connections as usize,
-                max_connections_per_identity: self.max_connections_per_identity as usize,
-                max_pending_asks_per_connection: self.max_pending_asks_per_connection as usize,
-            },
-            quic: QuicOptions {
-                max_bidi_streams: self.max_streams_per_connection,
-                ..defaults.quic
-            },
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            ..defaults
-        })
     }
 
     /// [`agent_ask_timeout_ms`](Self::agent_ask_timeout_ms) as a duration.
@@ -373,67 +328,30 @@ mod tests {
         assert_eq!(c.action_tmp_bytes, 1 << 30);
         assert!(c.allowed_host_programs.is_empty());
         assert!(c.seccomp);
-        assert_eq!(c.max_connections, 1_024);
-        assert_eq!(c.max_connections_per_identity, 64);
-        assert_eq!(c.max_pending_asks_per_connection, 1_024);
-        assert_eq!(c.max_streams_per_connection, 64);
-        assert_eq!(c.handshake_timeout_ms, 10_000);
-        // The limits default to the transport's own defaults, and reach the node's config.
-        let (node, transport) = (c.node_config().unwrap(), NodeConfig::default());
-        assert_eq!(
-            node.limits.max_connections,
-            transport.limits.max_connections
-        );
-        assert_eq!(
-            node.limits.max_connections_per_identity,
-            transport.limits.max_connections_per_identity
-        );
-        assert_eq!(
-            node.limits.max_pending_asks_per_connection,
-            transport.limits.max_pending_asks_per_connection
-        );
-        assert_eq!(node.quic.max_bidi_streams, transport.quic.max_bidi_streams);
-        assert_eq!(node.handshake_timeout, transport.handshake_timeout);
-        assert_eq!(node.max_frame, transport.max_frame);
-        assert_eq!(node.quic.idle_timeout, transport.quic.idle_timeout);
+        assert_eq!(c.limits, LimitSettings::default());
     }
 
     #[test]
-    fn limits_are_read_passed_to_the_node_and_zero_is_refused() {
+    fn limits_are_a_table_passed_to_the_node_and_zero_is_refused() {
         let c: HostConfig = serde_json::from_str(
-            r#"{"max_connections": 10, "max_connections_per_identity": 2,
-                "max_pending_asks_per_connection": 3, "max_streams_per_connection": 4,
-                "handshake_timeout_ms": 500}"#,
+            r#"{"limits": {"max_connections": 10, "max_streams_per_connection": 4,
+                           "handshake_timeout_ms": 500}}"#,
         )
         .unwrap();
         let node = c.node_config().unwrap();
         assert_eq!(node.limits.max_connections, 10);
-        assert_eq!(node.limits.max_connections_per_identity, 2);
-        assert_eq!(node.limits.max_pending_asks_per_connection, 3);
+        assert_eq!(
+            node.limits.max_connections_per_identity, 64,
+            "defaults fill the rest"
+        );
         assert_eq!(node.quic.max_bidi_streams, 4);
         assert_eq!(node.handshake_timeout, Duration::from_millis(500));
-        let err = serde_json::from_str::<HostConfig>(r#"{"max_conections": 1}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
-
-        let zero = |f: fn(&mut HostConfig)| {
-            let mut c = HostConfig::default();
-            f(&mut c);
-            c.node_config().unwrap_err()
-        };
-        assert_eq!(zero(|c| c.max_connections = 0), "max_connections");
-        assert_eq!(
-            zero(|c| c.max_connections_per_identity = 0),
-            "max_connections_per_identity"
-        );
-        assert_eq!(
-            zero(|c| c.max_pending_asks_per_connection = 0),
-            "max_pending_asks_per_connection"
-        );
-        assert_eq!(
-            zero(|c| c.max_streams_per_connection = 0),
-            "max_streams_per_connection"
-        );
-        assert_eq!(zero(|c| c.handshake_timeout_ms = 0), "handshake_timeout_ms");
+        let err =
+            serde_json::from_str::<HostConfig>(r#"{"limits": {"max_conections": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+        let mut c = HostConfig::default();
+        c.limits.max_connections = 0;
+        assert_eq!(c.node_config().unwrap_err(), "limits.max_connections");
     }
 
     #[test]

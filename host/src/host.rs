@@ -688,20 +688,20 @@ mod tests {
     async fn a_zero_limit_is_refused_before_anything_is_touched() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let config = HostConfig {
+        let mut config = HostConfig {
             state_dir: state.clone(),
-            max_streams_per_connection: 0,
             ..HostConfig::default()
         };
+        config.limits.max_streams_per_connection = 0;
         let manager = Arc::new(InProcessManager::new(|_| async { ExitStatus::Code(0) }));
         let err = Host::start(config, manager).await.unwrap_err();
         assert!(matches!(
             err,
-            StartError::Zero("max_streams_per_connection")
+            StartError::Zero("limits.max_streams_per_connection")
         ));
         assert_eq!(
             err.to_string(),
-            "max_streams_per_connection must be greater than 0"
+            "limits.max_streams_per_connection must be greater than 0"
         );
         assert!(!state.exists(), "the state directory was created");
     }

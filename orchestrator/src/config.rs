@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use procmesh_orchestrator_core::CoreConfig;
 use procmesh_protocol::HostAddr;
-use procmesh_transport::{Limits, NodeConfig, QuicOptions};
+use procmesh_transport::{LimitSettings, NodeConfig};
 
 use crate::journal::Durability;
 use serde::{Deserialize, Serialize};
@@ -112,20 +112,10 @@ pub struct OrchestratorConfig {
     /// A file whose first line is the bearer token admin requests from outside loopback must
     /// present (at least 16 characters; not world-readable).
     pub admin_token_file: Option<PathBuf>,
-    /// Most incoming QUIC connections at once, those still in their TLS handshake included;
-    /// beyond it a new one is refused before the handshake (NODE-10), e.g. `1024`.
-    pub max_connections: u32,
-    /// Most incoming QUIC connections at once from one certificate (by serial), e.g. `64`.
-    pub max_connections_per_identity: u32,
-    /// Most asks from one link handed to the orchestrator's actors and not yet answered;
-    /// beyond it an ask is answered undeliverable ("too many pending asks"), e.g. `1024`.
-    pub max_pending_asks_per_connection: u32,
-    /// Most bidirectional streams a peer may have open at once on one QUIC connection (its
-    /// control stream and blob transfers), e.g. `64`.
-    pub max_streams_per_connection: u32,
-    /// How long a handshake may take — the TLS handshake of an incoming connection, and the
-    /// procmesh hello of every link — before it is refused, in milliseconds, e.g. `10000`.
-    pub handshake_timeout_ms: u64,
+    /// Limits against abuse of the orchestrator's QUIC node (NODE-10), the `[limits]` table,
+    /// e.g. `{ max_connections = 1024, handshake_timeout_ms = 10000 }` (see
+    /// [`LimitSettings`]).
+    pub limits: LimitSettings,
 }
 
 /// The orchestrator's default admin listener.
@@ -152,11 +142,7 @@ impl Default for OrchestratorConfig {
             revoked: None,
             admin_listen: DEFAULT_ADMIN_LISTEN.to_owned(),
             admin_token_file: None,
-            max_connections: 1_024,
-            max_connections_per_identity: 64,
-            max_pending_asks_per_connection: 1_024,
-            max_streams_per_connection: 64,
-            handshake_timeout_ms: 10_000,
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -208,24 +194,13 @@ impl OrchestratorConfig {
             ("agent_timeout_ms", self.agent_timeout_ms),
             ("subscriber_buffer", u64::from(self.subscriber_buffer)),
             ("snapshot_min_bytes", self.snapshot_min_bytes),
-            ("max_connections", u64::from(self.max_connections)),
-            (
-                "max_connections_per_identity",
-                u64::from(self.max_connections_per_identity),
-            ),
-            (
-                "max_pending_asks_per_connection",
-                u64::from(self.max_pending_asks_per_connection),
-            ),
-            (
-                "max_streams_per_connection",
-                u64::from(self.max_streams_per_connection),
-            ),
-            ("handshake_timeout_ms", self.handshake_timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if let Some(name) = self.limits.zero() {
+            return Err(ConfigError::Zero(name));
         }
         if self.lost_after_ms <= self.heartbeat_interval_ms {
             return Err(ConfigError::LostAfter {
@@ -275,23 +250,10 @@ impl OrchestratorConfig {
         self.state_dir.join("blobs")
     }
 
-    /// The node's tunables: the limits above (NODE-10), everything else the transport's
-    /// default.
+    /// The node's tunables: its [`limits`](Self::limits) (NODE-10), everything else the
+    /// transport's default.
     pub fn node_config(&self) -> NodeConfig {
-        let defaults = NodeConfig::default();
-        NodeConfig {
-            limits: Limits {
-                max_connections: self.max_connections as usize,
-                max_connections_per_identity: self.max_connections_per_identity as usize,
-                max_pending_asks_per_connection: self.max_pending_asks_per_connection as usize,
-            },
-            quic: QuicOptions {
-                max_bidi_streams: self.max_streams_per_connection,
-                ..defaults.quic
-            },
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            ..defaults
-        }
+        self.limits.node_config()
     }
 
     /// [`agent_timeout_ms`](Self::agent_timeout_ms) as a duration.
@@ -331,77 +293,37 @@ mod tests {
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.event_backlog, 16_384);
         assert_eq!(c.snapshot_min_bytes, 64 << 20);
-        assert_eq!(c.max_connections, 1_024);
-        assert_eq!(c.max_connections_per_identity, 64);
-        assert_eq!(c.max_pending_asks_per_connection, 1_024);
-        assert_eq!(c.max_streams_per_connection, 64);
-        assert_eq!(c.handshake_timeout_ms, 10_000);
+        assert_eq!(c.limits, LimitSettings::default());
         assert_eq!(c.journal_path(), c.state_dir.join("journal.redb"));
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.blobs_dir(), c.state_dir.join("blobs"));
-        // The limits default to the transport's own defaults, and reach the node's config.
-        let (node, transport) = (c.node_config(), NodeConfig::default());
-        assert_eq!(
-            node.limits.max_connections,
-            transport.limits.max_connections
-        );
-        assert_eq!(
-            node.limits.max_connections_per_identity,
-            transport.limits.max_connections_per_identity
-        );
-        assert_eq!(
-            node.limits.max_pending_asks_per_connection,
-            transport.limits.max_pending_asks_per_connection
-        );
-        assert_eq!(node.quic.max_bidi_streams, transport.quic.max_bidi_streams);
-        assert_eq!(node.handshake_timeout, transport.handshake_timeout);
-        assert_eq!(node.max_frame, transport.max_frame);
-        assert_eq!(node.quic.idle_timeout, transport.quic.idle_timeout);
     }
 
     #[test]
-    fn limits_are_read_passed_to_the_node_and_zero_is_refused() {
+    fn limits_are_a_table_passed_to_the_node_and_zero_is_refused() {
         let c: OrchestratorConfig = serde_json::from_str(
-            r#"{"max_connections": 10, "max_connections_per_identity": 2,
-                "max_pending_asks_per_connection": 3, "max_streams_per_connection": 4,
-                "handshake_timeout_ms": 500}"#,
+            r#"{"limits": {"max_connections": 10, "max_streams_per_connection": 4,
+                           "handshake_timeout_ms": 500}}"#,
         )
         .unwrap();
         assert_eq!(c.validate(), Ok(()));
         let node = c.node_config();
         assert_eq!(node.limits.max_connections, 10);
-        assert_eq!(node.limits.max_connections_per_identity, 2);
-        assert_eq!(node.limits.max_pending_asks_per_connection, 3);
+        assert_eq!(
+            node.limits.max_connections_per_identity, 64,
+            "defaults fill the rest"
+        );
         assert_eq!(node.quic.max_bidi_streams, 4);
         assert_eq!(node.handshake_timeout, Duration::from_millis(500));
         let err =
-            serde_json::from_str::<OrchestratorConfig>(r#"{"max_conections": 1}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
-
-        let zero = |f: fn(&mut OrchestratorConfig)| {
-            let mut c = OrchestratorConfig::default();
-            f(&mut c);
-            c.validate().unwrap_err().to_string()
-        };
+            serde_json::from_str::<OrchestratorConfig>(r#"{"limits": {"max_conections": 1}}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+        let mut c = OrchestratorConfig::default();
+        c.limits.max_pending_asks_per_connection = 0;
         assert_eq!(
-            zero(|c| c.max_connections = 0),
-            "max_connections must be greater than 0"
-        );
-        assert_eq!(
-            zero(|c| c.max_connections_per_identity = 0),
-            "max_connections_per_identity must be greater than 0"
-        );
-        assert_eq!(
-            zero(|c| c.max_pending_asks_per_connection = 0),
-            "max_pending_asks_per_connection must be greater than 0"
-        );
-        assert_eq!(
-            zero(|c| c.max_streams_per_connection = 0),
-            "max_streams_per_connection must be greater than 0"
-        );
-        assert_eq!(
-            zero(|c| c.handshake_timeout_ms = 0),
-            "handshake_timeout_ms must be greater than 0"
+            c.validate().unwrap_err().to_string(),
+            "limits.max_pending_asks_per_connection must be greater than 0"
         );
     }
 

@@ -46,6 +46,95 @@ impl Default for NodeConfig {
     }
 }
 
+/// The limits an operator sets for a node (NODE-10): the `[limits]` table of the
+/// orchestrator's and of a host's TOML file. The defaults are the transport's own
+/// ([`NodeConfig::default`]); none may be 0.
+///
+/// ```toml
+/// [limits]
+/// max_connections = 1024
+/// max_connections_per_identity = 64
+/// max_pending_asks_per_connection = 1024
+/// max_streams_per_connection = 64
+/// handshake_timeout_ms = 10000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Most incoming QUIC connections at once, those still in their TLS handshake included;
+    /// beyond it a new one is refused before the handshake, e.g. `1024`.
+    pub max_connections: u32,
+    /// Most incoming QUIC connections at once from one certificate (by serial), e.g. `64`.
+    pub max_connections_per_identity: u32,
+    /// Most asks from one link handed to the node's actors and not yet answered; beyond it an
+    /// ask is answered undeliverable ("too many pending asks"), e.g. `1024`.
+    pub max_pending_asks_per_connection: u32,
+    /// Most bidirectional streams a peer may have open at once on one QUIC connection (its
+    /// control stream and blob transfers), e.g. `64`.
+    pub max_streams_per_connection: u32,
+    /// How long each first step may take, in milliseconds, e.g. `10000`: the TLS handshake of
+    /// an incoming connection, its first stream, a stream's magic, a link's hello, a blob
+    /// stream's request.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let node = NodeConfig::default();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        LimitSettings {
+            max_connections: count(node.limits.max_connections),
+            max_connections_per_identity: count(node.limits.max_connections_per_identity),
+            max_pending_asks_per_connection: count(node.limits.max_pending_asks_per_connection),
+            max_streams_per_connection: node.quic.max_bidi_streams,
+            handshake_timeout_ms: u64::try_from(node.handshake_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The first setting that is 0, as its key in a node's TOML (`limits.…`).
+    pub fn zero(&self) -> Option<&'static str> {
+        [
+            ("limits.max_connections", u64::from(self.max_connections)),
+            (
+                "limits.max_connections_per_identity",
+                u64::from(self.max_connections_per_identity),
+            ),
+            (
+                "limits.max_pending_asks_per_connection",
+                u64::from(self.max_pending_asks_per_connection),
+            ),
+            (
+                "limits.max_streams_per_connection",
+                u64::from(self.max_streams_per_connection),
+            ),
+            ("limits.handshake_timeout_ms", self.handshake_timeout_ms),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| (value == 0).then_some(name))
+    }
+
+    /// A node's tunables with these limits, everything else the transport's default.
+    pub fn node_config(&self) -> NodeConfig {
+        let defaults = NodeConfig::default();
+        NodeConfig {
+            limits: Limits {
+                max_connections: self.max_connections as usize,
+                max_connections_per_identity: self.max_connections_per_identity as usize,
+                max_pending_asks_per_connection: self.max_pending_asks_per_connection as usize,
+            },
+            quic: QuicOptions {
+                max_bidi_streams: self.max_streams_per_connection,
+                ..defaults.quic
+            },
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            ..defaults
+        }
+    }
+}
+
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

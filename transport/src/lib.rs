@@ -44,8 +44,8 @@ pub use blob::{BlobError, BlobPeer, BlobPolicy, BlobReply, BlobRequest, BlobStor
 pub use link::{Link, TransportKind};
 pub use local::LocalHub;
 pub use node::{
-    node_proof, proc_proof, refusal, verify_node_proof, Admission, DialPolicy, Limits, Node,
-    NodeBuilder, NodeConfig, NodeError, PeerCred, PeerInfo,
+    node_proof, proc_proof, refusal, verify_node_proof, Admission, DialPolicy, LimitSettings,
+    Limits, Node, NodeBuilder, NodeConfig, NodeError, PeerCred, PeerInfo,
 };
 pub use quic::QuicOptions;
 pub use remote::{Handler, RemoteRef, Request, SendFailure, WireReply};

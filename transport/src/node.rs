@@ -83,7 +83,7 @@ use crate::remote::ErasedHandler;
 use crate::revoke::Revocations;
 use crate::tls::PeerIdentity;
 
-pub use crate::builder::{NodeBuilder, NodeConfig, NodeError};
+pub use crate::builder::{LimitSettings, NodeBuilder, NodeConfig, NodeError};
 
 /// One process's mailbox router. Cheap to clone; dropping the last handle does not stop the
 /// transports' tasks until [`shutdown`](Node::shutdown).
@@ -665,5 +665,67 @@ mod tests {
         assert_eq!(c.quic.connect_timeout, Duration::from_secs(5));
         // QUIC-2: keep-alives must come well within the idle timeout.
         assert!(c.quic.keep_alive * 3 <= c.quic.idle_timeout);
+    }
+
+    #[test]
+    fn limit_settings_default_to_the_transports_limits_and_none_may_be_zero() {
+        let s = LimitSettings::default();
+        assert_eq!(
+            (
+                s.max_connections,
+                s.max_connections_per_identity,
+                s.max_pending_asks_per_connection,
+                s.max_streams_per_connection,
+                s.handshake_timeout_ms
+            ),
+            (1024, 64, 1024, 64, 10_000)
+        );
+        assert_eq!(s.zero(), None);
+        let node = s.node_config();
+        let defaults = NodeConfig::default();
+        assert_eq!(node.limits, defaults.limits);
+        assert_eq!(node.quic.max_bidi_streams, defaults.quic.max_bidi_streams);
+        assert_eq!(node.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(node.max_frame, defaults.max_frame);
+
+        let set = LimitSettings {
+            max_connections: 10,
+            max_connections_per_identity: 2,
+            max_pending_asks_per_connection: 3,
+            max_streams_per_connection: 4,
+            handshake_timeout_ms: 500,
+        };
+        let node = set.node_config();
+        assert_eq!(node.limits.max_connections, 10);
+        assert_eq!(node.limits.max_connections_per_identity, 2);
+        assert_eq!(node.limits.max_pending_asks_per_connection, 3);
+        assert_eq!(node.quic.max_bidi_streams, 4);
+        assert_eq!(node.handshake_timeout, Duration::from_millis(500));
+
+        let zero = |f: fn(&mut LimitSettings)| {
+            let mut s = LimitSettings::default();
+            f(&mut s);
+            s.zero()
+        };
+        assert_eq!(
+            zero(|s| s.max_connections = 0),
+            Some("limits.max_connections")
+        );
+        assert_eq!(
+            zero(|s| s.max_connections_per_identity = 0),
+            Some("limits.max_connections_per_identity")
+        );
+        assert_eq!(
+            zero(|s| s.max_pending_asks_per_connection = 0),
+            Some("limits.max_pending_asks_per_connection")
+        );
+        assert_eq!(
+            zero(|s| s.max_streams_per_connection = 0),
+            Some("limits.max_streams_per_connection")
+        );
+        assert_eq!(
+            zero(|s| s.handshake_timeout_ms = 0),
+            Some("limits.handshake_timeout_ms")
+        );
     }
 }

@@ -83,35 +83,29 @@ pub trait NodeSettings: DeserializeOwned + Default {
     fn common(&mut self) -> Common<'_>;
 }
 
-impl NodeSettings for procmesh_orchestrator::OrchestratorConfig {
-    const ROLE: &'static str = "orchestrator";
-    fn common(&mut self) -> Common<'_> {
-        Common {
-            listen: &mut self.listen,
-            advertise: &mut self.advertise,
-            tls_dir: &mut self.tls_dir,
-            state_dir: &mut self.state_dir,
-            revoked: &mut self.revoked,
-            admin_listen: &mut self.admin_listen,
-            admin_token_file: &mut self.admin_token_file,
+/// Implements [`NodeSettings`] for a configuration type whose common fields have the common
+/// names.
+macro_rules! node_settings {
+    ($ty:ty, $role:literal) => {
+        impl NodeSettings for $ty {
+            const ROLE: &'static str = $role;
+            fn common(&mut self) -> Common<'_> {
+                Common {
+                    listen: &mut self.listen,
+                    advertise: &mut self.advertise,
+                    tls_dir: &mut self.tls_dir,
+                    state_dir: &mut self.state_dir,
+                    revoked: &mut self.revoked,
+                    admin_listen: &mut self.admin_listen,
+                    admin_token_file: &mut self.admin_token_file,
+                }
+            }
         }
-    }
+    };
 }
 
-impl NodeSettings for procmesh_host::HostConfig {
-    const ROLE: &'static str = "host";
-    fn common(&mut self) -> Common<'_> {
-        Common {
-            listen: &mut self.listen,
-            advertise: &mut self.advertise,
-            tls_dir: &mut self.tls_dir,
-            state_dir: &mut self.state_dir,
-            revoked: &mut self.revoked,
-            admin_listen: &mut self.admin_listen,
-            admin_token_file: &mut self.admin_token_file,
-        }
-    }
-}
+node_settings!(procmesh_orchestrator::OrchestratorConfig, "orchestrator");
+node_settings!(procmesh_host::HostConfig, "host");
 
 /// Parses a node's configuration file's text; unknown fields are an error naming them.
 pub fn parse_file<C: NodeSettings>(text: &str) -> anyhow::Result<C> {

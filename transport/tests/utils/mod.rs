@@ -2,6 +2,8 @@
 //! and node pairs over each transport.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

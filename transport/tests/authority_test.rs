@@ -17,7 +17,7 @@ use procmesh_transport::{
     Revocations, Role, TlsIdentity,
 };
 use utils::raw::{
-    ca, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused, serving, tell, T,
+    ca, counted, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused, serving, tell, T,
 };
 use utils::{eventually, loopback, Recorder, TestMsg};
 
@@ -152,13 +152,7 @@ async fn a_forged_sender_is_dropped_not_bounced() {
     // Then one honest message: once it is counted, the forged ones were routed before it.
     let me = mine.proc("intruder").unwrap().actor("x").unwrap();
     link.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
-    let local = node.remote_ref::<TestMsg>(rec.clone());
-    assert!(
-        eventually(T, || async {
-            local.ask(TestMsg::Count, T).await.unwrap() == 1
-        })
-        .await
-    );
+    assert!(counted(&node, &rec, 1).await);
     assert_eq!(refused(&node, "sender_mismatch"), 2);
 }
 
@@ -179,13 +173,7 @@ async fn a_node_is_not_an_open_relay() {
     let mut link = raw_link(&conn, &Hello::new(mine.clone(), "cl"), 1).await;
     link.send(&tell(&third_rec, &me, &TestMsg::Seq(0))).await;
     link.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
-    let local = node.remote_ref::<TestMsg>(rec.clone());
-    assert!(
-        eventually(T, || async {
-            local.ask(TestMsg::Count, T).await.unwrap() == 1
-        })
-        .await
-    );
+    assert!(counted(&node, &rec, 1).await);
     assert_eq!(refused(&node, "relay"), 1);
     let far = third.remote_ref::<TestMsg>(third_rec);
     assert_eq!(far.ask(TestMsg::Count, T).await.unwrap(), 0);
@@ -281,13 +269,7 @@ async fn a_bound_address_stays_with_its_first_identity() {
     let mut one = raw_link(&first, &Hello::new(claimed.clone(), "h"), 1).await;
     assert_eq!(one.answer.refused, None);
     one.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
-    let local = node.remote_ref::<TestMsg>(rec.clone());
-    assert!(
-        eventually(T, || async {
-            local.ask(TestMsg::Count, T).await.unwrap() == 1
-        })
-        .await
-    );
+    assert!(counted(&node, &rec, 1).await);
 
     let second_ep = raw_endpoint(&issue(&ca, Role::Host, "h2"));
     let second = raw_connect(&second_ep, node.quic_addr().unwrap())
@@ -300,12 +282,7 @@ async fn a_bound_address_stays_with_its_first_identity() {
 
     // The first keeps working, and the route to the address is still its link.
     one.send(&tell(&rec, &me, &TestMsg::Seq(1))).await;
-    assert!(
-        eventually(T, || async {
-            local.ask(TestMsg::Count, T).await.unwrap() == 2
-        })
-        .await
-    );
+    assert!(counted(&node, &rec, 2).await);
     node.remote_ref::<TestMsg>(me.clone())
         .tell(TestMsg::Seq(7))
         .await
@@ -358,13 +335,7 @@ async fn only_nodes_keep_an_address_and_a_node_takes_its_own_over_from_a_client(
         .unwrap();
     assert_eq!(real.next().await.dest, me);
     real.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
-    let local = node.remote_ref::<TestMsg>(rec.clone());
-    assert!(
-        eventually(T, || async {
-            local.ask(TestMsg::Count, T).await.unwrap() == 1
-        })
-        .await
-    );
+    assert!(counted(&node, &rec, 1).await);
     // Now the address is the node's for good: no client gets it back.
     let squatter = raw_connect(&squatter_ep, node.quic_addr().unwrap())
         .await

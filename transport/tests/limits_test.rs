@@ -10,7 +10,7 @@ use procmesh_protocol::codec::{FrameCodec, Hello, MAGIC};
 use procmesh_protocol::HostAddr;
 use procmesh_transport::{NodeBuilder, NodeConfig, Role};
 use utils::raw::{
-    ca, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused, serving, tell, T,
+    ca, counted, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused, serving, tell, T,
 };
 use utils::{eventually, loopback, TestMsg};
 
@@ -255,13 +255,7 @@ async fn a_connection_has_at_most_max_bidi_streams_open_at_once() {
     assert_eq!(refused(&node, "handshake"), 1);
     let me = claimed.proc("greedy").unwrap().actor("x").unwrap();
     link.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
-    let local = node.remote_ref::<TestMsg>(rec.clone());
-    assert!(
-        eventually(T, || async {
-            local.ask(TestMsg::Count, T).await.unwrap() == 1
-        })
-        .await
-    );
+    assert!(counted(&node, &rec, 1).await);
     // Four are open again: a sixth waits as well.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), conn.open_bi())

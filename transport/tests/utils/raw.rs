@@ -44,6 +44,16 @@ pub async fn serving(builder: NodeBuilder) -> (Node, ActorId) {
     (node, rec)
 }
 
+/// Whether the recorder `rec` on `node` has counted `n` messages within [`T`]: a test sends
+/// refused traffic, then an honest message, and once that is counted the rest was routed.
+pub async fn counted(node: &Node, rec: &ActorId, n: u64) -> bool {
+    let local = node.remote_ref::<TestMsg>(rec.clone());
+    super::eventually(T, || async {
+        local.ask(TestMsg::Count, T).await.unwrap() == n
+    })
+    .await
+}
+
 pub fn refused(node: &Node, code: &str) -> u64 {
     node.refusals().get(code).copied().unwrap_or(0)
 }

@@ -9,7 +9,7 @@ use procmesh_orchestrator_core::{Core, Input, Outcome, Peer, PeerRole, Replay, R
 use procmesh_protocol::messages::orchestrator::{
     OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueRef,
 };
-use procmesh_protocol::{ActionState, ActorId, AttemptRef, HostAddr, Timestamp};
+use procmesh_protocol::{ActionState, ActorId, AttemptRef, HostAddr, ProcId, Timestamp};
 use utils::*;
 
 const SECRET: [u8; 32] = [7; 32];
@@ -140,46 +140,16 @@ fn running_mesh() -> (Core, QueueRef, AttemptRef) {
         panic!("{:?}", out.reply)
     };
     let queue = QueueRef::Token(token);
-    let w = worker(1);
     let out = send(
         &mut core,
-        OrchestratorRequest::RegisterWorker(w.clone()),
+        OrchestratorRequest::RegisterWorker(worker(1)),
         client_id(),
         client(),
         false,
     );
     assert!(matches!(out.reply, Some(Ok(_))), "{:?}", out.reply);
-    let out = send(
-        &mut core,
-        OrchestratorRequest::Submit {
-            queue,
-            actions: vec![action(w.id(), false, None)],
-        },
-        client_id(),
-        client(),
-        false,
-    );
-    assert!(matches!(out.reply, Some(Ok(_))), "{:?}", out.reply);
-    let out = core.handle(Input::Dispatch, Timestamp(1_000), &TestEnv::default());
-    let placed = out
-        .effects
-        .iter()
-        .find_map(|e| match e {
-            procmesh_orchestrator_core::Effect::SubmitBatch { specs, .. } => {
-                Some(specs[0].attempt_ref())
-            }
-            _ => None,
-        })
-        .expect("the action was placed");
-    let proc = core
-        .book()
-        .action(placed.lsn)
-        .unwrap()
-        .record
-        .location()
-        .cloned()
-        .unwrap();
-    let i = usize::from(proc.addr() != &host_addr(0));
+    let placed = submit_and_place(&mut core, queue);
+    let (proc, i) = placement(&core, placed);
     let agent = proc.actor("agent").unwrap();
     let out = send(
         &mut core,
@@ -195,6 +165,45 @@ fn running_mesh() -> (Core, QueueRef, AttemptRef) {
     );
     assert!(matches!(out.reply, Some(Ok(_))), "{:?}", out.reply);
     (core, queue, placed)
+}
+
+/// Submits one action of worker 1 (registered) to `queue` and dispatches: the attempt placed.
+fn submit_and_place(core: &mut Core, queue: QueueRef) -> AttemptRef {
+    let out = send(
+        core,
+        OrchestratorRequest::Submit {
+            queue,
+            actions: vec![action(worker(1).id(), false, None)],
+        },
+        client_id(),
+        client(),
+        false,
+    );
+    assert!(matches!(out.reply, Some(Ok(_))), "{:?}", out.reply);
+    let out = core.handle(Input::Dispatch, Timestamp(1_000), &TestEnv::default());
+    out.effects
+        .iter()
+        .find_map(|e| match e {
+            procmesh_orchestrator_core::Effect::SubmitBatch { specs, .. } => {
+                Some(specs[0].attempt_ref())
+            }
+            _ => None,
+        })
+        .expect("the action was placed")
+}
+
+/// The proc an attempt is placed on, and the index of its host (0 or 1).
+fn placement(core: &Core, attempt: AttemptRef) -> (ProcId, usize) {
+    let proc = core
+        .book()
+        .action(attempt.lsn)
+        .unwrap()
+        .record
+        .location()
+        .cloned()
+        .unwrap();
+    let i = usize::from(proc.addr() != &host_addr(0));
+    (proc, i)
 }
 
 // Attests ORC-33
@@ -352,17 +361,9 @@ fn heartbeats_and_lost_procs_come_only_from_the_bound_host() {
 #[test]
 fn only_the_agent_of_the_proc_an_attempt_is_placed_on_reports_it() {
     let (mut core, _, placed) = running_mesh();
-    let proc = core
-        .book()
-        .action(placed.lsn)
-        .unwrap()
-        .record
-        .location()
-        .cloned()
-        .unwrap();
-    let i = usize::from(proc.addr() != &host_addr(0));
+    let (proc, i) = placement(&core, placed);
     let other = 1 - i;
-    let done = |p: &procmesh_protocol::ProcId| {
+    let done = |p: &ProcId| {
         OrchestratorRequest::ActionUpdate(report(
             placed,
             ActionState::Completed,
@@ -427,40 +428,9 @@ fn only_the_agent_of_the_proc_an_attempt_is_placed_on_reports_it() {
 fn a_forged_transition_in_a_batch_stays_refused_when_the_journal_is_replayed() {
     let (mut core, queue, placed) = running_mesh();
     // A second action, placed on the other host (each proc has one slot).
-    let out = send(
-        &mut core,
-        OrchestratorRequest::Submit {
-            queue,
-            actions: vec![action(worker(1).id(), false, None)],
-        },
-        client_id(),
-        client(),
-        false,
-    );
-    assert!(matches!(out.reply, Some(Ok(_))), "{:?}", out.reply);
-    let out = core.handle(Input::Dispatch, Timestamp(1_000), &TestEnv::default());
-    let second = out
-        .effects
-        .iter()
-        .find_map(|e| match e {
-            procmesh_orchestrator_core::Effect::SubmitBatch { specs, .. } => {
-                Some(specs[0].attempt_ref())
-            }
-            _ => None,
-        })
-        .expect("the second action was placed");
-    let location = |core: &Core, a: AttemptRef| {
-        core.book()
-            .action(a.lsn)
-            .unwrap()
-            .record
-            .location()
-            .cloned()
-            .unwrap()
-    };
-    let proc = location(&core, placed);
-    assert_ne!(location(&core, second).addr(), proc.addr());
-    let i = usize::from(proc.addr() != &host_addr(0));
+    let second = submit_and_place(&mut core, queue);
+    let (proc, i) = placement(&core, placed);
+    assert_ne!(placement(&core, second).1, i);
     let snapshot = rmp_serde::to_vec_named(&core).expect("a core serialises");
 
     // The agent of the first action reports it, and in the same batch forges the second.
@@ -496,15 +466,7 @@ fn a_forged_transition_in_a_batch_stays_refused_when_the_journal_is_replayed() {
 #[test]
 fn a_worker_is_handed_only_to_a_host_running_it() {
     let (mut core, _, placed) = running_mesh();
-    let proc = core
-        .book()
-        .action(placed.lsn)
-        .unwrap()
-        .record
-        .location()
-        .cloned()
-        .unwrap();
-    let i = usize::from(proc.addr() != &host_addr(0));
+    let (proc, i) = placement(&core, placed);
     let id = worker(1).id();
     refused(
         &mut core,

@@ -19,7 +19,8 @@ use procmesh_protocol::{
     SERVICE_PROC,
 };
 use procmesh_transport::{BlobError, Node, NodeBuilder, TlsIdentity};
-use utils::{metric, start_mesh_host, start_orchestrator, Certs, Proc};
+use utils::admin::metric;
+use utils::{start_mesh_host, start_orchestrator, Certs, Proc};
 
 const T: Duration = Duration::from_secs(20);
 /// How long an ask that must go unanswered is given.

@@ -3,6 +3,8 @@
 //! `/proc` scans. Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,29 +139,6 @@ pub fn start_mesh_host(
     let (proc, ready, admin) = start_procmesh_admin("host", &args);
     let admin = admin.expect("the host prints its admin address");
     (proc, ready.parse().expect("host address"), admin)
-}
-
-/// One sample of the `/metrics` of the node whose admin listener is at `admin` (loopback, no
-/// token): `series` is the name with its labels as exposed, e.g.
-/// `procmesh_host_transport_refused{reason="relay"}`; 0 when absent.
-pub fn metric(admin: &str, series: &str) -> f64 {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(admin).expect("the admin listener answers");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }
 
 /// An OS process killed (SIGKILL) and reaped when dropped.

@@ -191,6 +191,14 @@ fn open_state(config: &OrchestratorConfig) -> Result<Start, StartError> {
     })
 }
 
+/// The admission and blob policy of the orchestrator's node, holding the bindings recovered
+/// with `state` (ORC-38): installed before the node accepts a connection.
+fn gate(master: [u8; 32], state: &Start) -> Arc<Gate> {
+    let gate = Gate::new(master);
+    gate.rebind(state.core.node_bindings());
+    gate
+}
+
 impl Orchestrator {
     /// Starts an orchestrator: validates `config`, recovers the journal
     /// `<state_dir>/journal.redb` (unless `journal = false`), opens the blob store in
@@ -221,10 +229,8 @@ impl Orchestrator {
             "procmesh download ticket master v1",
             identity.key_pem.as_bytes(),
         );
-        // ORC-38: the gate knows the recovered bindings and guards the node from its first
-        // connection on.
-        let gate = Gate::new(master);
-        gate.rebind(state.core.node_bindings());
+        // ORC-38: the gate guards the node from its first connection on.
+        let gate = gate(master, &state);
         let mut builder = NodeBuilder::new(SERVICE_PROC)
             .quic(config.listen, identity)
             .blob_store(store)
@@ -260,7 +266,10 @@ impl Orchestrator {
         let state = open_state(&config)?;
         let mut master = [0u8; 32];
         getrandom::getrandom(&mut master).map_err(|e| StartError::Randomness(e.to_string()))?;
-        Self::spawn(node, config, state, Gate::new(master), &AdminSlot::new())
+        let gate = gate(master, &state);
+        node.set_admission(gate.clone());
+        node.set_blob_policy(gate.clone());
+        Self::spawn(node, config, state, gate, &AdminSlot::new())
     }
 
     fn spawn(
@@ -272,8 +281,6 @@ impl Orchestrator {
     ) -> Result<Orchestrator, StartError> {
         let blobs = node.blob_store().cloned().ok_or(StartError::NoBlobStore)?;
         gate.set_me(node.addr().clone());
-        node.set_admission(gate.clone());
-        node.set_blob_policy(gate.clone());
         let actor_id = node.actor_id(ORCHESTRATOR_ACTOR)?;
         let tick = config.tick_interval();
         let (observer, view) =

@@ -702,30 +702,30 @@ mod tests {
         assert_eq!(node.quic.max_bidi_streams, 4);
         assert_eq!(node.handshake_timeout, Duration::from_millis(500));
 
-        let zero = |f: fn(&mut LimitSettings)| {
+        type Zero = fn(&mut LimitSettings);
+        let zeroed: [(Zero, &str); 5] = [
+            (|s| s.max_connections = 0, "limits.max_connections"),
+            (
+                |s| s.max_connections_per_identity = 0,
+                "limits.max_connections_per_identity",
+            ),
+            (
+                |s| s.max_pending_asks_per_connection = 0,
+                "limits.max_pending_asks_per_connection",
+            ),
+            (
+                |s| s.max_streams_per_connection = 0,
+                "limits.max_streams_per_connection",
+            ),
+            (
+                |s| s.handshake_timeout_ms = 0,
+                "limits.handshake_timeout_ms",
+            ),
+        ];
+        for (zero, key) in zeroed {
             let mut s = LimitSettings::default();
-            f(&mut s);
-            s.zero()
-        };
-        assert_eq!(
-            zero(|s| s.max_connections = 0),
-            Some("limits.max_connections")
-        );
-        assert_eq!(
-            zero(|s| s.max_connections_per_identity = 0),
-            Some("limits.max_connections_per_identity")
-        );
-        assert_eq!(
-            zero(|s| s.max_pending_asks_per_connection = 0),
-            Some("limits.max_pending_asks_per_connection")
-        );
-        assert_eq!(
-            zero(|s| s.max_streams_per_connection = 0),
-            Some("limits.max_streams_per_connection")
-        );
-        assert_eq!(
-            zero(|s| s.handshake_timeout_ms = 0),
-            Some("limits.handshake_timeout_ms")
-        );
+            zero(&mut s);
+            assert_eq!(s.zero(), Some(key));
+        }
     }
 }

@@ -486,7 +486,7 @@ impl Quic {
                     // until the older connection is settled (QUIC-4).
                     let (settled, settling) = watch::channel(false);
                     let guards = (slot, identity_slot, entry);
-                    let first = inner_handshake_timeout(&node);
+                    let first = node.upgrade().map(|n| n.config.handshake_timeout);
                     tokio::spawn(serve_connection(
                         node.clone(),
                         carrier,
@@ -638,11 +638,6 @@ impl Quic {
     }
 }
 
-/// The handshake timeout of the node behind `node`, if it still runs.
-fn inner_handshake_timeout(node: &Weak<NodeInner>) -> Option<Duration> {
-    node.upgrade().map(|n| n.config.handshake_timeout)
-}
-
 /// Accepts the streams a peer opens on a connection until it closes. `guards` (limit slots,
 /// the live-connection entry) are held until then. On an accepted connection the peer must
 /// open its first stream within `first` (the handshake timeout, NODE-10), or the connection is
@@ -660,21 +655,19 @@ async fn serve_connection<G: Send + 'static>(
     let mut first = first;
     loop {
         let accepted = match first.take() {
-            Some(within) => match tokio::time::timeout(within, conn.accept_bi()).await {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    if let Some(inner) = node.upgrade() {
-                        inner.refuse(refusal::HANDSHAKE);
-                    }
-                    tracing::warn!(%remote, "no stream within the handshake timeout: closing");
-                    conn.close(
-                        CLOSE_REFUSED.into(),
-                        b"no stream within the handshake timeout",
-                    );
-                    continue;
-                }
-            },
-            None => conn.accept_bi().await,
+            Some(within) => tokio::time::timeout(within, conn.accept_bi()).await,
+            None => Ok(conn.accept_bi().await),
+        };
+        let Ok(accepted) = accepted else {
+            if let Some(inner) = node.upgrade() {
+                inner.refuse(refusal::HANDSHAKE);
+            }
+            tracing::warn!(%remote, "no stream within the handshake timeout: closing");
+            conn.close(
+                CLOSE_REFUSED.into(),
+                b"no stream within the handshake timeout",
+            );
+            continue;
         };
         match accepted {
             Ok((send, recv)) => {

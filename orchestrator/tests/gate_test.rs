@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use procmesh_protocol::messages::host::{HostInfo, SystemInfo};
 use procmesh_protocol::messages::orchestrator::{
-    Heartbeat, OrchestratorReply, OrchestratorRequest,
+    Heartbeat, OrchestratorError, OrchestratorReply, OrchestratorRequest,
 };
-use procmesh_protocol::{BlobHash, HostAddr};
-use procmesh_transport::{BlobError, BlobStore, Node, NodeBuilder, Role, TlsIdentity};
+use procmesh_protocol::{ActorId, BlobHash, HostAddr};
+use procmesh_transport::{BlobError, BlobStore, Node, NodeBuilder, RemoteRef, Role, TlsIdentity};
 use utils::*;
 
 const SILENCE: Duration = Duration::from_secs(2);
@@ -45,6 +45,39 @@ async fn shared_host(id: &TlsIdentity, claim_addr: Option<&HostAddr>, secret: [u
     builder.start().await.unwrap()
 }
 
+/// A fleet-wide host certificate (no node name).
+fn fleet_certificate(id: &Ids) -> TlsIdentity {
+    id.ca
+        .issue(Role::Host, "", &[], Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// A host on `fleet` registering with `orchestrator` as node n1 with `secret`: the host, its
+/// reference to the orchestrator, and the answer.
+async fn register_n1(
+    fleet: &TlsIdentity,
+    orchestrator: ActorId,
+    secret: [u8; 32],
+) -> (
+    Node,
+    RemoteRef<OrchestratorRequest>,
+    Result<OrchestratorReply, OrchestratorError>,
+) {
+    let host = shared_host(fleet, None, secret).await;
+    let addr = host.addr().clone();
+    let orch_ref = host
+        .remote_ref::<OrchestratorRequest>(orchestrator)
+        .with_sender(host.actor_id("host").unwrap());
+    let answer = orch_ref
+        .ask(
+            OrchestratorRequest::RegisterHost(info(&addr, "n1", &secret)),
+            T,
+        )
+        .await
+        .unwrap();
+    (host, orch_ref, answer)
+}
+
 fn beat(addr: &HostAddr) -> OrchestratorRequest {
     OrchestratorRequest::Heartbeat(Heartbeat {
         addr: addr.clone(),
@@ -58,23 +91,9 @@ fn beat(addr: &HostAddr) -> OrchestratorRequest {
 async fn a_shared_certificate_host_must_prove_the_bound_nodes_secret() {
     let id = identity();
     let (orch, _dir) = orchestrator(&id.orchestrator, |_| {}).await;
-    let fleet = id
-        .ca
-        .issue(Role::Host, "", &[], Duration::from_secs(3600))
-        .unwrap();
-    let secret = [5u8; 32];
-    let real = shared_host(&fleet, None, secret).await;
+    let fleet = fleet_certificate(&id);
+    let (real, orch_ref, answer) = register_n1(&fleet, orch.actor_id(), [5u8; 32]).await;
     let addr = real.addr().clone();
-    let orch_ref = real
-        .remote_ref::<OrchestratorRequest>(orch.actor_id())
-        .with_sender(real.actor_id("host").unwrap());
-    let answer = orch_ref
-        .ask(
-            OrchestratorRequest::RegisterHost(info(&addr, "n1", &secret)),
-            T,
-        )
-        .await
-        .unwrap();
     assert!(
         matches!(
             answer,
@@ -124,25 +143,11 @@ async fn a_client_cannot_take_a_registered_hosts_address_even_first_after_a_rest
         std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
         0o700
     );
-    let fleet = id
-        .ca
-        .issue(Role::Host, "", &[], Duration::from_secs(3600))
-        .unwrap();
+    let fleet = fleet_certificate(&id);
     let secret = [5u8; 32];
-    let real = shared_host(&fleet, None, secret).await;
-    let addr = real.addr().clone();
-    let register = |node: &Node| {
-        node.remote_ref::<OrchestratorRequest>(orch.actor_id())
-            .with_sender(node.actor_id("host").unwrap())
-    };
-    let answer = register(&real)
-        .ask(
-            OrchestratorRequest::RegisterHost(info(&addr, "n1", &secret)),
-            T,
-        )
-        .await
-        .unwrap();
+    let (real, _, answer) = register_n1(&fleet, orch.actor_id(), secret).await;
     assert!(answer.is_ok(), "{answer:?}");
+    let addr = real.addr().clone();
     let actor = orch.actor_id();
     let HostAddr::Quic(listen) = orch.addr() else {
         panic!("not QUIC")

@@ -262,7 +262,8 @@ function renderExplain(why) {
 
 function connect() {
   const live = document.getElementById("live");
-  // ?stream_s=N on the page's URL shortens each event stream (tests, headless browsers).
+  // ?stream_s=N on the page's URL shortens each event stream (for browsers that wait on open
+  // requests, such as headless Chromium dumping a page with its virtual time).
   const seconds = Number(new URLSearchParams(location.search).get("stream_s") || 0);
   const source = new EventSource(seconds > 0 ? `/api/v1/stream?max_s=${seconds}` : "/api/v1/stream");
   source.addEventListener("summary", (event) => {

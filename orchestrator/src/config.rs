@@ -301,28 +301,13 @@ mod tests {
 
     #[test]
     fn limits_are_a_table_passed_to_the_node_and_zero_is_refused() {
-        let c: OrchestratorConfig = serde_json::from_str(
-            r#"{"limits": {"max_connections": 10, "max_streams_per_connection": 4,
-                           "handshake_timeout_ms": 500}}"#,
-        )
-        .unwrap();
-        // The table is the transport's LimitSettings (its mapping is tested there): a partial
-        // table is filled with the defaults, and it reaches the node.
-        assert_eq!(
-            c.limits,
-            LimitSettings {
-                max_connections: 10,
-                max_streams_per_connection: 4,
-                handshake_timeout_ms: 500,
-                ..LimitSettings::default()
-            }
-        );
+        // The table is the transport's LimitSettings (its parsing and mapping are tested
+        // there): here, that the key is read, validated and reaches the node.
+        let c: OrchestratorConfig =
+            serde_json::from_str(r#"{"limits": {"max_connections": 10}}"#).unwrap();
+        assert_eq!(c.limits.max_connections, 10);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.node_config().limits.max_connections, 10);
-        let err =
-            serde_json::from_str::<OrchestratorConfig>(r#"{"limits": {"max_conections": 1}}"#)
-                .unwrap_err();
-        assert!(err.to_string().contains("max_conections"), "{err}");
         let mut c = OrchestratorConfig::default();
         c.limits.max_pending_asks_per_connection = 0;
         assert_eq!(

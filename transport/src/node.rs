@@ -728,4 +728,24 @@ mod tests {
             assert_eq!(s.zero(), Some(key));
         }
     }
+
+    #[test]
+    fn a_partial_limits_table_is_filled_with_the_defaults_and_unknown_keys_are_refused() {
+        let s: LimitSettings = serde_json::from_str(
+            r#"{"max_connections": 10, "max_streams_per_connection": 4,
+                "handshake_timeout_ms": 500}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            LimitSettings {
+                max_connections: 10,
+                max_streams_per_connection: 4,
+                handshake_timeout_ms: 500,
+                ..LimitSettings::default()
+            }
+        );
+        let err = serde_json::from_str::<LimitSettings>(r#"{"max_conections": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
 }

@@ -17,7 +17,8 @@ use procmesh_transport::{
     Revocations, Role, TlsIdentity,
 };
 use utils::raw::{
-    ca, counted, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused, serving, tell, T,
+    ca, connected, counted, host, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused,
+    serving, tell, T,
 };
 use utils::{eventually, loopback, Recorder, TestMsg};
 
@@ -92,8 +93,7 @@ async fn a_dialled_server_must_be_a_node_and_every_peer_needs_one_identity() {
     assert_eq!(refused(&dialler, "bad_identity"), 1);
 
     // A server holding a host certificate: its identity reaches the handler as `Host`.
-    let (good, good_rec) =
-        serving(NodeBuilder::new("g").quic(loopback(), issue(&ca, Role::Host, "g"))).await;
+    let (good, good_rec) = serving(host(&ca, "g")).await;
     let client = quic_node("c", issue(&ca, Role::Client, "c")).await;
     let role = client
         .remote_ref::<TestMsg>(good_rec.clone())
@@ -133,12 +133,8 @@ async fn a_dialled_server_must_be_a_node_and_every_peer_needs_one_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_sender_is_dropped_not_bounced() {
     let ca = ca();
-    let (node, rec) =
-        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
-    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "intruder"));
-    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (node, rec) = serving(host(&ca, "b")).await;
+    let (_endpoint, conn) = connected(&issue(&ca, Role::Host, "intruder"), &node).await;
     let mine: HostAddr = "quic!127.0.0.1:1".parse().unwrap();
     let mut link = raw_link(&conn, &Hello::new(mine.clone(), "intruder"), 1).await;
     assert_eq!(link.answer.refused, None);
@@ -160,14 +156,9 @@ async fn a_forged_sender_is_dropped_not_bounced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_not_an_open_relay() {
     let ca = ca();
-    let (node, rec) =
-        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
-    let (third, third_rec) =
-        serving(NodeBuilder::new("c").quic(loopback(), issue(&ca, Role::Host, "c"))).await;
-    let endpoint = raw_endpoint(&issue(&ca, Role::Client, "cl"));
-    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (node, rec) = serving(host(&ca, "b")).await;
+    let (third, third_rec) = serving(host(&ca, "c")).await;
+    let (_endpoint, conn) = connected(&issue(&ca, Role::Client, "cl"), &node).await;
     let mine: HostAddr = "quic!127.0.0.1:2".parse().unwrap();
     let me = mine.proc("cl").unwrap().actor("x").unwrap();
     let mut link = raw_link(&conn, &Hello::new(mine.clone(), "cl"), 1).await;
@@ -258,23 +249,16 @@ async fn the_relay_hook_decides_who_reaches_a_proc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_address_stays_with_its_first_identity() {
     let ca = ca();
-    let (node, rec) =
-        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let (node, rec) = serving(host(&ca, "b")).await;
     let claimed: HostAddr = "quic!127.0.0.1:3".parse().unwrap();
     let me = claimed.proc("h").unwrap().actor("x").unwrap();
-    let first_ep = raw_endpoint(&issue(&ca, Role::Host, "h1"));
-    let first = raw_connect(&first_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_first_ep, first) = connected(&issue(&ca, Role::Host, "h1"), &node).await;
     let mut one = raw_link(&first, &Hello::new(claimed.clone(), "h"), 1).await;
     assert_eq!(one.answer.refused, None);
     one.send(&tell(&rec, &me, &TestMsg::Seq(0))).await;
     assert!(counted(&node, &rec, 1).await);
 
-    let second_ep = raw_endpoint(&issue(&ca, Role::Host, "h2"));
-    let second = raw_connect(&second_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_second_ep, second) = connected(&issue(&ca, Role::Host, "h2"), &node).await;
     let two = raw_link(&second, &Hello::new(claimed.clone(), "h"), 1).await;
     let reason = two.answer.refused.clone().expect("refused");
     assert!(reason.contains("bound to another identity"), "{reason}");
@@ -299,33 +283,23 @@ async fn a_bound_address_stays_with_its_first_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_nodes_keep_an_address_and_a_node_takes_its_own_over_from_a_client() {
     let ca = ca();
-    let (node, rec) =
-        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let (node, rec) = serving(host(&ca, "b")).await;
     let claimed: HostAddr = "quic!127.0.0.1:3".parse().unwrap();
     let me = claimed.proc("h").unwrap().actor("x").unwrap();
     let hello = Hello::new(claimed.clone(), "h");
 
     // A client claims a node's address first (say, right after a restart).
-    let squatter_ep = raw_endpoint(&issue(&ca, Role::Client, "mallory"));
-    let squatter = raw_connect(&squatter_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (squatter_ep, squatter) = connected(&issue(&ca, Role::Client, "mallory"), &node).await;
     let mut squat = raw_link(&squatter, &hello, 1).await;
     assert_eq!(squat.answer.refused, None);
     // While its link lives, another client cannot take the address from it.
-    let other_ep = raw_endpoint(&issue(&ca, Role::Operator, "eve"));
-    let other = raw_connect(&other_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_other_ep, other) = connected(&issue(&ca, Role::Operator, "eve"), &node).await;
     let refused_link = raw_link(&other, &hello, 1).await;
     assert!(refused_link.answer.refused.is_some());
 
     // The host whose address it is arrives: it takes the address over, the client's link is
     // closed, and what is sent to the address reaches the host.
-    let host_ep = raw_endpoint(&issue(&ca, Role::Host, "h"));
-    let host = raw_connect(&host_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_host_ep, host) = connected(&issue(&ca, Role::Host, "h"), &node).await;
     let mut real = raw_link(&host, &hello, 1).await;
     assert_eq!(real.answer.refused, None);
     assert!(squat.ended().await, "the squatter's link was not closed");
@@ -349,10 +323,7 @@ async fn only_nodes_keep_an_address_and_a_node_takes_its_own_over_from_a_client(
     let first = raw_link(&other, &Hello::new(free.clone(), "c"), 1).await;
     assert_eq!(first.answer.refused, None);
     other.close(0u32.into(), b"done");
-    let next_ep = raw_endpoint(&issue(&ca, Role::Client, "carol"));
-    let next = raw_connect(&next_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_next_ep, next) = connected(&issue(&ca, Role::Client, "carol"), &node).await;
     let mut taken = false;
     for _ in 0..50 {
         if raw_link(&next, &Hello::new(free.clone(), "c"), 1)
@@ -373,8 +344,7 @@ async fn only_nodes_keep_an_address_and_a_node_takes_its_own_over_from_a_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_sees_every_link_and_may_refuse_it() {
     let ca = ca();
-    let (node, rec) =
-        serving(NodeBuilder::new("b").quic(loopback(), issue(&ca, Role::Host, "b"))).await;
+    let (node, rec) = serving(host(&ca, "b")).await;
     let capture = Arc::new(Capture {
         refuse: vec![Role::Client],
         ..Capture::default()
@@ -477,8 +447,7 @@ async fn a_listed_dial_policy_dials_only_known_nodes() {
         .start()
         .await
         .unwrap();
-    let (host, rec) =
-        serving(NodeBuilder::new("h").quic(loopback(), issue(&ca, Role::Host, "h"))).await;
+    let (host, rec) = serving(host(&ca, "h")).await;
     let err = orch
         .remote_ref::<TestMsg>(rec.clone())
         .ask(TestMsg::Ping(1), T)
@@ -522,21 +491,13 @@ async fn a_revoked_certificate_is_refused_and_its_connection_closed() {
     let file = dir.path().join("revoked");
     std::fs::write(&file, "# nothing revoked yet\n").unwrap();
     let list = Revocations::load(&file).unwrap();
-    let (node, rec) = serving(
-        NodeBuilder::new("b")
-            .quic(loopback(), issue(&ca, Role::Host, "b"))
-            .revocations(list),
-    )
-    .await;
+    let (node, rec) = serving(host(&ca, "b").revocations(list)).await;
     let victim_id = issue(&ca, Role::Client, "laptop");
     let serial = victim_id.identity().unwrap().serial;
     let victim = quic_node("v", victim_id.clone()).await;
     let remote = victim.remote_ref::<TestMsg>(rec.clone());
     assert_eq!(remote.ask(TestMsg::Ping(1), T).await.unwrap(), 2);
-    let endpoint = raw_endpoint(&victim_id);
-    let held = raw_connect(&endpoint, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (endpoint, held) = connected(&victim_id, &node).await;
 
     std::fs::write(&file, format!("# stolen\n{}\n", serial.to_uppercase())).unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(4), held.closed()).await;
@@ -594,12 +555,7 @@ async fn a_blob_policy_refuses_fetches_and_pushes() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path().join("server")).unwrap();
     let hash = store.put_bytes(b"secret output").await.unwrap();
-    let server = NodeBuilder::new("s")
-        .quic(loopback(), issue(&ca, Role::Host, "s"))
-        .blob_store(store)
-        .start()
-        .await
-        .unwrap();
+    let server = host(&ca, "s").blob_store(store).start().await.unwrap();
     let key = [3u8; 32];
     server.set_blob_policy(Arc::new(TicketPolicy { key }));
     let client = NodeBuilder::new("c")

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use procmesh_protocol::codec::{FrameCodec, Hello, MAGIC};
 use procmesh_protocol::HostAddr;
-use procmesh_transport::{NodeBuilder, NodeConfig, Role};
+use procmesh_transport::{NodeConfig, Role};
 use utils::raw::{
-    ca, counted, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused, serving, tell, T,
+    ca, connected, counted, host, issue, quic_node, raw_connect, raw_endpoint, raw_link, refused,
+    serving, tell, T,
 };
-use utils::{eventually, loopback, TestMsg};
+use utils::{eventually, TestMsg};
 
 // Attests NODE-10
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,12 +21,7 @@ async fn connections_beyond_the_per_identity_limit_are_refused_while_others_are_
     let ca = ca();
     let mut config = NodeConfig::default();
     config.limits.max_connections_per_identity = 8;
-    let (node, rec) = serving(
-        NodeBuilder::new("b")
-            .quic(loopback(), issue(&ca, Role::Host, "b"))
-            .config(config),
-    )
-    .await;
+    let (node, rec) = serving(host(&ca, "b").config(config)).await;
     let flood_id = issue(&ca, Role::Client, "flood");
     let to = node.quic_addr().unwrap();
     // One endpoint (source port) per connection: a newer connection from the same address
@@ -87,12 +83,7 @@ async fn connection_and_ask_limits_hold() {
     let mut config = NodeConfig::default();
     config.limits.max_connections = 2;
     config.limits.max_pending_asks_per_connection = 2;
-    let (node, rec) = serving(
-        NodeBuilder::new("b")
-            .quic(loopback(), issue(&ca, Role::Host, "b"))
-            .config(config),
-    )
-    .await;
+    let (node, rec) = serving(host(&ca, "b").config(config)).await;
     let a = quic_node("a", issue(&ca, Role::Host, "a")).await;
     let remote = a.remote_ref::<TestMsg>(rec.clone());
     let asks = futures_join((0..5).map(|_| {
@@ -136,18 +127,10 @@ async fn a_peer_that_never_finishes_its_hello_is_refused_after_the_handshake_tim
         handshake_timeout: within,
         ..NodeConfig::default()
     };
-    let (node, rec) = serving(
-        NodeBuilder::new("b")
-            .quic(loopback(), issue(&ca, Role::Host, "b"))
-            .config(config),
-    )
-    .await;
+    let (node, rec) = serving(host(&ca, "b").config(config)).await;
     // The TLS handshake completes; then streams stop partway: in the magic, after it, halfway
     // through the hello.
-    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "mute"));
-    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_endpoint, conn) = connected(&issue(&ca, Role::Host, "mute"), &node).await;
     let mut hello = Vec::new();
     FrameCodec::default()
         .encode_handshake(
@@ -157,10 +140,7 @@ async fn a_peer_that_never_finishes_its_hello_is_refused_after_the_handshake_tim
         .unwrap();
     let started = tokio::time::Instant::now();
     // Another peer's connection finishes TLS and opens no stream at all.
-    let silent_ep = raw_endpoint(&issue(&ca, Role::Host, "silent"));
-    let silent = raw_connect(&silent_ep, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_silent_ep, silent) = connected(&issue(&ca, Role::Host, "silent"), &node).await;
     let mut stalled = Vec::new();
     // Half the magic, the magic alone, half a hello.
     for part in [&MAGIC[..2], &MAGIC[..], &hello[..hello.len() / 2]] {
@@ -209,16 +189,8 @@ async fn a_connection_has_at_most_max_bidi_streams_open_at_once() {
     config.quic.max_bidi_streams = 4;
     // Long enough that the held streams' begun handshakes stay open through the test.
     config.handshake_timeout = Duration::from_secs(60);
-    let (node, rec) = serving(
-        NodeBuilder::new("b")
-            .quic(loopback(), issue(&ca, Role::Host, "b"))
-            .config(config),
-    )
-    .await;
-    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "greedy"));
-    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (node, rec) = serving(host(&ca, "b").config(config)).await;
+    let (_endpoint, conn) = connected(&issue(&ca, Role::Host, "greedy"), &node).await;
     // Four streams, each a handshake begun and never finished: the node holds them open.
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -270,10 +242,7 @@ async fn a_connection_has_at_most_max_bidi_streams_open_at_once() {
 async fn a_peer_of_another_major_is_told_both_versions() {
     let ca = ca();
     let node = quic_node("b", issue(&ca, Role::Host, "b")).await;
-    let endpoint = raw_endpoint(&issue(&ca, Role::Host, "future"));
-    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
-        .await
-        .unwrap();
+    let (_endpoint, conn) = connected(&issue(&ca, Role::Host, "future"), &node).await;
     let hello = Hello::new("quic!127.0.0.1:4".parse().unwrap(), "future");
     let link = raw_link(&conn, &hello, 2).await;
     let reason = link.answer.refused.expect("a refusal");

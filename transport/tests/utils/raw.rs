@@ -35,6 +35,11 @@ pub async fn quic_node(name: &str, id: TlsIdentity) -> Node {
         .unwrap()
 }
 
+/// A node named `name` on a loopback QUIC address, with a host certificate naming it.
+pub fn host(ca: &MeshCa, name: &str) -> NodeBuilder {
+    NodeBuilder::new(name).quic(loopback(), issue(ca, Role::Host, name))
+}
+
 /// A node exposing a recorder as `rec`; returns the node and the recorder's id.
 pub async fn serving(builder: NodeBuilder) -> (Node, ActorId) {
     let node = builder.start().await.unwrap();
@@ -70,6 +75,15 @@ pub fn raw_endpoint(id: &TlsIdentity) -> quinn::Endpoint {
 pub async fn raw_connect(endpoint: &quinn::Endpoint, to: SocketAddr) -> Option<quinn::Connection> {
     let connecting = endpoint.connect(to, "node.procmesh").ok()?;
     tokio::time::timeout(T, connecting).await.ok()?.ok()
+}
+
+/// A raw connection to `node` as `id`, with its endpoint (dropping that closes it).
+pub async fn connected(id: &TlsIdentity, node: &Node) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = raw_endpoint(id);
+    let conn = raw_connect(&endpoint, node.quic_addr().unwrap())
+        .await
+        .expect("a raw connection");
+    (endpoint, conn)
 }
 
 /// A raw control stream: our handshake written (with `major` in the prefix), the answer read.

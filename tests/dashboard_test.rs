@@ -42,14 +42,15 @@ fn chromium() -> Option<PathBuf> {
 
 /// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
 /// it reads commands on fd 3 and writes replies and events on fd 4, each message ended by a
-/// NUL byte), with one page attached. Dropping it kills the browser and its renderers.
+/// NUL byte), with one page attached. Dropping it kills the browser and its renderers, then
+/// removes its profile.
 struct Browser {
     child: Child,
     commands: std::fs::File,
     messages: mpsc::Receiver<Value>,
     next_id: u64,
     session: String,
-    log: PathBuf,
+    profile: tempfile::TempDir,
 }
 
 /// `fd` duplicated above 4, so that moving the child's ends onto fds 3 and 4 cannot overwrite
@@ -62,14 +63,14 @@ fn above_four(fd: OwnedFd) -> OwnedFd {
 }
 
 impl Browser {
-    /// Starts Chromium with a fresh profile in `profile` and opens `url` in a new page.
-    fn open(chromium: &Path, profile: &Path, url: &str) -> Result<Browser, String> {
+    /// Starts Chromium with a fresh profile under `profiles` and opens `url` in a new page.
+    fn open(chromium: &Path, profiles: &Path, url: &str) -> Result<Browser, String> {
+        let profile = tempfile::tempdir_in(profiles).map_err(|e| e.to_string())?;
         let (their_commands, our_commands) = std::io::pipe().map_err(|e| e.to_string())?;
         let (our_messages, their_messages) = std::io::pipe().map_err(|e| e.to_string())?;
         let their_commands = above_four(their_commands.into());
         let their_messages = above_four(their_messages.into());
         let (commands_fd, messages_fd) = (their_commands.as_raw_fd(), their_messages.as_raw_fd());
-        let log = profile.join("stderr.log");
         let mut command = Command::new(chromium);
         command
             .args([
@@ -81,11 +82,14 @@ impl Browser {
                 "--hide-scrollbars",
                 "--remote-debugging-pipe",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .stderr(
+                std::fs::File::create(profile.path().join("stderr.log"))
+                    .map_err(|e| e.to_string())?,
+            )
             .process_group(0);
         // SAFETY: between fork and exec only dup2, which is async-signal-safe; both sources are
         // open in the child, distinct and above 4, and dup2 clears close-on-exec on 3 and 4.
@@ -129,7 +133,7 @@ impl Browser {
             messages,
             next_id: 0,
             session: String::new(),
-            log,
+            profile,
         };
         let target = browser.call(false, "Target.createTarget", json!({ "url": url }))?;
         let target = target["targetId"].as_str().ok_or("no targetId")?.to_owned();
@@ -219,7 +223,8 @@ impl Browser {
 
     /// The last lines of the browser's stderr, for a failure message.
     fn stderr_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.profile.path().join("stderr.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
@@ -250,10 +255,9 @@ const SAMPLE: &str = r#"(() => {
 
 /// Chromium showing `url` with a pushed summary rendered; a start that does not get there
 /// within 30 s is killed and tried again in a fresh profile, at most three times.
-fn show(chromium: &Path, profiles: &Path, url: &str) -> (Browser, tempfile::TempDir) {
+fn show(chromium: &Path, profiles: &Path, url: &str) -> Browser {
     for attempt in 1..=3 {
-        let profile = tempfile::tempdir_in(profiles).expect("a chromium profile");
-        let mut browser = match Browser::open(chromium, profile.path(), url) {
+        let mut browser = match Browser::open(chromium, profiles, url) {
             Ok(browser) => browser,
             Err(error) => {
                 eprintln!("chromium start {attempt} failed: {error}");
@@ -261,7 +265,7 @@ fn show(chromium: &Path, profiles: &Path, url: &str) -> (Browser, tempfile::Temp
             }
         };
         match browser.wait_for(PUSHED, Duration::from_secs(30)) {
-            Ok(()) => return (browser, profile),
+            Ok(()) => return browser,
             Err(error) => eprintln!(
                 "chromium start {attempt}: {error}; killed. Its stderr ended with:\n{}",
                 browser.stderr_tail()
@@ -357,7 +361,7 @@ async fn the_dashboard_shows_a_workload_move_to_completion() {
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let seen = tokio::task::block_in_place(|| {
         // One page load, watched while the run goes on: the page changes only by pushes.
-        let (mut browser, _profile) = show(&chromium, &profiles, &url);
+        let mut browser = show(&chromium, &profiles, &url);
         let mut seen = vec![Sample::of(&mut browser)];
         let deadline = Instant::now() + Duration::from_secs(90);
         while seen.last().unwrap().finished < ACTIONS {

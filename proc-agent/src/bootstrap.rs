@@ -108,6 +108,13 @@ impl procmesh_transport::Admission for AgentAdmission {
 /// inherit.
 pub const ENV_EXECUTOR: &str = "PROCMESH_EXECUTOR";
 
+/// The variable naming a file the runner appends one JSON line per finished attempt to, with
+/// the microseconds it spent in each stage of [`STAGES`](crate::runner::STAGES), e.g.
+/// `{"lsn":7,"attempt":1,"stages_us":{"receive":12,"slot":3,...}}` (`procmesh bench runner
+/// --breakdown`). Unset: nothing is measured or written. Like [`ENV_EXECUTOR`], a benchmark's
+/// setting, not part of the host's bootstrap contract.
+pub const ENV_STAGE_LOG: &str = "PROCMESH_STAGE_LOG";
+
 fn executor_from_env() -> Result<Executor, BootstrapError> {
     match std::env::var(ENV_EXECUTOR) {
         Err(_) => Ok(Executor::Process),

@@ -103,6 +103,16 @@ use cleanup::{remove_tree, Cleaner};
 use exec::CancelRequest;
 use worker_cache::WorkerCache;
 
+/// The stages of an attempt, in order, as [`ENV_STAGE_LOG`](crate::bootstrap::ENV_STAGE_LOG)
+/// names them: the agent receiving the submission (`receive`), taking the slot (`slot`), the
+/// worker cache, the input blobs, filling the sandbox directory, the cgroup, starting the
+/// process (`spawn`: from the launch request until it runs), its run (`wait`), collecting
+/// `Outputs/`, sending the final report, and handing the sandbox to the cleaner.
+pub const STAGES: [&str; 11] = [
+    "receive", "slot", "worker", "inputs", "sandbox", "cgroup", "spawn", "wait", "outputs",
+    "report", "cleanup",
+];
+
 /// A boxed, sendable future: what [`Resolver`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

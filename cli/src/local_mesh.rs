@@ -87,26 +87,22 @@ impl LocalMesh {
         ids: &Identities,
         procs: Procs<'_>,
     ) -> anyhow::Result<LocalMesh> {
-        Self::start_with(dir, ids, procs, |_| {}).await
+        Self::start_with(dir, ids, procs, |_, _| {}).await
     }
 
-    /// [`start`](Self::start) with the orchestrator's configuration adjusted by `tune` (e.g.
-    /// its journal and durability).
+    /// [`start`](Self::start) with the orchestrator's and the host's configurations adjusted by
+    /// `tune` (e.g. the orchestrator's journal and durability, the host's isolation).
     pub async fn start_with(
         dir: &Path,
         ids: &Identities,
         procs: Procs<'_>,
-        tune: impl FnOnce(&mut OrchestratorConfig),
+        tune: impl FnOnce(&mut OrchestratorConfig, &mut HostConfig),
     ) -> anyhow::Result<LocalMesh> {
         let mut config = OrchestratorConfig {
             heartbeat_interval_ms: 500,
             lost_after_ms: 10_000,
             ..OrchestratorConfig::ephemeral(dir.join("orchestrator"))
         };
-        tune(&mut config);
-        let orchestrator = Orchestrator::start(config, ids.orchestrator.clone())
-            .await
-            .context("starting the orchestrator")?;
         // Slots as `procmesh host` plans them (HST-26); an explicit per-proc maximum sizes the
         // host's capacity to fit, and every proc gets a slot even on a machine with fewer CPUs.
         let cpus = procmesh_host::system::logical_cpus();
@@ -116,14 +112,20 @@ impl LocalMesh {
         };
         let plan = procmesh_host::slots::plan(Some(capacity), procs.count, procs.max_actions, cpus)
             .map_err(anyhow::Error::msg)?;
+        // Isolation as `procmesh host` defaults it: namespaces where the kernel allows them.
+        let mut host_config = HostConfig {
+            heartbeat_interval_ms: 500,
+            capacity: Some(plan.capacity),
+            ..HostConfig::ephemeral(dir.join("host"), ids.host.clone())
+        };
+        tune(&mut config, &mut host_config);
+        let orchestrator = Orchestrator::start(config, ids.orchestrator.clone())
+            .await
+            .context("starting the orchestrator")?;
+        host_config.orchestrator = Some(orchestrator.actor_id());
         // The proc agents are this binary, re-executed as `procmesh proc-agent`.
         let host = Host::start(
-            HostConfig {
-                orchestrator: Some(orchestrator.actor_id()),
-                heartbeat_interval_ms: 500,
-                capacity: Some(plan.capacity),
-                ..HostConfig::ephemeral(dir.join("host"), ids.host.clone())
-            },
+            host_config,
             Arc::new(OsProcManager::new(None, None).context("proc manager")?),
         )
         .await

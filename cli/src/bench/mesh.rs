@@ -1,10 +1,14 @@
 //! `procmesh bench mesh`: the whole path, client → orchestrator → host → proc agent → action,
 //! beside raw process spawning measured in the same run.
 //!
-//! 1. **Raw**: `Command::output()` of a trivial binary (`true`) from `concurrency` threads.
+//! 1. **Raw**: `Command::output()` of a trivial binary (`true`) from `concurrency` threads; and
+//!    the peer: the same through bubblewrap (`bwrap --unshare-all`, read-only system binds),
+//!    where it is installed.
 //! 2. **End to end**: an orchestrator, a host with one OS proc agent of `concurrency` slots,
 //!    and a client, each its own QUIC node on loopback, in this process; the client submits
-//!    batches of actions running the same `true` and waits for each batch to complete.
+//!    batches of actions running the same `true` and waits for each batch to complete. Twice:
+//!    the host with isolation `namespaces` (its default, where the kernel allows it), then
+//!    `none`.
 //! 3. **No-op dispatch**: the same mesh, but proc agents with the no-op executor
 //!    (`PROCMESH_EXECUTOR=noop`): 100,000 actions from submission to the last completion, three
 //!    times: the orchestrator in memory (no journal), journaled on a real disk at the default
@@ -20,9 +24,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use procmesh_client::{Client, ClientConfig, Queue, WorkerBuilder};
+use procmesh_protocol::messages::host::IsolationMode;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 
+use super::runner::Bwrap;
 use super::{print_table, Row};
 use crate::local_mesh::{Identities, LocalMesh, Procs};
 
@@ -64,24 +70,29 @@ async fn run_batch(queue: &Queue, worker: WorkerId, n: u64) -> anyhow::Result<(u
     Ok((failed, elapsed))
 }
 
-/// Actions per second end to end through a real mesh running `true`.
+/// Actions per second end to end through a real mesh running `true`, its host configured with
+/// `isolation`; and the isolation the host settled on (namespaces degrade to none where the
+/// kernel refuses them).
 async fn e2e(
     dir: &Path,
     ids: &Identities,
     concurrency: u32,
     budget: Duration,
-) -> anyhow::Result<f64> {
+    isolation: IsolationMode,
+) -> anyhow::Result<(f64, Option<IsolationMode>)> {
     // One proc with every slot, as `bench runner` measures the runner alone.
-    let mesh = LocalMesh::start(
-        &dir.join("e2e"),
+    let mesh = LocalMesh::start_with(
+        &dir.join(format!("e2e-{isolation}")),
         ids,
         Procs {
             count: 1,
             max_actions: Some(concurrency),
             env: &[],
         },
+        |_, host| host.isolation = isolation,
     )
     .await?;
+    let settled = mesh.host.info().isolation.map(|summary| summary.mode);
     let worker = mesh
         .client
         .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
@@ -105,7 +116,7 @@ async fn e2e(
         failed == 0,
         "{failed} of {done} trivial actions did not complete"
     );
-    Ok(rate)
+    Ok((rate, settled))
 }
 
 /// Where the orchestrator of a no-op phase keeps its state.
@@ -127,7 +138,7 @@ async fn noop(dir: &Path, ids: &Identities, n: u64, journal: Journal) -> anyhow:
             max_actions: Some(2048),
             env: &[("PROCMESH_EXECUTOR", "noop")],
         },
-        |config| config.journal = matches!(journal, Journal::On),
+        |config, _| config.journal = matches!(journal, Journal::On),
     )
     .await?;
     let worker = mesh
@@ -296,13 +307,22 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let f = result?;
     let rows = [
         Row {
-            what: "end-to-end actions/s (true)",
+            what: "end-to-end actions/s, isolated",
             ours: f.e2e,
             raw: f.raw,
             unit: "1/s",
             ratio: f.e2e / f.raw,
-            goal: ">= 0.6",
+            goal: ">= 0.5",
         },
+        Row {
+            what: "end-to-end actions/s, none",
+            ours: f.e2e_none,
+            raw: f.raw,
+            unit: "1/s",
+            ratio: f.e2e_none / f.raw,
+            goal: ">= 0.7",
+        },
+        f.bwrap.row("end-to-end isolated vs bwrap", f.e2e, ">= 3"),
         Row {
             what: "no-op dispatch actions/s",
             ours: f.noop,
@@ -351,8 +371,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ),
         &rows,
     );
+    f.bwrap.print_failure();
+    if f.e2e_isolation != Some(IsolationMode::Namespaces) {
+        println!(
+            "the isolated end-to-end phase ran with isolation {}: the kernel refused namespaces",
+            f.e2e_isolation.map_or("unknown", IsolationMode::as_str)
+        );
+    }
     println!(
-        "raw: Command::output() of `true` from {} threads; no-op: {} actions; memory: {} pending, \
+        "raw: Command::output() of `true` from {} threads (bwrap: the same through `bwrap \
+         --unshare-all` with read-only system binds); no-op: {} actions; memory: {} pending, \
          resident-set growth of a separate orchestrator process",
         options.concurrency, options.noop_actions, options.pending
     );
@@ -361,12 +389,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         f.disk
     );
     println!("elapsed {:.1}s", started.elapsed().as_secs_f64());
+    let bwrap_per_s = f.bwrap.per_s();
     let json = serde_json::json!({
         "suite": "mesh",
         "concurrency": options.concurrency,
         "e2e_actions_per_s": f.e2e,
         "raw_spawn_per_s": f.raw,
         "e2e_ratio": f.e2e / f.raw,
+        "e2e_none_actions_per_s": f.e2e_none,
+        "e2e_none_ratio": f.e2e_none / f.raw,
+        "bwrap_per_s": bwrap_per_s,
+        "isolated_vs_bwrap": bwrap_per_s.map(|b| f.e2e / b),
         "noop_actions": options.noop_actions,
         "noop_dispatch_per_s": f.noop,
         "pending_actions": options.pending,
@@ -383,8 +416,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 struct Figures {
+    /// End to end, the host in its default isolation (namespaces).
     e2e: f64,
+    /// The isolation that phase's host settled on.
+    e2e_isolation: Option<IsolationMode>,
+    /// End to end, the host with isolation none.
+    e2e_none: f64,
     raw: f64,
+    bwrap: Bwrap,
     noop: f64,
     durable: f64,
     durable_tmpfs: f64,
@@ -417,10 +456,25 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
         move || super::runner::raw_spawn_rate(&w, c, budget)
     })
     .await??;
+    let bwrap = tokio::task::spawn_blocking({
+        let w = super::runner::trivial_binary()?;
+        let c = options.concurrency as usize;
+        move || super::runner::bwrap_rate(&w, c, budget)
+    })
+    .await?;
     let ids = Identities::generate(dir, "bench", Duration::from_secs(3600))?;
-    let e2e = e2e(dir, &ids, options.concurrency, budget)
+    let (isolated, e2e_isolation) = e2e(
+        dir,
+        &ids,
+        options.concurrency,
+        budget,
+        IsolationMode::Namespaces,
+    )
+    .await
+    .context("end-to-end phase (isolation namespaces)")?;
+    let (e2e_none, _) = e2e(dir, &ids, options.concurrency, budget, IsolationMode::None)
         .await
-        .context("end-to-end phase")?;
+        .context("end-to-end phase (isolation none)")?;
     let noop_in_memory = noop(&dir.join("noop"), &ids, options.noop_actions, Journal::Off)
         .await
         .context("no-op dispatch phase")?;
@@ -443,8 +497,11 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
         .await
         .context("recovery phase")?;
     Ok(Figures {
-        e2e,
+        e2e: isolated,
+        e2e_isolation,
+        e2e_none,
         raw,
+        bwrap,
         noop: noop_in_memory,
         durable,
         durable_tmpfs,

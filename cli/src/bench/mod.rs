@@ -27,8 +27,8 @@ pub enum Suite {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
-    /// Proc spawn-to-ready, runner throughput and the host's mux hop, beside raw process
-    /// spawning.
+    /// Proc spawn-to-ready, runner throughput (isolation none and namespaces) and the host's mux
+    /// hop, beside raw process spawning and bubblewrap.
     Runner {
         /// Seconds spent on each throughput measurement.
         #[arg(long, default_value_t = 5.0)]
@@ -36,8 +36,14 @@ pub enum Suite {
         /// Actions run at once (and raw spawners); default: logical CPUs.
         #[arg(long)]
         concurrency: Option<u32>,
+        /// Also print the median microseconds of each stage of an action (receive, slot,
+        /// worker, inputs, sandbox, cgroup, spawn, wait, outputs, report, cleanup) in each
+        /// isolation mode, from the proc agents' stage logs.
+        #[arg(long)]
+        breakdown: bool,
     },
-    /// End-to-end actions/s through client, orchestrator, host and proc beside raw spawning;
+    /// End-to-end actions/s through client, orchestrator, host and proc (isolation namespaces
+    /// and none) beside raw spawning and bubblewrap;
     /// dispatch throughput with a no-op executor; orchestrator memory per pending action.
     Mesh {
         /// Seconds spent on the end-to-end and raw measurements.
@@ -78,6 +84,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
         Suite::Runner {
             seconds,
             concurrency,
+            breakdown,
         } => {
             anyhow::ensure!(
                 seconds > 0.0 && seconds <= 20.0,
@@ -89,7 +96,11 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
                 (1..=256).contains(&concurrency),
                 "--concurrency must be in 1..=256"
             );
-            runtime.block_on(runner::run(Duration::from_secs_f64(seconds), concurrency))
+            runtime.block_on(runner::run(
+                Duration::from_secs_f64(seconds),
+                concurrency,
+                breakdown,
+            ))
         }
         Suite::Mesh {
             seconds,
@@ -153,10 +164,20 @@ pub fn print_table(title: &str, rows: &[Row]) {
         "{:<34} {:>14} {:>14} {:<9} {:>7}  goal",
         "measurement", "procmesh", "raw", "unit", "ratio"
     );
+    // A figure not measured (NaN) shows as `-`.
+    let cell = |v: f64, width: usize, precision: usize| match v {
+        v if v.is_nan() => format!("{:>width$}", "-"),
+        v => format!("{v:>width$.precision$}"),
+    };
     for r in rows {
         println!(
-            "{:<34} {:>14.1} {:>14.1} {:<9} {:>7.3}  {}",
-            r.what, r.ours, r.raw, r.unit, r.ratio, r.goal
+            "{:<34} {} {} {:<9} {}  {}",
+            r.what,
+            cell(r.ours, 14, 1),
+            cell(r.raw, 14, 1),
+            r.unit,
+            cell(r.ratio, 7, 3),
+            r.goal
         );
     }
 }

@@ -1,17 +1,21 @@
 //! `procmesh bench runner`: a host agent with real proc-agent children, beside raw process
-//! spawning measured in the same run.
+//! spawning and bubblewrap measured in the same run.
 //!
 //! ```text
 //! spawn→ready   Host::spawn(proc) until ProcReady          vs  fork/exec+wait `procmesh --version`
-//! actions/s     bench (as orchestrator) → host → proc agent → runner → trivial worker, N at once
-//!                                                          vs  N threads looping Command::output()
-//!                                                              of the same worker binary
+//! actions/s     bench (as orchestrator) → host → proc agent → runner → trivial worker, N at once,
+//!               isolation none, then namespaces            vs  N threads looping Command::output()
+//!                                                              of the same worker binary: plain,
+//!                                                              after unshare(2), through bwrap
 //! mux RTT       client ─ask─▶ host ─▶ proc agent           vs  client ─ask─▶ host service actor
 //! ```
 //! The raw baselines run before the host starts: a host reaps every child of its process.
 //!
-//! With `PROCMESH_BENCH_PHASES` set, it also prints (to stderr) where an action's time goes:
-//! Submitting → Running (preparation), Running → end, end → next submission.
+//! With `--breakdown`, each runner phase's proc agent writes its stage log
+//! (`PROCMESH_STAGE_LOG`) and the suite prints the median microseconds of each stage of the
+//! attempts after the warm-up. With `PROCMESH_BENCH_PHASES` set, it also prints (to stderr)
+//! where an action's time goes as the transitions tell it: Submitting → Running (preparation),
+//! Running → end, end → next submission.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,18 +27,21 @@ use kameo::actor::Spawn;
 use kameo::message::{Context, Message};
 use kameo::Actor;
 use procmesh_host::{Host, HostConfig, OsProcManager};
-use procmesh_protocol::action::{Attempt, Lsn};
+use procmesh_protocol::action::{Applied, Attempt, Lsn};
 use procmesh_protocol::messages::agent::{ActionSpec, AgentError, AgentReply, AgentRequest};
 use procmesh_protocol::messages::host::{
     HostReply, HostRequest, IsolationMode, ProcConfig, SpawnSpec,
 };
 use procmesh_protocol::messages::orchestrator::{
-    OrchestratorError, OrchestratorReply, OrchestratorRequest,
+    OrchestratorError, OrchestratorReply, OrchestratorRequest, UpdateOutcome,
 };
 use procmesh_protocol::spec::{ActionDef, WorkerDescriptor, WorkerFile, WorkerId};
 use procmesh_protocol::{ActionState, Transition, SERVICE_PROC};
 use procmesh_transport::{BlobStore, MeshCa, NodeBuilder, RemoteRef, Request, Role, WireReply};
 use tokio::sync::Semaphore;
+
+use procmesh_proc_agent::bootstrap::ENV_STAGE_LOG;
+use procmesh_proc_agent::runner::STAGES;
 
 use super::{median, print_table, Row};
 
@@ -82,9 +89,16 @@ impl Message<Request<OrchestratorRequest>> for Sink {
                 Ok(OrchestratorReply::Worker(self.worker.clone()))
             }
             OrchestratorRequest::GetWorker(id) => Err(OrchestratorError::UnknownWorker(id)),
+            // Answered as the orchestrator answers, so the agent's outbox takes it as such (the
+            // sink keeps no records: `from` is not known, and the agent reads only the outcome).
             OrchestratorRequest::ActionUpdate(t) => {
+                let applied = Applied {
+                    from: t.state,
+                    to: t.state,
+                    at: t.at,
+                };
                 self.record(t);
-                Ok(OrchestratorReply::Ack)
+                Ok(OrchestratorReply::Updated(UpdateOutcome::Applied(applied)))
             }
             OrchestratorRequest::ActionUpdates(ts) => {
                 ts.into_iter().for_each(|t| self.record(t));
@@ -120,7 +134,10 @@ pub(super) fn raw_spawn_rate(
     concurrency: usize,
     budget: Duration,
 ) -> anyhow::Result<f64> {
-    spawn_rate(worker, concurrency, budget, false)
+    let worker = worker.to_path_buf();
+    spawn_rate(concurrency, budget, move || {
+        std::process::Command::new(&worker)
+    })
 }
 
 /// The naive isolated baseline: like [`raw_spawn_rate`], but each child calls
@@ -131,49 +148,158 @@ pub(super) fn naive_isolated_rate(
     concurrency: usize,
     budget: Duration,
 ) -> anyhow::Result<f64> {
-    spawn_rate(worker, concurrency, budget, true)
+    use std::os::unix::process::CommandExt as _;
+    let worker = worker.to_path_buf();
+    spawn_rate(concurrency, budget, move || {
+        let mut cmd = std::process::Command::new(&worker);
+        // SAFETY: unshare(2) is a plain system call, async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let flags = libc::CLONE_NEWUSER
+                    | libc::CLONE_NEWNS
+                    | libc::CLONE_NEWNET
+                    | libc::CLONE_NEWPID;
+                if libc::unshare(flags) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        cmd
+    })
 }
 
-/// `concurrency` threads looping `Command::output()` of `worker` for `budget`, each child in
-/// fresh namespaces if `unshare`; runs per second.
+/// Where the bubblewrap peer is looked for (Debian's `bubblewrap`).
+const BWRAP: &str = "/usr/bin/bwrap";
+
+/// The bubblewrap peer's figure, or why there is none.
+pub(super) enum Bwrap {
+    /// Runs per second.
+    PerS(f64),
+    /// No `/usr/bin/bwrap` on this machine.
+    NotInstalled,
+    /// bwrap is installed but could not run the action here: why.
+    Failed(String),
+}
+
+impl Bwrap {
+    /// Runs per second, if measured.
+    pub(super) fn per_s(&self) -> Option<f64> {
+        match self {
+            Bwrap::PerS(r) => Some(*r),
+            _ => None,
+        }
+    }
+
+    /// A table row of `ours` against bwrap with this `goal`; without a figure, the row says why.
+    pub(super) fn row(&self, what: &'static str, ours: f64, goal: &'static str) -> Row {
+        let raw = self.per_s().unwrap_or(f64::NAN);
+        Row {
+            what,
+            ours,
+            raw,
+            unit: "1/s",
+            ratio: ours / raw,
+            goal: match self {
+                Bwrap::PerS(_) => goal,
+                Bwrap::NotInstalled => "bwrap not installed",
+                Bwrap::Failed(_) => "bwrap failed (see below)",
+            },
+        }
+    }
+
+    /// Prints why bwrap failed, if it did.
+    pub(super) fn print_failure(&self) {
+        if let Bwrap::Failed(why) = self {
+            println!("{why}");
+        }
+    }
+}
+
+/// The Ray-free peer: like [`raw_spawn_rate`], but each run is bubblewrap starting `worker` with
+/// `--unshare-all --die-with-parent`, read-only system binds (`/usr`; `/bin`, `/lib`, `/lib64`
+/// as the host has them: symbolic links into `usr/`, else read-only binds), its own `/proc`,
+/// `/dev` and a `/tmp` tmpfs.
+pub(super) fn bwrap_rate(worker: &Path, concurrency: usize, budget: Duration) -> Bwrap {
+    if !Path::new(BWRAP).is_file() {
+        return Bwrap::NotInstalled;
+    }
+    let args = bwrap_args(worker);
+    // One run first, so that a bwrap that cannot work here says why at once.
+    let probe = std::process::Command::new(BWRAP)
+        .args(&args)
+        .env_clear()
+        .output();
+    match probe {
+        Err(e) => return Bwrap::Failed(format!("bwrap failed: {e}")),
+        Ok(out) if !out.status.success() => {
+            return Bwrap::Failed(format!(
+                "bwrap failed: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Ok(_) => {}
+    }
+    let rate = spawn_rate(concurrency, budget, move || {
+        let mut cmd = std::process::Command::new(BWRAP);
+        cmd.args(&args);
+        cmd
+    });
+    match rate {
+        Ok(r) => Bwrap::PerS(r),
+        Err(e) => Bwrap::Failed(format!("bwrap failed: {e:#}")),
+    }
+}
+
+/// bwrap's arguments for running `worker` (see [`bwrap_rate`]).
+fn bwrap_args(worker: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = ["--unshare-all", "--die-with-parent"]
+        .iter()
+        .chain(&["--ro-bind", "/usr", "/usr"])
+        .map(Into::into)
+        .collect();
+    for dir in ["/bin", "/lib", "/lib64"] {
+        match std::fs::read_link(dir) {
+            Ok(target) => args.extend(["--symlink".into(), target.into(), dir.into()]),
+            Err(_) if Path::new(dir).is_dir() => {
+                args.extend(["--ro-bind".into(), dir.into(), dir.into()]);
+            }
+            Err(_) => {}
+        }
+    }
+    args.extend(
+        ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            .iter()
+            .map(Into::into),
+    );
+    args.push(worker.into());
+    args
+}
+
+/// `concurrency` threads looping `Command::output()` of what `command` builds, for `budget`;
+/// runs per second. Every child runs with an empty environment, as actions do (PA-10).
 fn spawn_rate(
-    worker: &Path,
     concurrency: usize,
     budget: Duration,
-    unshare: bool,
+    command: impl Fn() -> std::process::Command + Clone + Send + 'static,
 ) -> anyhow::Result<f64> {
-    use std::os::unix::process::CommandExt as _;
     let deadline = Instant::now() + budget;
     let started = Instant::now();
     let threads: Vec<_> = (0..concurrency)
         .map(|_| {
-            let worker = worker.to_path_buf();
+            let command = command.clone();
             std::thread::spawn(move || -> std::io::Result<u64> {
                 let mut n = 0;
                 while Instant::now() < deadline {
-                    let mut cmd = std::process::Command::new(&worker);
-                    // Actions run with a fixed environment (PA-10): so does the baseline.
+                    let mut cmd = command();
                     cmd.env_clear();
-                    if unshare {
-                        // SAFETY: unshare(2) is a plain system call, async-signal-safe.
-                        unsafe {
-                            cmd.pre_exec(|| {
-                                let flags = libc::CLONE_NEWUSER
-                                    | libc::CLONE_NEWNS
-                                    | libc::CLONE_NEWNET
-                                    | libc::CLONE_NEWPID;
-                                if libc::unshare(flags) != 0 {
-                                    return Err(std::io::Error::last_os_error());
-                                }
-                                Ok(())
-                            })
-                        };
-                    }
                     let out = cmd.output()?;
                     if !out.status.success() {
                         return Err(std::io::Error::other(format!(
-                            "baseline worker failed: {:?}",
-                            out.status
+                            "baseline run failed: {:?}: {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
                         )));
                     }
                     n += 1;
@@ -191,12 +317,12 @@ fn spawn_rate(
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
+pub async fn run(budget: Duration, concurrency: u32, breakdown: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let me = std::env::current_exe()?;
     // The host's state (sandboxes, worker cache, blobs) goes on tmpfs when there is one.
     let (dir, on) = super::scratch_dir("runner")?;
-    let result = measure(&me, &dir, budget, concurrency).await;
+    let result = measure(&me, &dir, budget, concurrency, breakdown).await;
     let _ = std::fs::remove_dir_all(&dir);
     let f = result?;
 
@@ -210,7 +336,7 @@ pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
             goal: "(cost of bootstrap)",
         },
         Row {
-            what: "runner actions/s (trivial worker)",
+            what: "runner actions/s (isolation none)",
             ours: f.runner_per_s,
             raw: f.raw_per_s,
             unit: "1/s",
@@ -218,7 +344,17 @@ pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
             goal: ">= 0.8",
         },
         Row {
-            what: "isolated actions/s vs naive unshare+exec",
+            what: "isolated runner actions/s vs raw",
+            ours: f.isolated_per_s,
+            raw: f.raw_per_s,
+            unit: "1/s",
+            ratio: f.isolated_per_s / f.raw_per_s,
+            goal: ">= 0.7",
+        },
+        f.bwrap
+            .row("isolated runner vs bwrap", f.isolated_per_s, ">= 3"),
+        Row {
+            what: "isolated vs naive unshare+exec",
             ours: f.isolated_per_s,
             raw: f.naive_per_s,
             unit: "1/s",
@@ -246,24 +382,43 @@ pub async fn run(budget: Duration, concurrency: u32) -> anyhow::Result<()> {
         &format!("procmesh bench runner (one host, OS proc agents, {concurrency} actions at once)"),
         &rows,
     );
+    f.bwrap.print_failure();
+    println!(
+        "raw: Command::output() of `true` from {concurrency} threads; bwrap: the same through \
+         `bwrap --unshare-all` with read-only system binds"
+    );
+    if let Some(stages) = &f.breakdown {
+        println!();
+        print_stages(stages);
+    }
     println!("state directory on {on}");
     println!("elapsed {:.1}s", started.elapsed().as_secs_f64());
-    let json = serde_json::json!({
+    let bwrap_per_s = f.bwrap.per_s();
+    let mut json = serde_json::json!({
         "suite": "runner",
         "concurrency": concurrency,
         "spawn_ready_ms": f.spawn_ready_ms,
         "raw_spawn_ms": f.raw_spawn_ms,
         "runner_actions_per_s": f.runner_per_s,
         "raw_spawn_per_s": f.raw_per_s,
-        "runner_ratio": rows[1].ratio,
+        "runner_ratio": f.runner_per_s / f.raw_per_s,
         "isolated_actions_per_s": f.isolated_per_s,
+        "isolated_vs_raw": f.isolated_per_s / f.raw_per_s,
+        "bwrap_per_s": bwrap_per_s,
+        "isolated_vs_bwrap": bwrap_per_s.map(|b| f.isolated_per_s / b),
         "naive_isolated_per_s": f.naive_per_s,
-        "isolated_ratio": rows[2].ratio,
-        "isolated_vs_runner": rows[3].ratio,
+        "isolated_ratio": f.isolated_per_s / f.naive_per_s,
+        "isolated_vs_runner": f.isolated_per_s / f.runner_per_s,
         "proc_rtt_us": f.proc_rtt_us,
         "service_rtt_us": f.service_rtt_us,
-        "mux_rtt_ratio": rows[4].ratio,
+        "mux_rtt_ratio": f.proc_rtt_us / f.service_rtt_us,
     });
+    if let Some(stages) = &f.breakdown {
+        json["breakdown"] = serde_json::json!({
+            "none": stages.none.as_ref().map(Stages::to_json),
+            "namespaces": stages.namespaces.as_ref().map(Stages::to_json),
+        });
+    }
     println!("{json}");
     Ok(())
 }
@@ -277,6 +432,139 @@ struct Figures {
     service_rtt_us: f64,
     isolated_per_s: f64,
     naive_per_s: f64,
+    bwrap: Bwrap,
+    /// With `--breakdown`: each runner phase's stages.
+    breakdown: Option<Breakdown>,
+}
+
+/// The per-stage medians of both runner phases; `None` where the phase's proc agent wrote no
+/// stage log (or nothing after the warm-up).
+struct Breakdown {
+    none: Option<Stages>,
+    namespaces: Option<Stages>,
+}
+
+/// Median microseconds of each stage over the measured attempts of one runner phase, read from
+/// the proc agent's stage log (`PROCMESH_STAGE_LOG`: one JSON line per finished attempt,
+/// `{"lsn":7,"attempt":1,"stages_us":{"receive":12,...}}`).
+struct Stages {
+    /// In the order of [`STAGES`]; only stages some attempt reported.
+    medians: Vec<(&'static str, u64)>,
+    /// The median of each attempt's sum over its stages.
+    total: u64,
+    /// Attempts counted.
+    attempts: usize,
+}
+
+impl Stages {
+    /// The stages of the attempts in the log at `path` with an LSN above `warm_up` (the
+    /// warm-up's attempts are left out); `None` if the file is missing or has none.
+    fn read(path: &Path, warm_up: u64) -> anyhow::Result<Option<Stages>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut samples: Vec<Vec<u64>> = vec![Vec::new(); STAGES.len()];
+        let mut totals = Vec::new();
+        for line in text.lines() {
+            // A line the agent was writing as it stopped, or of another shape: skipped.
+            let Ok(line) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if line["lsn"].as_u64().is_none_or(|lsn| lsn <= warm_up) {
+                continue;
+            }
+            let Some(stages) = line["stages_us"].as_object() else {
+                continue;
+            };
+            let mut total = 0;
+            for (i, stage) in STAGES.iter().enumerate() {
+                if let Some(us) = stages.get(*stage).and_then(serde_json::Value::as_u64) {
+                    samples[i].push(us);
+                    total += us;
+                }
+            }
+            totals.push(total);
+        }
+        if totals.is_empty() {
+            return Ok(None);
+        }
+        let medians = STAGES
+            .iter()
+            .zip(&mut samples)
+            .filter_map(|(stage, s)| median_u64(s).map(|m| (*stage, m)))
+            .collect();
+        Ok(Some(Stages {
+            medians,
+            attempts: totals.len(),
+            total: median_u64(&mut totals).unwrap_or(0),
+        }))
+    }
+
+    /// `{stage: median_us, ..., "total": median_us}`.
+    fn to_json(&self) -> serde_json::Value {
+        let mut map: serde_json::Map<String, serde_json::Value> = self
+            .medians
+            .iter()
+            .map(|(stage, us)| ((*stage).to_owned(), (*us).into()))
+            .collect();
+        map.insert("total".into(), self.total.into());
+        map.into()
+    }
+
+    fn get(&self, stage: &str) -> Option<u64> {
+        self.medians
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, us)| *us)
+    }
+}
+
+/// The median of integer samples (sorted in place); `None` without samples.
+fn median_u64(samples: &mut [u64]) -> Option<u64> {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied()
+}
+
+/// Prints the stage table: one row per stage, one column per isolation mode, and the total.
+fn print_stages(b: &Breakdown) {
+    let modes = [("none", &b.none), ("namespaces", &b.namespaces)];
+    if modes.iter().all(|(_, s)| s.is_none()) {
+        println!("per-action stages: no stage log written");
+        return;
+    }
+    println!("per-action stages (median µs)");
+    println!("{:<10} {:>12} {:>12}", "stage", "none", "namespaces");
+    let cell = |s: &Option<Stages>, f: &dyn Fn(&Stages) -> Option<u64>| {
+        s.as_ref()
+            .and_then(f)
+            .map_or_else(|| "-".to_owned(), |us| us.to_string())
+    };
+    for stage in STAGES {
+        println!(
+            "{stage:<10} {:>12} {:>12}",
+            cell(&b.none, &|s| s.get(stage)),
+            cell(&b.namespaces, &|s| s.get(stage)),
+        );
+    }
+    println!(
+        "{:<10} {:>12} {:>12}",
+        "total",
+        cell(&b.none, &|s| Some(s.total)),
+        cell(&b.namespaces, &|s| Some(s.total)),
+    );
+    println!(
+        "{:<10} {:>12} {:>12}",
+        "attempts",
+        cell(&b.none, &|s| Some(s.attempts as u64)),
+        cell(&b.namespaces, &|s| Some(s.attempts as u64)),
+    );
+    for (mode, s) in modes {
+        if s.is_none() {
+            println!("{mode}: no stage log written");
+        }
+    }
 }
 
 async fn measure(
@@ -284,6 +572,7 @@ async fn measure(
     dir: &Path,
     budget: Duration,
     concurrency: u32,
+    breakdown: bool,
 ) -> anyhow::Result<Figures> {
     // Raw baselines first, before any host reaps children in this process.
     let worker_bin = trivial_binary()?;
@@ -302,6 +591,13 @@ async fn measure(
         move || naive_isolated_rate(&w, concurrency as usize, budget)
     })
     .await??;
+    let bwrap = tokio::task::spawn_blocking({
+        let w = worker_bin.clone();
+        move || bwrap_rate(&w, concurrency as usize, budget)
+    })
+    .await?;
+    // With --breakdown, each phase's proc agent writes its stage log here.
+    let stage_log = |mode: &str| breakdown.then(|| dir.join(format!("stages-{mode}.jsonl")));
 
     let ca = MeshCa::generate("bench", Duration::from_secs(3600))?;
     let node_id = ca.issue(Role::Host, "bench-host", &[], Duration::from_secs(3600))?;
@@ -339,15 +635,18 @@ async fn measure(
     }
     let spawn_ready_ms = median(&mut samples);
 
-    let (runner_per_s, agent, client) = runner_rate(
+    let none_log = stage_log("none");
+    let none = runner_rate(
         &host,
         dir,
         &worker_bin,
         client_id.clone(),
         budget,
         concurrency,
+        none_log.as_deref(),
     )
     .await?;
+    let (agent, client) = (none.agent, none.client);
     // Mux RTT: the same small ask to the proc's agent and to the host's service actor.
     let host_actor: RemoteRef<HostRequest> =
         client.remote_ref(host.addr().proc(SERVICE_PROC)?.actor("host")?);
@@ -379,6 +678,7 @@ async fn measure(
     let proc_rtt_us = rtt(true).await?;
 
     client.shutdown(Duration::from_millis(100)).await;
+    // The proc agent has written every attempt's stage line once it is stopped.
     host.shutdown(Duration::from_secs(5)).await;
 
     // The isolated runner: the same load on a host in `namespaces` mode.
@@ -386,24 +686,64 @@ async fn measure(
     config.isolation = IsolationMode::Namespaces;
     config.capacity = Some(concurrency);
     let host = Host::start(config, Arc::new(OsProcManager::new(None, None)?)).await?;
-    let (isolated_per_s, _, client) =
-        runner_rate(&host, dir, &worker_bin, client_id, budget, concurrency).await?;
-    client.shutdown(Duration::from_millis(100)).await;
+    if let Some(summary) = host.info().isolation {
+        if summary.mode != IsolationMode::Namespaces {
+            eprintln!(
+                "warning: the isolated runner phase runs with isolation {} (the kernel refused \
+                 namespaces)",
+                summary.mode
+            );
+        }
+    }
+    let namespaces_log = stage_log("namespaces");
+    let isolated = runner_rate(
+        &host,
+        dir,
+        &worker_bin,
+        client_id,
+        budget,
+        concurrency,
+        namespaces_log.as_deref(),
+    )
+    .await?;
+    isolated.client.shutdown(Duration::from_millis(100)).await;
     host.shutdown(Duration::from_secs(5)).await;
+
+    let breakdown = match (none_log, namespaces_log) {
+        (Some(none_log), Some(namespaces_log)) => Some(Breakdown {
+            none: Stages::read(&none_log, none.warm_up)?,
+            namespaces: Stages::read(&namespaces_log, isolated.warm_up)?,
+        }),
+        _ => None,
+    };
     Ok(Figures {
-        isolated_per_s,
+        isolated_per_s: isolated.per_s,
         naive_per_s,
         spawn_ready_ms,
         raw_spawn_ms,
-        runner_per_s,
+        runner_per_s: none.per_s,
         raw_per_s,
         proc_rtt_us,
         service_rtt_us,
+        bwrap,
+        breakdown,
     })
 }
 
-/// Spawns a proc agent of `concurrency` slots on `host` and keeps it full of trivial actions
-/// (after a warm-up); its actions/s, its agent and the client node that drove it.
+/// What one runner phase measured.
+struct RunnerRun {
+    /// Accepted actions per second after the warm-up.
+    per_s: f64,
+    /// The last LSN of the warm-up.
+    warm_up: u64,
+    /// The proc's agent.
+    agent: RemoteRef<AgentRequest>,
+    /// The client node that drove it.
+    client: procmesh_transport::Node,
+}
+
+/// Spawns a proc agent of `concurrency` slots on `host` (writing its stage log to `stage_log`,
+/// if given) and keeps it full of trivial actions after a warm-up.
 async fn runner_rate(
     host: &Host,
     dir: &Path,
@@ -411,11 +751,18 @@ async fn runner_rate(
     client_id: procmesh_transport::TlsIdentity,
     budget: Duration,
     concurrency: u32,
-) -> anyhow::Result<(f64, RemoteRef<AgentRequest>, procmesh_transport::Node)> {
+    stage_log: Option<&Path>,
+) -> anyhow::Result<RunnerRun> {
+    // Host::spawn is code in this process, not a request: its env is not filtered.
+    let env = stage_log
+        .map(|path| (ENV_STAGE_LOG.to_owned(), path.display().to_string()))
+        .into_iter()
+        .collect();
     let spec = SpawnSpec {
         name: "runner".into(),
         config: ProcConfig {
             max_actions: Some(concurrency),
+            env,
             ..ProcConfig::default()
         },
     };
@@ -469,7 +816,8 @@ async fn runner_rate(
     // Warm-up: the worker is fetched and cached by the first actions.
     let mut lsn = 0u64;
     load.drive(&mut lsn, Duration::from_millis(500)).await?;
-    let runner_per_s = load.drive(&mut lsn, budget).await?;
+    let warm_up = lsn;
+    let per_s = load.drive(&mut lsn, budget).await?;
     if std::env::var_os("PROCMESH_BENCH_PHASES").is_some() {
         let phases = phases.lock().unwrap();
         let n = phases.len().max(1) as f64;
@@ -486,7 +834,12 @@ async fn runner_rate(
     let failures = failed.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(failures == 0, "{failures} bench actions did not complete");
 
-    Ok((runner_per_s, agent, client))
+    Ok(RunnerRun {
+        per_s,
+        warm_up,
+        agent,
+        client,
+    })
 }
 
 /// Keeps a proc agent's runner full of trivial actions.
@@ -531,5 +884,62 @@ impl Load {
         let all = tokio::time::timeout(T, self.slots.acquire_many(self.concurrency)).await??;
         all.forget();
         Ok(done as f64 / t.elapsed().as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_log_medians_skip_the_warm_up_and_malformed_lines() {
+        let dir = std::env::temp_dir().join(format!("procmesh-stages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("stages.jsonl");
+        assert!(
+            Stages::read(&log, 0).unwrap().is_none(),
+            "no file: no figures"
+        );
+        let lines = [
+            // The warm-up's attempt (LSN ≤ 2): left out.
+            r#"{"lsn":2,"attempt":1,"stages_us":{"receive":9000,"spawn":9000}}"#,
+            r#"{"lsn":3,"attempt":1,"stages_us":{"receive":10,"spawn":100,"wait":5}}"#,
+            r#"{"lsn":4,"attempt":1,"stages_us":{"receive":30,"spawn":300}}"#,
+            "not json",
+            r#"{"lsn":5,"attempt":1,"stages_us":{"receive":20,"spawn":200,"unknown":7}}"#,
+            r#"{"lsn":6,"attempt":1,"stages_"#,
+        ];
+        std::fs::write(&log, lines.join("\n")).unwrap();
+        let stages = Stages::read(&log, 2).unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(stages.attempts, 3);
+        assert_eq!(
+            stages.medians,
+            vec![("receive", 20), ("spawn", 200), ("wait", 5)]
+        );
+        // Per-attempt totals 115, 330, 220 (unknown stages not counted).
+        assert_eq!(stages.total, 220);
+        assert_eq!(
+            stages.to_json(),
+            serde_json::json!({"receive": 20, "spawn": 200, "wait": 5, "total": 220})
+        );
+    }
+
+    #[test]
+    fn bwrap_runs_the_worker_last_with_read_only_system_binds() {
+        let args = bwrap_args(Path::new("/bin/true"));
+        let text: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            text[..5],
+            [
+                "--unshare-all",
+                "--die-with-parent",
+                "--ro-bind",
+                "/usr",
+                "/usr"
+            ]
+        );
+        assert_eq!(text.last().unwrap(), "/bin/true");
+        assert!(text.windows(2).any(|w| w == ["--tmpfs", "/tmp"]));
     }
 }

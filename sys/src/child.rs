@@ -294,7 +294,7 @@ fn delivered(r: libc::c_int) -> io::Result<bool> {
     }
 }
 
-fn decode_status(status: libc::c_int) -> ExitStatus {
+pub(crate) fn decode_status(status: libc::c_int) -> ExitStatus {
     if libc::WIFEXITED(status) {
         ExitStatus::Code(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {

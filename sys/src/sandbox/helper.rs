@@ -11,7 +11,9 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::{init, wire, Report, SandboxSpec, Started, SETUP_FAILED_EXIT};
+use super::{
+    init, wire, HelperRequest, IdMap, Report, SandboxSpec, SlotSpec, Started, SETUP_FAILED_EXIT,
+};
 use crate::procfs::ProcessIdentity;
 
 /// `"<what>: <errno text>"` for the last OS error.
@@ -75,9 +77,19 @@ pub(super) fn main() -> ! {
             std::process::exit(SETUP_FAILED_EXIT)
         }
     };
-    let outcome = read_spec(&ctl).and_then(|(spec, netns)| run(&ctl, &spec, netns));
+    let outcome = read_request(&ctl).and_then(|(request, fds)| match request {
+        HelperRequest::Action(spec) => run(&ctl, &spec, fds.into_iter().next()).map(Some),
+        HelperRequest::Slot { spec, netns } => {
+            let mut fds = fds.into_iter();
+            let netns = if netns { fds.next() } else { None };
+            let pid = run_slot(&ctl, &spec, netns, fds.collect())?;
+            let _ = report(&ctl, &Report::SlotReady { pid });
+            Ok(None)
+        }
+    });
     match outcome {
-        Ok(status) => mirror(status),
+        Ok(Some(status)) => mirror(status),
+        Ok(None) => std::process::exit(0),
         Err(reason) => {
             let _ = report(&ctl, &Report::SetupFailed { reason });
             std::process::exit(SETUP_FAILED_EXIT)
@@ -103,11 +115,100 @@ fn take_control_socket() -> Result<OwnedFd, String> {
     Ok(ctl)
 }
 
-fn read_spec(ctl: &OwnedFd) -> Result<(SandboxSpec, Option<OwnedFd>), String> {
-    let (body, fd) = wire::recv_frame(ctl.as_raw_fd(), wire::MAX_SPEC)
+fn read_request(ctl: &OwnedFd) -> Result<(HelperRequest, Vec<OwnedFd>), String> {
+    let (body, fds) = wire::recv_frame_fds(ctl.as_raw_fd(), wire::MAX_SPEC)
         .map_err(|e| format!("reading the sandbox spec: {e}"))?;
-    let spec = serde_json::from_slice(&body).map_err(|e| format!("bad sandbox spec: {e}"))?;
-    Ok((spec, fd))
+    let request = serde_json::from_slice(&body).map_err(|e| format!("bad sandbox spec: {e}"))?;
+    Ok((request, fds))
+}
+
+/// H's checks before it clones anything: its runner is its parent, and it is single-threaded.
+fn check_helper(parent_pid: u32) -> Result<(), String> {
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if parent as u32 != parent_pid {
+        return Err(format!("the runner (pid {parent_pid}) is gone"));
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads != 1 {
+        return Err(format!(
+            "the helper has {threads} threads: run_helper_if_asked must run first in main"
+        ));
+    }
+    Ok(())
+}
+
+/// Joins the lent network namespace, if any (before any new user namespace: joining needs
+/// the host's privileges).
+fn join_netns(netns: Option<OwnedFd>) -> Result<bool, String> {
+    let fresh_net = netns.is_none();
+    if let Some(fd) = netns {
+        // SAFETY: setns on an fd we own; affects only this (single-threaded) process.
+        check(
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }.into(),
+            "joining the network namespace",
+        )?;
+    }
+    Ok(fresh_net)
+}
+
+/// Starts a slot's warden W (SBX-10) as the runner's child in new user and mount (and, unless
+/// one is lent, network) namespaces, writes its id maps, and waits until its base root is
+/// built; W's pid.
+fn run_slot(
+    ctl: &OwnedFd,
+    spec: &SlotSpec,
+    netns: Option<OwnedFd>,
+    cgroup_procs: Vec<OwnedFd>,
+) -> Result<u32, String> {
+    check_helper(spec.parent_pid)?;
+    let fresh_net = join_netns(netns)?;
+    let ctl_w = ctl
+        .try_clone()
+        .map_err(|e| format!("the control socket: {e}"))?;
+    let (go_r, mut go_w) = pipe()?;
+    let (mut up_r, up_w) = pipe()?;
+    let mut flags = libc::CLONE_PARENT | libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
+    if fresh_net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: a fork-like raw clone (no CLONE_VM, null stack) of a single-threaded process;
+    // the child never returns from `warden::main`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    let w = check(pid, "clone into the slot's namespaces")? as libc::pid_t;
+    if w == 0 {
+        drop(go_w);
+        drop(up_r);
+        // SAFETY: W serves on its own copy; closing H's is ours to do.
+        unsafe { libc::close(ctl.as_raw_fd()) };
+        super::warden::main(ctl_w, spec, cgroup_procs, fresh_net, go_r, up_w)
+    }
+    drop((go_r, up_w, ctl_w, cgroup_procs));
+    // W is the runner's child (CLONE_PARENT): if it fails here, it is killed, and the runner
+    // reaps it (it is not tracked yet: the next orphan scan does).
+    let kill_w = |reason: String| {
+        // SAFETY: W is an unreaped child of our parent, not yet known to anyone else.
+        unsafe { libc::kill(w, libc::SIGKILL) };
+        reason
+    };
+    write_maps(w, (spec.uid, spec.gid)).map_err(kill_w)?;
+    go_w.write_all(b"G")
+        .map_err(|err| kill_w(format!("starting the slot's warden: {err}")))?;
+    let mut tag = [0u8; 1];
+    match up_r.read_exact(&mut tag) {
+        Ok(()) if tag[0] == b'R' => Ok(w as u32),
+        Ok(()) if tag[0] == b'F' => Err(kill_w(read_reason(&mut up_r))),
+        _ => Err(kill_w("the slot's warden died while it started".into())),
+    }
 }
 
 fn report(ctl: &OwnedFd, report: &Report) -> io::Result<()> {
@@ -117,31 +218,14 @@ fn report(ctl: &OwnedFd, report: &Report) -> io::Result<()> {
 
 /// Sets up, runs the action, and returns its raw wait status.
 fn run(ctl: &OwnedFd, spec: &SandboxSpec, netns: Option<OwnedFd>) -> Result<libc::c_int, String> {
-    // SAFETY: getppid cannot fail.
-    let parent = unsafe { libc::getppid() };
-    if parent as u32 != spec.parent_pid {
-        return Err(format!("the runner (pid {}) is gone", spec.parent_pid));
-    }
-    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
-    if threads != 1 {
-        return Err(format!(
-            "the helper has {threads} threads: run_helper_if_asked must run first in main"
-        ));
-    }
+    check_helper(spec.parent_pid)?;
     // SBX-7: the whole tree starts in the action's cgroups.
     let me = std::process::id();
     for procs in &spec.cgroup_procs {
         std::fs::write(procs, format!("{me}\n"))
             .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
     }
-    let fresh_net = netns.is_none();
-    if let Some(fd) = netns {
-        // SAFETY: setns on an fd we own; affects only this (single-threaded) process.
-        check(
-            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) }.into(),
-            "joining the network namespace",
-        )?;
-    }
+    let fresh_net = join_netns(netns)?;
     let (go_r, mut go_w) = pipe()?;
     let (mut up_r, up_w) = pipe()?;
     let mut flags = libc::CLONE_NEWUSER
@@ -180,7 +264,7 @@ fn run(ctl: &OwnedFd, spec: &SandboxSpec, netns: Option<OwnedFd>) -> Result<libc
         wait_for(e);
         reason
     };
-    write_maps(e, spec).map_err(kill_e)?;
+    write_maps(e, (spec.uid, spec.gid)).map_err(kill_e)?;
     go_w.write_all(b"G")
         .map_err(|err| kill_e(format!("starting the sandbox init: {err}")))?;
 
@@ -223,21 +307,21 @@ fn run(ctl: &OwnedFd, spec: &SandboxSpec, netns: Option<OwnedFd>) -> Result<libc
     Ok(status.unwrap_or(e_status))
 }
 
-fn write_maps(e: libc::pid_t, spec: &SandboxSpec) -> Result<(), String> {
+fn write_maps(e: libc::pid_t, (uid, gid): (IdMap, IdMap)) -> Result<(), String> {
     // SAFETY: geteuid/getegid cannot fail.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let write = |file: &str, text: String| {
         let path = format!("/proc/{e}/{file}");
         std::fs::write(&path, &text).map_err(|err| format!("writing {path} ({text:?}): {err}"))
     };
-    if spec.gid.outside.is_none() {
+    if gid.outside.is_none() {
         // Unprivileged: a gid map may only be written once setgroups is denied.
         write("setgroups", "deny".into())?;
     }
-    let uid_out = spec.uid.outside.unwrap_or(euid);
-    let gid_out = spec.gid.outside.unwrap_or(egid);
-    write("uid_map", format!("{} {uid_out} 1\n", spec.uid.inside))?;
-    write("gid_map", format!("{} {gid_out} 1\n", spec.gid.inside))
+    let uid_out = uid.outside.unwrap_or(euid);
+    let gid_out = gid.outside.unwrap_or(egid);
+    write("uid_map", format!("{} {uid_out} 1\n", uid.inside))?;
+    write("gid_map", format!("{} {gid_out} 1\n", gid.inside))
 }
 
 fn read_i32(r: &mut File) -> io::Result<i32> {
@@ -257,7 +341,7 @@ fn read_reason(r: &mut File) -> String {
 }
 
 /// The host pid of E's child whose pid inside is `inner`.
-fn find_action(e: libc::pid_t, inner: i32) -> Result<u32, String> {
+pub(super) fn find_action(e: libc::pid_t, inner: i32) -> Result<u32, String> {
     let listed = std::fs::read_to_string(format!("/proc/{e}/task/{e}/children"))
         .map(|s| {
             s.split_whitespace()

@@ -11,16 +11,38 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
 
 use super::helper::{check, os_err, pipe, wait_for};
-use super::{mounts, netns, seccomp, SandboxSpec};
+use super::{mounts, netns, seccomp, IdMap, SandboxSpec};
 
 /// The signals E forwards to every process in the namespace (SBX-6).
 const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 
 extern "C" fn noop(_: libc::c_int) {}
 
-/// E's entry point; never returns.
+/// E's entry point; never returns. Waits for H's go (the id maps are written), then builds the
+/// whole sandbox and runs the action.
 pub(super) fn main(spec: &SandboxSpec, fresh_net: bool, go: File, up: File) -> ! {
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| run(spec, fresh_net, go, up)));
+    serve(
+        true,
+        || {
+            setup(spec, fresh_net)?;
+            Launch::of(spec)
+        },
+        go,
+        up,
+    )
+}
+
+/// Acts as the init of a fresh pid namespace for one action, and never returns: blocks the
+/// forwarded signals, waits for the go if `wait_go`, runs `setup` (which returns what F
+/// execs), forks F, reports `S` + F's pid (or `F` + why not) on `up`, waits for the ack on
+/// `go`, reaps until F exits and reports `W` + its wait status.
+pub(super) fn serve(
+    wait_go: bool,
+    setup: impl FnOnce() -> Result<Launch, String>,
+    go: File,
+    up: File,
+) -> ! {
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| run(wait_go, setup, go, up)));
     // SAFETY: _exit ends this process without running the helper's destructors.
     unsafe { libc::_exit(i32::from(r.is_err())) }
 }
@@ -38,7 +60,7 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     set
 }
 
-fn run(spec: &SandboxSpec, fresh_net: bool, mut go: File, mut up: File) {
+fn run(wait_go: bool, setup: impl FnOnce() -> Result<Launch, String>, mut go: File, mut up: File) {
     let mut watched = FORWARDED.to_vec();
     watched.push(libc::SIGCHLD);
     let set = signal_set(&watched);
@@ -65,7 +87,7 @@ fn run(spec: &SandboxSpec, fresh_net: bool, mut go: File, mut up: File) {
         libc::umask(0);
     }
     let mut byte = [0u8; 1];
-    if go.read_exact(&mut byte).is_err() || byte[0] != b'G' {
+    if wait_go && (go.read_exact(&mut byte).is_err() || byte[0] != b'G') {
         return;
     }
     let failed = |up: &mut File, reason: String| {
@@ -74,8 +96,8 @@ fn run(spec: &SandboxSpec, fresh_net: bool, mut go: File, mut up: File) {
         msg.extend_from_slice(reason.as_bytes());
         let _ = up.write_all(&msg);
     };
-    let exec = match setup(spec, fresh_net).and_then(|()| Exec::new(spec)) {
-        Ok(exec) => exec,
+    let launch = match setup() {
+        Ok(launch) => launch,
         Err(reason) => return failed(&mut up, reason),
     };
     let (mut err_r, err_w) = match pipe() {
@@ -91,7 +113,7 @@ fn run(spec: &SandboxSpec, fresh_net: bool, mut go: File, mut up: File) {
         drop(err_r);
         drop(go);
         drop(up);
-        action(spec, &exec, err_w)
+        action(&launch, err_w)
     }
     drop(err_w);
     // SBX-1: EOF with nothing read means execve succeeded (the pipe is close-on-exec).
@@ -139,23 +161,29 @@ fn reap(f: libc::pid_t, set: &libc::sigset_t) -> libc::c_int {
 /// Everything E does between the go and the fork of F.
 fn setup(spec: &SandboxSpec, fresh_net: bool) -> Result<(), String> {
     let prepared = mounts::prepare(spec)?;
-    become_inside(spec)?;
+    become_inside((spec.uid, spec.gid))?;
     mounts::build(spec, prepared)?;
-    let cwd = CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: valid C string.
-    check(
-        unsafe { libc::chdir(cwd.as_ptr()) }.into(),
-        format_args!("cwd {}", spec.cwd.display()),
-    )?;
-    let name = spec.hostname.as_bytes();
-    // SAFETY: pointer and length of a live slice.
-    check(
-        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into(),
-        format_args!("hostname {:?}", spec.hostname),
-    )?;
+    enter(&spec.cwd, &spec.hostname)?;
     if fresh_net {
         netns::lo_up().map_err(|e| format!("bringing lo up: {e}"))?;
     }
+    Ok(())
+}
+
+/// Moves into the working directory `cwd` and names the (new) uts namespace `hostname`.
+pub(super) fn enter(cwd: &std::path::Path, hostname: &str) -> Result<(), String> {
+    let c = CString::new(cwd.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: valid C string.
+    check(
+        unsafe { libc::chdir(c.as_ptr()) }.into(),
+        format_args!("cwd {}", cwd.display()),
+    )?;
+    let name = hostname.as_bytes();
+    // SAFETY: pointer and length of a live slice.
+    check(
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into(),
+        format_args!("hostname {hostname:?}"),
+    )?;
     Ok(())
 }
 
@@ -202,8 +230,7 @@ fn capset(data: [CapData; 2]) -> Result<(), String> {
     Ok(())
 }
 
-fn set_ids(spec: &SandboxSpec) -> Result<(), String> {
-    let (u, g) = (spec.uid.inside, spec.gid.inside);
+fn set_ids(u: u32, g: u32) -> Result<(), String> {
     // SAFETY: plain syscalls.
     check(
         unsafe { libc::setresgid(g, g, g) }.into(),
@@ -219,13 +246,13 @@ fn set_ids(spec: &SandboxSpec) -> Result<(), String> {
 
 /// E takes the inside ids, keeping its capabilities: files it creates in the new tmpfs need a
 /// mapped owner, host paths were opened before (mounts::prepare).
-fn become_inside(spec: &SandboxSpec) -> Result<(), String> {
+pub(super) fn become_inside(spec_ids: (IdMap, IdMap)) -> Result<(), String> {
     // SAFETY: prctl with integer arguments.
     check(
         unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) }.into(),
         "keepcaps",
     )?;
-    set_ids(spec)?;
+    set_ids(spec_ids.0.inside, spec_ids.1.inside)?;
     let mut caps = capget()?;
     for c in &mut caps {
         c.effective = c.permitted;
@@ -233,35 +260,58 @@ fn become_inside(spec: &SandboxSpec) -> Result<(), String> {
     capset(caps)
 }
 
-/// What F passes to execve, prepared before the fork.
-struct Exec {
+/// What F needs, prepared before the fork: what to execve, and the identity to take.
+pub(super) struct Launch {
     program: CString,
     args: Vec<CString>,
     env: Vec<CString>,
+    uid: IdMap,
+    gid: IdMap,
+    seccomp: bool,
 }
 
-impl Exec {
-    fn new(spec: &SandboxSpec) -> Result<Exec, String> {
+impl Launch {
+    /// F's launch for the one-shot `spec`.
+    fn of(spec: &SandboxSpec) -> Result<Launch, String> {
+        Launch::new(
+            &spec.program,
+            &spec.args,
+            &spec.env,
+            (spec.uid, spec.gid),
+            spec.seccomp,
+        )
+    }
+
+    /// `program` with `argv` (`argv[0]` included) and exactly `env`, run as `ids` (uid, gid),
+    /// under the seccomp deny-list if `seccomp`.
+    pub(super) fn new(
+        program: &std::path::Path,
+        args: &[String],
+        env: &[(String, String)],
+        ids: (IdMap, IdMap),
+        seccomp: bool,
+    ) -> Result<Launch, String> {
         let c = |s: &[u8]| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
-        Ok(Exec {
-            program: c(spec.program.as_os_str().as_bytes())?,
-            args: spec
-                .args
+        Ok(Launch {
+            program: c(program.as_os_str().as_bytes())?,
+            args: args
                 .iter()
                 .map(|a| c(a.as_bytes()))
                 .collect::<Result<_, _>>()?,
-            env: spec
-                .env
+            env: env
                 .iter()
                 .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
                 .collect::<Result<_, _>>()?,
+            uid: ids.0,
+            gid: ids.1,
+            seccomp,
         })
     }
 }
 
 /// F: drops everything (SBX-2) and execs the action; on failure writes why to `err` and exits.
-fn action(spec: &SandboxSpec, exec: &Exec, mut err: File) -> ! {
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| drop_and_exec(spec, exec, &err)));
+fn action(launch: &Launch, mut err: File) -> ! {
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| drop_and_exec(launch, &err)));
     let reason = match r {
         Ok(Err(reason)) => reason,
         _ => "the action's setup panicked".into(),
@@ -271,7 +321,7 @@ fn action(spec: &SandboxSpec, exec: &Exec, mut err: File) -> ! {
     unsafe { libc::_exit(127) }
 }
 
-fn drop_and_exec(spec: &SandboxSpec, exec: &Exec, err: &File) -> Result<(), String> {
+fn drop_and_exec(launch: &Launch, err: &File) -> Result<(), String> {
     // SAFETY: plain syscalls on this single-threaded child; every pointer is to a live local.
     unsafe {
         for sig in 1..=libc::SIGRTMAX() {
@@ -283,7 +333,7 @@ fn drop_and_exec(spec: &SandboxSpec, exec: &Exec, err: &File) -> Result<(), Stri
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         // SBX-6: out of H's process group, so the group's signals reach it once, through E.
         check(libc::setsid().into(), "setsid")?;
-        if spec.gid.outside.is_some() {
+        if launch.gid.outside.is_some() {
             check(libc::setgroups(0, std::ptr::null()).into(), "setgroups([])")?;
         }
         // SBX-2: the bounding set first (needs CAP_SETPCAP), until the kernel's last cap.
@@ -306,7 +356,7 @@ fn drop_and_exec(spec: &SandboxSpec, exec: &Exec, err: &File) -> Result<(), Stri
             .into(),
             "clearing ambient capabilities",
         )?;
-        set_ids(spec)?;
+        set_ids(launch.uid.inside, launch.gid.inside)?;
         capset([CapData::default(); 2])?;
         check(
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0).into(),
@@ -315,14 +365,17 @@ fn drop_and_exec(spec: &SandboxSpec, exec: &Exec, err: &File) -> Result<(), Stri
         // Nothing but stdin/stdout/stderr crosses into the action (`err` is close-on-exec).
         libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
         let _ = err;
-        if spec.seccomp {
+        if launch.seccomp {
             seccomp::install()?;
         }
-        let mut argv: Vec<*const libc::c_char> = exec.args.iter().map(|a| a.as_ptr()).collect();
+        let mut argv: Vec<*const libc::c_char> = launch.args.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = exec.env.iter().map(|e| e.as_ptr()).collect();
+        let mut envp: Vec<*const libc::c_char> = launch.env.iter().map(|e| e.as_ptr()).collect();
         envp.push(std::ptr::null());
-        libc::execve(exec.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(launch.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
-    Err(os_err(format_args!("exec {}", spec.program.display())))
+    Err(os_err(format_args!(
+        "exec {}",
+        launch.program.to_string_lossy()
+    )))
 }

@@ -83,9 +83,13 @@ mod mounts;
 mod netns;
 mod probe;
 mod seccomp;
+mod slot;
+mod warden;
 mod wire;
 mod zygote;
 
+pub use slot::{Slot, Verdict};
+pub use warden::ActionLaunch;
 pub use zygote::start_zygote;
 
 use std::io;
@@ -203,6 +207,74 @@ impl Default for SandboxSpec {
     }
 }
 
+/// What every action of a warm slot shares, built once when the slot starts (SBX-10): the
+/// same root as a [`SandboxSpec`]'s without the per-action parts (program, environment, the
+/// action's own binds and working directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSpec {
+    /// An existing, empty host directory the slot's base root is mounted on (in the slot's
+    /// own mount namespace only).
+    pub root: PathBuf,
+    /// As [`SandboxSpec::system_dirs`].
+    pub system_dirs: Vec<PathBuf>,
+    /// As [`SandboxSpec::etc_files`].
+    pub etc_files: Vec<(String, String)>,
+    /// As [`SandboxSpec::etc_binds`].
+    pub etc_binds: Vec<String>,
+    /// Binds every action of the slot gets (e.g. allowed host-program roots).
+    pub binds: Vec<Bind>,
+    /// Empty directories made in the base root for the actions' own binds, e.g. `/sandbox`.
+    pub mount_points: Vec<PathBuf>,
+    /// Size of each action's fresh `/tmp` (and `/dev/shm`), in bytes.
+    pub tmp_bytes: u64,
+    /// The actions' uid.
+    pub uid: IdMap,
+    /// The actions' gid.
+    pub gid: IdMap,
+    /// Each action's hostname (in its own uts namespace).
+    pub hostname: String,
+    /// Whether actions get the seccomp deny-list.
+    pub seccomp: bool,
+    /// The runner's pid; [`Slot::start`] fills it in.
+    #[serde(default)]
+    pub parent_pid: u32,
+}
+
+impl SlotSpec {
+    /// The one-shot spec of the base root, for the mount code both paths share.
+    fn base(&self) -> SandboxSpec {
+        SandboxSpec {
+            root: self.root.clone(),
+            system_dirs: self.system_dirs.clone(),
+            etc_files: self.etc_files.clone(),
+            etc_binds: self.etc_binds.clone(),
+            binds: self.binds.clone(),
+            tmp_bytes: self.tmp_bytes,
+            uid: self.uid,
+            gid: self.gid,
+            hostname: self.hostname.clone(),
+            seccomp: self.seccomp,
+            parent_pid: self.parent_pid,
+            ..SandboxSpec::default()
+        }
+    }
+}
+
+/// What the runner asks of H: one action (the one-shot path), or a warm slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum HelperRequest {
+    /// Set up and run one action; the frame may carry a network namespace fd.
+    Action(SandboxSpec),
+    /// Start a slot's warden; the frame carries the network namespace fd if `netns`, then
+    /// the slot's `cgroup.procs` fds.
+    Slot {
+        /// The slot.
+        spec: SlotSpec,
+        /// Whether the first fd is a network namespace to join.
+        netns: bool,
+    },
+}
+
 /// The action as it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
@@ -216,12 +288,16 @@ pub struct Started {
 /// A started sandbox.
 #[derive(Debug)]
 pub struct Sandboxed {
-    /// The helper H, whose exit mirrors the action's (SBX-5).
+    /// The process the runner waits for and signals: the helper H, whose exit mirrors the
+    /// action's (SBX-5), or in a warm slot the action's init A.
     pub child: Child,
-    /// The helper's stdout and stderr, which the action writes.
+    /// The action's stdout and stderr.
     pub pipes: Pipes,
     /// The action itself.
     pub started: Started,
+    /// In a warm slot, how the action ended ([`Verdict::resolve`] the child's exit with it);
+    /// `None` when the child's exit already mirrors the action's.
+    pub verdict: Option<Verdict>,
 }
 
 /// Why [`spawn`] failed.
@@ -245,6 +321,11 @@ pub(crate) enum Report {
         /// What failed, e.g. `bind /missing -> /x: No such file or directory`.
         reason: String,
     },
+    /// A slot's warden runs, with this pid.
+    SlotReady {
+        /// The warden's pid.
+        pid: u32,
+    },
 }
 
 /// If `argv[1]` is [`HELPER_ARG`], runs the sandbox helper and never returns; otherwise returns
@@ -265,7 +346,7 @@ pub async fn spawn(
 ) -> Result<Sandboxed, SpawnError> {
     let mut spec = spec.clone();
     spec.parent_pid = std::process::id();
-    let body = serde_json::to_vec(&spec).map_err(io::Error::other)?;
+    let body = serde_json::to_vec(&HelperRequest::Action(spec)).map_err(io::Error::other)?;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let net_fd: Option<OwnedFd> = netns.map(|l| l.fd().try_clone_to_owned()).transpose()?;
 
@@ -340,9 +421,13 @@ pub async fn spawn(
                 child,
                 pipes,
                 started,
+                verdict: None,
             })
         }
         Ok(Report::SetupFailed { reason }) => Err(SpawnError::Setup(reason)),
+        Ok(Report::SlotReady { .. }) => Err(SpawnError::Start(io::Error::other(
+            "the sandbox helper answered an action with a slot",
+        ))),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
                 .await

@@ -351,6 +351,85 @@ pub(super) fn prepare(spec: &SandboxSpec) -> Result<Prepared, String> {
 
 /// Phase 2, with the inside ids: assembles the root and pivots into it.
 pub(super) fn build(spec: &SandboxSpec, p: Prepared) -> Result<(), String> {
+    let root = assemble(spec, p, None)?;
+    pivot(&root).map_err(|e| format!("pivot_root: {e}"))
+}
+
+/// Phase 2 of a warm slot's base root (SBX-10), with the inside ids: the same root as
+/// [`build`] but without what every action gets fresh — `/proc`, `/tmp` and `/dev/shm` are
+/// empty directories, and so is each of `mount_points` (e.g. `/sandbox`) — and no pivot: it
+/// stays mounted on `spec.root` in the slot's mount namespace, for [`enter_action`].
+pub(super) fn build_base(
+    spec: &SandboxSpec,
+    p: Prepared,
+    mount_points: &[PathBuf],
+) -> Result<(), String> {
+    assemble(spec, p, Some(mount_points)).map(drop)
+}
+
+/// The fresh part of one action's root, in a new mount namespace copied from its slot's
+/// (SBX-10): a new `/proc` (of the caller's new pid namespace), a new `/tmp` and `/dev/shm`
+/// of `tmp_bytes` each owned by `ids`, the action's `binds` (sources opened with the caller's
+/// ids, so host paths resolve as the runner's user), then `pivot_root` into the base root at
+/// `root`.
+pub(super) fn enter_action(
+    root: &Path,
+    tmp_bytes: u64,
+    ids: (u32, u32),
+    binds: &[super::Bind],
+) -> Result<(), String> {
+    let root_err = |e: io::Error| format!("root {}: {e}", root.display());
+    let c = cstr(root.as_os_str()).map_err(root_err)?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: valid C string.
+    let root = fd_or_err(unsafe { libc::open(c.as_ptr(), flags) }.into()).map_err(root_err)?;
+    let mut trees = Vec::with_capacity(binds.len());
+    for b in binds {
+        let err =
+            |e: io::Error| format!("bind {} -> {}: {e}", b.source.display(), b.target.display());
+        inside(&b.target).map_err(err)?;
+        trees.push(open_tree(&b.source).map_err(err)?);
+    }
+    let owner = |m: &mut Vec<(&str, String)>| {
+        m.push(("uid", ids.0.to_string()));
+        m.push(("gid", ids.1.to_string()));
+    };
+    let at = |path: &str| -> io::Result<OwnedFd> {
+        let parts: Vec<&OsStr> = path.split('/').map(OsStr::new).collect();
+        let mut dir = root.try_clone()?;
+        for part in parts {
+            dir = open_at(
+                &dir,
+                part,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            )?;
+        }
+        Ok(dir)
+    };
+    at("proc")
+        .and_then(|dir| attach(&new_fs("proc", &[], NOSUID | NODEV | NOEXEC)?, &dir))
+        .map_err(|e| format!("/proc: {e}"))?;
+    let mut tmp_opts = vec![
+        ("mode", "1777".to_string()),
+        ("size", tmp_bytes.to_string()),
+    ];
+    owner(&mut tmp_opts);
+    at("tmp")
+        .and_then(|dir| attach(&new_fs("tmpfs", &tmp_opts, NOSUID | NODEV)?, &dir))
+        .map_err(|e| format!("/tmp: {e}"))?;
+    at("dev/shm")
+        .and_then(|dir| attach(&new_fs("tmpfs", &tmp_opts, NOSUID | NODEV | NOEXEC)?, &dir))
+        .map_err(|e| format!("/dev/shm: {e}"))?;
+    for (b, tree) in binds.iter().zip(&trees) {
+        bind(&root, &b.target, tree, b.writable)
+            .map_err(|e| format!("bind {} -> {}: {e}", b.source.display(), b.target.display()))?;
+    }
+    pivot(&root).map_err(|e| format!("pivot_root: {e}"))
+}
+
+/// The root of [`build`] (`base` = `None`) or of [`build_base`] (`Some(mount points)`),
+/// mounted on `spec.root`, read-only; its fd.
+fn assemble(spec: &SandboxSpec, p: Prepared, base: Option<&[PathBuf]>) -> Result<OwnedFd, String> {
     let ids = |m: &mut Vec<(&str, String)>| {
         m.push(("uid", spec.uid.inside.to_string()));
         m.push(("gid", spec.gid.inside.to_string()));
@@ -394,19 +473,32 @@ pub(super) fn build(spec: &SandboxSpec, p: Prepared) -> Result<(), String> {
     }
     drop(etc);
 
-    dev(spec, &root, &p.dev).map_err(|e| format!("/dev: {e}"))?;
+    dev(spec, &root, &p.dev, base.is_none()).map_err(|e| format!("/dev: {e}"))?;
 
-    mkdir_p(&root, &[OsStr::new("proc")], 0o555)
-        .and_then(|dir| attach(&new_fs("proc", &[], NOSUID | NODEV | NOEXEC)?, &dir))
-        .map_err(|e| format!("/proc: {e}"))?;
-
-    let tmp_opts = [
-        ("mode", "1777".to_string()),
-        ("size", spec.tmp_bytes.to_string()),
-    ];
-    mkdir_p(&root, &[OsStr::new("tmp")], 0o1777)
-        .and_then(|dir| attach(&new_fs("tmpfs", &tmp_opts, NOSUID | NODEV)?, &dir))
-        .map_err(|e| format!("/tmp: {e}"))?;
+    let proc_dir = mkdir_p(&root, &[OsStr::new("proc")], 0o555);
+    let tmp_dir = mkdir_p(&root, &[OsStr::new("tmp")], 0o1777);
+    match base {
+        None => {
+            proc_dir
+                .and_then(|dir| attach(&new_fs("proc", &[], NOSUID | NODEV | NOEXEC)?, &dir))
+                .map_err(|e| format!("/proc: {e}"))?;
+            let tmp_opts = [
+                ("mode", "1777".to_string()),
+                ("size", spec.tmp_bytes.to_string()),
+            ];
+            tmp_dir
+                .and_then(|dir| attach(&new_fs("tmpfs", &tmp_opts, NOSUID | NODEV)?, &dir))
+                .map_err(|e| format!("/tmp: {e}"))?;
+        }
+        Some(points) => {
+            proc_dir.map_err(|e| format!("/proc: {e}"))?;
+            tmp_dir.map_err(|e| format!("/tmp: {e}"))?;
+            for point in points {
+                let err = |e: io::Error| format!("mount point {}: {e}", point.display());
+                mkdir_p(&root, &inside(point).map_err(err)?, 0o755).map_err(err)?;
+            }
+        }
+    }
 
     for (target, tree, writable) in &p.binds {
         bind(&root, target, tree, *writable).map_err(|e| {
@@ -417,7 +509,7 @@ pub(super) fn build(spec: &SandboxSpec, p: Prepared) -> Result<(), String> {
     }
 
     set_attr(&root, RDONLY, false).map_err(|e| format!("read-only root: {e}"))?;
-    pivot(&root).map_err(|e| format!("pivot_root: {e}"))
+    Ok(root)
 }
 
 /// Binds `tree` at `target`; read-only (recursively) unless `writable`; never suid or dev.
@@ -432,9 +524,9 @@ fn bind(root: &OwnedFd, target: &Path, tree: &Tree, writable: bool) -> io::Resul
     set_attr(&tree.fd, attrs, true)
 }
 
-/// A tmpfs `/dev` with the host's harmless devices bound in, std symlinks, `/dev/shm`;
-/// read-only but for `/dev/shm`.
-fn dev(spec: &SandboxSpec, root: &OwnedFd, devices: &[(&str, Tree)]) -> io::Result<()> {
+/// A tmpfs `/dev` with the host's harmless devices bound in, std symlinks, `/dev/shm` (a
+/// tmpfs if `shm`, else an empty directory for one); read-only but for `/dev/shm`.
+fn dev(spec: &SandboxSpec, root: &OwnedFd, devices: &[(&str, Tree)], shm: bool) -> io::Result<()> {
     let point = mkdir_p(root, &[OsStr::new("dev")], 0o755)?;
     let opts = [("mode", "0755".to_string()), ("size", "65536".to_string())];
     let dev = new_fs("tmpfs", &opts, NOSUID | NOEXEC)?;
@@ -457,14 +549,16 @@ fn dev(spec: &SandboxSpec, root: &OwnedFd, devices: &[(&str, Tree)]) -> io::Resu
         )?;
     }
     let shm_point = mkdir_p(&dev, &[OsStr::new("shm")], 0o1777)?;
-    let opts = [
-        ("mode", "1777".to_string()),
-        ("size", spec.tmp_bytes.to_string()),
-    ];
-    attach(
-        &new_fs("tmpfs", &opts, NOSUID | NODEV | NOEXEC)?,
-        &shm_point,
-    )?;
+    if shm {
+        let opts = [
+            ("mode", "1777".to_string()),
+            ("size", spec.tmp_bytes.to_string()),
+        ];
+        attach(
+            &new_fs("tmpfs", &opts, NOSUID | NODEV | NOEXEC)?,
+            &shm_point,
+        )?;
+    }
     set_attr(&dev, RDONLY, false)
 }
 

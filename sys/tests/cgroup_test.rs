@@ -584,3 +584,97 @@ fn v2_create_never_makes_control_files() {
     ));
     assert!(!root.join("base/x").exists());
 }
+
+// Attests CG-9
+#[test]
+fn v1_a_reused_cgroup_gives_each_action_its_own_limits_and_figures() {
+    let Some(base) = v1_base("reuse") else { return };
+    let cg = base
+        .cg
+        .create("slot", &CgroupLimits::default())
+        .expect("create");
+    let limited = CgroupLimits {
+        cpu_millicores: Some(500),
+        memory_bytes: Some(32 * MIB),
+        pids: Some(16),
+    };
+    cg.set_limits_exactly(&limited).expect("limits");
+    let meter = cg.meter();
+    let mut hog = spawn_in(
+        &cg,
+        &["python3", "-c", "b = b'x' * (200 << 20); print(len(b))"],
+    );
+    assert_eq!(
+        reap(&mut hog, Duration::from_secs(30)).signal(),
+        Some(SIGKILL)
+    );
+    let first = cg.since(meter);
+    assert!(first.oom_kills > 0, "{first:?}");
+    assert!(cg.is_empty());
+
+    // The next action: no limit left over, no OOM kill and no peak of the first.
+    cg.set_limits_exactly(&CgroupLimits::default())
+        .expect("limits");
+    assert_eq!(
+        read(&dir_with_file(&cg, "cpu.cfs_quota_us").join("cpu.cfs_quota_us")),
+        "-1"
+    );
+    assert_eq!(
+        read(&dir_with_file(&cg, "pids.max").join("pids.max")),
+        "max"
+    );
+    let memory = dir_with_file(&cg, "memory.limit_in_bytes");
+    assert!(
+        read(&memory.join("memory.limit_in_bytes"))
+            .parse::<u64>()
+            .unwrap()
+            > 1 << 40,
+        "the memory limit is gone"
+    );
+    let meter = cg.meter();
+    let mut small = spawn_in(&cg, &["python3", "-c", "b = b'x' * (8 << 20)"]);
+    assert!(reap(&mut small, Duration::from_secs(30)).success());
+    let second = cg.since(meter);
+    assert_eq!(second.oom_kills, 0, "{second:?}");
+    let peak = second.peak_memory_bytes.expect("a peak");
+    assert!(peak < 32 * MIB, "the first action's peak leaked: {peak}");
+    assert!(second.cpu_ms.is_some());
+    cg.remove().expect("remove");
+}
+
+// Attests CG-9
+#[test]
+fn v2_a_reused_cgroup_writes_every_limit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    fake_cgroup(root, "");
+    fake_cgroup(&root.join("base"), "");
+    let cg = Cgroups::v2_at(root, "base").expect("v2 base");
+    let action = cg.create("slot", &CgroupLimits::default()).expect("create");
+    let dir = root.join("base/slot");
+    fake_action(&dir);
+    action
+        .set_limits_exactly(&CgroupLimits {
+            cpu_millicores: Some(1500),
+            memory_bytes: Some(32 * MIB),
+            pids: Some(8),
+        })
+        .expect("limits");
+    assert_eq!(read(&dir.join("memory.max")), (32 * MIB).to_string());
+    action
+        .set_limits_exactly(&CgroupLimits::default())
+        .expect("limits");
+    assert_eq!(read(&dir.join("cpu.max")), "max 100000");
+    assert_eq!(read(&dir.join("memory.max")), "max");
+    assert_eq!(read(&dir.join("pids.max")), "max");
+    // Figures are deltas from the meter.
+    let meter = action.meter();
+    std::fs::write(
+        dir.join("cpu.stat"),
+        "usage_usec 2234567\nuser_usec 2000000\nsystem_usec 234567\n",
+    )
+    .unwrap();
+    let stats = action.since(meter);
+    assert_eq!(stats.cpu_ms, Some(1000));
+    assert_eq!(stats.oom_kills, 0);
+}

@@ -43,11 +43,17 @@
 //!   (deepest first) and are idempotent: a cgroup that is already gone is not an error.
 //! - **CG-7** Reading accounting never fails: a missing or malformed file gives `None`.
 //! - **CG-8** A process started with [`join_on_exec`] is in its cgroup before it execs.
+//! - **CG-9** A cgroup reused by one action after another carries nothing over but reclaimable
+//!   page cache: [`ActionCgroup::set_limits_exactly`] sets every limit (unset ones to
+//!   unlimited), and [`ActionCgroup::meter`] / [`ActionCgroup::since`] give each action its own
+//!   CPU time, OOM kills and peak memory (v1: `memory.max_usage_in_bytes` reset; v2:
+//!   `memory.peak` reset through its own fd, kernel >= 6.12, else no peak).
 
 mod detect;
 mod error;
 mod files;
 mod join;
+mod meter;
 mod stats;
 mod v1;
 mod v2;
@@ -60,6 +66,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::CgroupError;
 pub use join::join_on_exec;
+pub use meter::Meter;
 pub use stats::CgroupStats;
 
 /// Which cgroup hierarchy the limits go through.

@@ -102,6 +102,35 @@ pub(super) fn set_limits(cg: &ActionCgroup, limits: &CgroupLimits) -> Result<(),
     Ok(())
 }
 
+/// Every limit, `None` as unlimited (CG-9).
+pub(super) fn set_limits_exactly(
+    cg: &ActionCgroup,
+    limits: &CgroupLimits,
+) -> Result<(), CgroupError> {
+    set_limits(cg, limits)?;
+    let dir = |c: &str| {
+        cg.dir_of(c).ok_or_else(|| CgroupError::Unsupported {
+            missing: format!("no v1 {c} hierarchy"),
+        })
+    };
+    if limits.cpu_millicores.is_none() {
+        write_existing(&dir("cpu")?.join("cpu.cfs_quota_us"), "-1")?;
+    }
+    if limits.memory_bytes.is_none() {
+        // Raising: memsw first (CG-3).
+        let memory = dir("memory")?;
+        let memsw = memory.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            write_existing(&memsw, "-1")?;
+        }
+        write_existing(&memory.join("memory.limit_in_bytes"), "-1")?;
+    }
+    if limits.pids.is_none() {
+        write_existing(&dir("pids")?.join("pids.max"), "max")?;
+    }
+    Ok(())
+}
+
 /// CG-3: memory.memsw.limit_in_bytes may never be below memory.limit_in_bytes, so lowering
 /// writes the memory limit first and raising writes memsw first.
 fn set_memory(dir: &Path, bytes: u64) -> Result<(), CgroupError> {

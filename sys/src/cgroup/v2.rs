@@ -160,6 +160,27 @@ pub(super) fn set_limits(cg: &ActionCgroup, limits: &CgroupLimits) -> Result<(),
     Ok(())
 }
 
+/// Every limit, `None` as unlimited (CG-9).
+pub(super) fn set_limits_exactly(
+    cg: &ActionCgroup,
+    limits: &CgroupLimits,
+) -> Result<(), CgroupError> {
+    set_limits(cg, limits)?;
+    let Some(dir) = cg.dir_of("memory") else {
+        return Ok(());
+    };
+    if limits.cpu_millicores.is_none() {
+        write_existing(&dir.join("cpu.max"), &format!("max {CPU_PERIOD_US}"))?;
+    }
+    if limits.memory_bytes.is_none() {
+        write_existing(&dir.join("memory.max"), "max")?;
+    }
+    if limits.pids.is_none() {
+        write_existing(&dir.join("pids.max"), "max")?;
+    }
+    Ok(())
+}
+
 const KILL_WITHIN: Duration = Duration::from_secs(5);
 const KILL_ROUNDS: usize = 100;
 

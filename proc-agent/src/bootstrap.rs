@@ -162,6 +162,7 @@ pub async fn run(boot: Bootstrap) -> Result<(), BootstrapError> {
         max_actions: boot.max_actions.unwrap_or(0),
         executor: executor_from_env()?,
         isolation: boot.isolation.clone(),
+        stage_log: std::env::var_os(ENV_STAGE_LOG).map(std::path::PathBuf::from),
         ..RunnerConfig::default()
     };
     let resolver = Arc::new(MeshResolver::new(node.clone(), host));

@@ -23,6 +23,8 @@ use super::exec::{self, CancelRequest, Ending, Finished, Start, StartError};
 use super::isolate;
 use super::outputs;
 use super::sandbox::Sandbox;
+use super::slots::Warm;
+use super::stages::Stages;
 use super::worker_cache::Worker;
 use super::{now, Executor, Shared};
 
@@ -89,6 +91,7 @@ struct FinishGuard {
     attempt: AttemptRef,
     sandbox: Option<PathBuf>,
     done: bool,
+    stages: Stages,
 }
 
 impl FinishGuard {
@@ -124,6 +127,7 @@ impl FinishGuard {
             }
             shared.held.send_replace(table.slots.len());
         }
+        self.stages.mark("report");
         info!(
             state = %state,
             exit = ?detail.exit,
@@ -133,6 +137,10 @@ impl FinishGuard {
         );
         if let Some(trash) = trash {
             shared.cleaner.schedule(trash);
+        }
+        self.stages.mark("cleanup");
+        if let Some(log) = &shared.stage_log {
+            log.write(self.attempt, &self.stages);
         }
     }
 }
@@ -178,14 +186,25 @@ pub(super) async fn run(
     spec: ActionSpec,
     report_to: ActorId,
     mut cancel: watch::Receiver<Option<CancelRequest>>,
+    mut stages: Stages,
 ) {
+    stages.mark("slot");
     let mut guard = FinishGuard {
         shared: shared.clone(),
         attempt: spec.attempt_ref(),
         sandbox: None,
         done: false,
+        stages,
     };
-    let outcome = drive(&shared, &spec, &report_to, &mut cancel, &mut guard.sandbox).await;
+    let outcome = drive(
+        &shared,
+        &spec,
+        &report_to,
+        &mut cancel,
+        &mut guard.sandbox,
+        &mut guard.stages,
+    )
+    .await;
     guard.finish(outcome);
 }
 
@@ -195,6 +214,7 @@ async fn drive(
     report_to: &ActorId,
     cancel: &mut watch::Receiver<Option<CancelRequest>>,
     sandbox_slot: &mut Option<PathBuf>,
+    stages: &mut Stages,
 ) -> Outcome {
     if shared.config.executor == Executor::Noop {
         shared.mark_running(spec.attempt_ref());
@@ -220,6 +240,7 @@ async fn drive(
         Ok(Err(e)) => return Outcome::failed(e.to_string()),
         Ok(Ok(worker)) => worker,
     };
+    stages.mark("worker");
 
     // The input blobs.
     let missing: Vec<_> = spec
@@ -244,6 +265,8 @@ async fn drive(
             Ok(Ok(())) => {}
         }
     }
+
+    stages.mark("inputs");
 
     // The sandbox: not cancellable half-way (it is local and bounded); checked right after.
     // A copy that does not match its hash means a damaged worker cache entry (ISO-3): it is
@@ -348,48 +371,70 @@ async fn drive(
             (base.join(exe), hash)
         }
     };
-    let cgroup = match iso {
-        Some(iso) => {
-            let name = format!(
-                "{}-{}-{}",
-                shared.config.proc_id.name(),
-                spec.lsn,
-                spec.attempt
-            );
-            match iso.cgroup(&name, &spec.action.resources) {
-                Ok(cgroup) => cgroup,
-                Err(reason) => return Outcome::infrastructure(reason),
-            }
-        }
+    stages.mark("sandbox");
+
+    // The slot (PA-12): its cgroup with this action's limits (ISO-1), its warm sandbox.
+    let mut warm = match iso {
+        Some(iso) => match iso
+            .slots
+            .take(iso, &iso.limits(&spec.action.resources))
+            .await
+        {
+            Ok(warm) => Some(WarmGuard {
+                iso,
+                warm: Some(warm),
+                meter: None,
+            }),
+            Err(reason) => return Outcome::infrastructure(reason),
+        },
         None => None,
     };
-    let cgroup = CgroupGuard(cgroup);
     let env = environment(&worker, spec, &sandbox, namespaced);
+    let mut own_root = None;
     let start = if namespaced {
         let iso = iso.expect("namespaced implies an isolator");
+        let warm = warm.as_ref().and_then(WarmGuard::warm);
         if let Err(e) = iso.prepare_outputs(&sandbox.outputs()) {
             return Outcome::infrastructure(format!("preparing Outputs/: {e}"));
         }
-        let root = match iso.new_root(&name) {
-            Ok(root) => root,
-            Err(e) => return Outcome::infrastructure(format!("preparing the sandbox root: {e}")),
-        };
-        let spec = iso.spec(isolate::Launch {
-            program: program.clone(),
-            args: spec.action.args.clone(),
-            env,
-            sandbox: sandbox.root(),
-            root: &root,
-            cgroup: cgroup.0.as_ref(),
-        });
-        Start::Sandboxed {
-            exe: iso.exe().to_path_buf(),
-            spec: Box::new(spec),
-            netns: iso.netns(),
+        match warm.and_then(Warm::slot) {
+            Some(slot) => Start::Warm {
+                slot,
+                launch: Box::new(iso.launch(
+                    program.clone(),
+                    spec.action.args.clone(),
+                    env,
+                    sandbox.root(),
+                )),
+            },
+            None => {
+                let root = match iso.new_root(&name) {
+                    Ok(root) => root,
+                    Err(e) => {
+                        return Outcome::infrastructure(format!(
+                            "preparing the sandbox root: {e}"
+                        ))
+                    }
+                };
+                own_root = Some(name.clone());
+                let spec = iso.spec(isolate::Launch {
+                    program: program.clone(),
+                    args: spec.action.args.clone(),
+                    env,
+                    sandbox: sandbox.root(),
+                    root: &root,
+                    cgroup: warm.and_then(Warm::cgroup),
+                });
+                Start::Sandboxed {
+                    exe: iso.exe().to_path_buf(),
+                    spec: Box::new(spec),
+                    netns: iso.netns(),
+                }
+            }
         }
     } else {
         let mut cmd = command(&program, spec, &sandbox, env);
-        if let Some(cgroup) = &cgroup.0 {
+        if let Some(cgroup) = warm.as_ref().and_then(WarmGuard::warm).and_then(Warm::cgroup) {
             // ISO-1: in its cgroup before it execs, so nothing it forks starts outside.
             if let Err(e) = procmesh_sys::cgroup::join_on_exec(&mut cmd, &cgroup.procs_files()) {
                 return Outcome::infrastructure(format!("joining the action's cgroup: {e}"));
@@ -397,10 +442,15 @@ async fn drive(
         }
         Start::Plain(cmd)
     };
+    if let Some(warm) = &mut warm {
+        warm.start_meter();
+    }
+    stages.mark("cgroup");
 
     // The process.
     let timeout = spec.action.timeout_ms.map(Duration::from_millis);
     let attempt = spec.attempt_ref();
+    let mut spawned = None;
     let finished = exec::execute(
         start,
         shared.config.tail_bytes,
@@ -409,14 +459,22 @@ async fn drive(
         cancel,
         |pid| {
             debug!(pid, "action started");
+            spawned = Some(std::time::Instant::now());
             shared.mark_running(attempt);
         },
     )
     .await;
+    stages.mark_split("spawn", spawned, "wait");
     let finished = match finished {
         Ok(finished) => finished,
         Err(StartError::Setup(reason)) => {
             return Outcome::infrastructure(format!("sandbox setup failed: {reason}"))
+        }
+        Err(StartError::Slot(reason)) => {
+            if let Some(warm) = &mut warm {
+                warm.broken();
+            }
+            return Outcome::infrastructure(reason);
         }
         Err(StartError::Io(e)) => {
             return Outcome::failed(format!("could not start {}: {e}", program.display()))
@@ -428,40 +486,57 @@ async fn drive(
         pid: finished.identity.pid,
         start_time: finished.identity.start_time,
     };
-    let usage = cgroup.finish();
-    if namespaced {
-        if let Some(iso) = iso {
-            iso.release_root(&name);
-        }
+    let usage = warm.and_then(WarmGuard::finish);
+    if let (Some(name), Some(iso)) = (own_root, iso) {
+        iso.release_root(&name);
     }
     let memory_limit = iso.and_then(|i| i.memory_limit(&spec.action.resources));
     let mut outcome = ended(shared, finished, &sandbox, usage, memory_limit).await;
+    stages.mark("outputs");
     outcome.detail.ran = Some(Box::new(ran));
     outcome
 }
 
-/// The attempt's cgroup: killed and removed when the attempt is over, even if its task is
-/// dropped half-way (ISO-1).
-struct CgroupGuard(Option<procmesh_sys::cgroup::ActionCgroup>);
+/// The attempt's warm slot: given back when the attempt is over — after its figures are read
+/// and its cgroup is empty — even if the attempt's task is dropped half-way (ISO-1, PA-12).
+struct WarmGuard<'a> {
+    iso: &'a isolate::Isolator,
+    warm: Option<Warm>,
+    meter: Option<procmesh_sys::cgroup::Meter>,
+}
 
-impl CgroupGuard {
-    /// Reads the whole tree's figures, then kills whatever is left and removes the cgroup.
-    fn finish(mut self) -> Option<procmesh_sys::cgroup::CgroupStats> {
-        let cgroup = self.0.take()?;
-        let stats = cgroup.stats();
-        if let Err(error) = cgroup.remove() {
-            tracing::warn!(%error, "could not remove the action's cgroup");
+impl WarmGuard<'_> {
+    fn warm(&self) -> Option<&Warm> {
+        self.warm.as_ref()
+    }
+
+    /// Notes where this action's figures start (right before it is launched).
+    fn start_meter(&mut self) {
+        self.meter = self
+            .warm
+            .as_ref()
+            .and_then(Warm::cgroup)
+            .map(|c| c.meter());
+    }
+
+    /// The slot failed: it is dropped instead of reused.
+    fn broken(&mut self) {
+        if let Some(warm) = self.warm.take() {
+            self.iso.slots.drop_broken(warm);
         }
-        Some(stats)
+    }
+
+    /// The whole tree's figures; the slot goes back (emptied first).
+    fn finish(mut self) -> Option<procmesh_sys::cgroup::CgroupStats> {
+        let warm = self.warm.take()?;
+        self.iso.slots.give_back(warm, self.meter.take())
     }
 }
 
-impl Drop for CgroupGuard {
+impl Drop for WarmGuard<'_> {
     fn drop(&mut self) {
-        if let Some(cgroup) = self.0.take() {
-            if let Err(error) = cgroup.remove() {
-                tracing::warn!(%error, "could not remove the action's cgroup");
-            }
+        if let Some(warm) = self.warm.take() {
+            self.iso.slots.give_back(warm, None);
         }
     }
 }

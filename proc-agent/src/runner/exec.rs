@@ -68,6 +68,13 @@ pub(crate) enum Start {
         /// A network namespace from the pool, if any.
         netns: Option<procmesh_sys::sandbox::NetnsLease>,
     },
+    /// In a warm slot's sandbox (PA-12).
+    Warm {
+        /// The slot.
+        slot: std::sync::Arc<procmesh_sys::sandbox::Slot>,
+        /// What runs in it.
+        launch: Box<procmesh_sys::sandbox::ActionLaunch>,
+    },
 }
 
 /// Why a process did not start.
@@ -77,6 +84,9 @@ pub(crate) enum StartError {
     Io(io::Error),
     /// The sandbox could not be set up: an infrastructure failure, with the launcher's reason.
     Setup(String),
+    /// The warm slot failed (its warden gone or broken): an infrastructure failure, and the
+    /// slot is not reused.
+    Slot(String),
 }
 
 /// What a finished process left.
@@ -190,11 +200,31 @@ pub(crate) async fn execute(
     cancel: &mut watch::Receiver<Option<CancelRequest>>,
     started: impl FnOnce(u32),
 ) -> Result<Finished, StartError> {
-    let (child, pipes, identity, netns) = match start {
+    let (child, pipes, identity, netns, verdict) = match start {
         Start::Plain(mut cmd) => {
             let (child, pipes) = spawn(&mut cmd).await.map_err(StartError::Io)?;
             let identity = *child.identity();
-            (child, pipes, identity, None)
+            (child, pipes, identity, None, None)
+        }
+        Start::Warm { slot, launch } => {
+            // Whatever goes wrong here is the slot's (the host's) fault, not the action's.
+            let sandboxed = slot.launch(&launch).await.map_err(|e| match e {
+                procmesh_sys::sandbox::SpawnError::Start(e) => {
+                    StartError::Slot(format!("the warm slot: {e}"))
+                }
+                procmesh_sys::sandbox::SpawnError::Setup(reason) => StartError::Setup(reason),
+            })?;
+            let identity = procmesh_sys::ProcessIdentity {
+                pid: sandboxed.started.pid,
+                start_time: sandboxed.started.start_time,
+            };
+            (
+                sandboxed.child,
+                sandboxed.pipes,
+                identity,
+                None,
+                sandboxed.verdict,
+            )
         }
         Start::Sandboxed { exe, spec, netns } => {
             let sandboxed = procmesh_sys::sandbox::spawn(&exe, &spec, netns.as_ref())
@@ -207,7 +237,7 @@ pub(crate) async fn execute(
                 pid: sandboxed.started.pid,
                 start_time: sandboxed.started.start_time,
             };
-            (sandboxed.child, sandboxed.pipes, identity, netns)
+            (sandboxed.child, sandboxed.pipes, identity, netns, None)
         }
     };
     started(identity.pid);
@@ -291,6 +321,10 @@ pub(crate) async fn execute(
     let exit = match exit {
         Some(exit) => exit,
         None => wait.await,
+    };
+    let exit = match verdict {
+        Some(verdict) => verdict.resolve(exit).await,
+        None => exit,
     };
     Ok(Finished {
         identity,

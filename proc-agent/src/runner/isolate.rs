@@ -38,8 +38,12 @@ use std::path::{Path, PathBuf};
 use procmesh_protocol::cas::{BlobHash, BlobHasher};
 use procmesh_protocol::messages::host::{ActionIsolation, IsolationMode};
 use procmesh_protocol::spec::ResourceHints;
-use procmesh_sys::cgroup::{ActionCgroup, CgroupLimits, Cgroups};
-use procmesh_sys::sandbox::{Bind, IdMap, NetnsLease, NetnsPool, SandboxSpec};
+use procmesh_sys::cgroup::{ActionCgroup, CgroupError, CgroupLimits, Cgroups};
+use procmesh_sys::sandbox::{
+    ActionLaunch, Bind, IdMap, NetnsLease, NetnsPool, SandboxSpec, Slot, SlotSpec,
+};
+
+use super::slots::Slots;
 use tracing::{info, warn};
 
 /// Where the sandbox directory appears inside the action's root.
@@ -59,6 +63,9 @@ pub(crate) struct Isolator {
     root: bool,
     roots_dir: PathBuf,
     exe: PathBuf,
+    proc_name: String,
+    /// The warm slots (PA-12).
+    pub(crate) slots: Slots,
 }
 
 impl std::fmt::Debug for Isolator {
@@ -78,6 +85,7 @@ impl Isolator {
         settings: ActionIsolation,
         work_dir: &Path,
         slots: u32,
+        proc_name: &str,
     ) -> io::Result<Isolator> {
         let cgroups = match &settings.cgroup_name {
             Some(name) => match Cgroups::detect(name) {
@@ -113,7 +121,38 @@ impl Isolator {
             root,
             roots_dir,
             exe: PathBuf::from("/proc/self/exe"),
+            proc_name: proc_name.to_owned(),
+            slots: Slots::default(),
         })
+    }
+
+    /// This proc's name, e.g. `worker-3` (slot cgroups are named after it).
+    pub(crate) fn proc_name(&self) -> &str {
+        &self.proc_name
+    }
+
+    /// Whether actions run in warm slots' sandboxes (PA-12): `namespaces` mode, and the zygote
+    /// that starts wardens serves this process; else each action builds its own sandbox.
+    pub(crate) fn warm_sandboxes(&self) -> bool {
+        self.settings.mode == IsolationMode::Namespaces && Slot::available()
+    }
+
+    /// A slot's cgroup `name` (no limits yet); `None` when the host has no usable cgroups.
+    pub(crate) fn create_cgroup(&self, name: &str) -> Result<Option<ActionCgroup>, CgroupError> {
+        self.cgroups
+            .as_ref()
+            .map(|c| c.create(name, &CgroupLimits::default()))
+            .transpose()
+    }
+
+    /// The cgroup limits of an action with `hints`: its cores and memory, else the host's
+    /// defaults; unset ones are unlimited.
+    pub(crate) fn limits(&self, hints: &ResourceHints) -> CgroupLimits {
+        CgroupLimits {
+            cpu_millicores: hints.cores.map(|c| u64::from(c.max(1)) * 1000),
+            memory_bytes: self.memory_limit(hints),
+            pids: self.settings.pids,
+        }
     }
 
     /// The mode.
@@ -125,27 +164,6 @@ impl Isolator {
     /// when the action cannot write them: read-only binds).
     pub(crate) fn shares_files(&self) -> bool {
         self.settings.mode == IsolationMode::Namespaces
-    }
-
-    /// A new cgroup `name` with the limits of `hints` and the host's defaults; `None` when
-    /// the host has no usable cgroups.
-    pub(crate) fn cgroup(
-        &self,
-        name: &str,
-        hints: &ResourceHints,
-    ) -> Result<Option<ActionCgroup>, String> {
-        let Some(cgroups) = &self.cgroups else {
-            return Ok(None);
-        };
-        let limits = CgroupLimits {
-            cpu_millicores: hints.cores.map(|c| u64::from(c.max(1)) * 1000),
-            memory_bytes: self.memory_limit(hints),
-            pids: self.settings.pids,
-        };
-        cgroups
-            .create(name, &limits)
-            .map(Some)
-            .map_err(|e| format!("creating the action's cgroup: {e}"))
     }
 
     /// The memory limit an action with `hints` gets.
@@ -184,20 +202,37 @@ impl Isolator {
         Ok(())
     }
 
-    /// The launcher's spec for one attempt.
+    /// The launcher's spec for one attempt (each action builds its own sandbox).
     pub(crate) fn spec(&self, launch: Launch<'_>) -> SandboxSpec {
-        let mut binds = vec![
-            Bind {
-                source: launch.sandbox.to_path_buf(),
-                target: PathBuf::from(SANDBOX_MOUNT),
-                writable: false,
-            },
-            Bind {
-                source: launch.sandbox.join(procmesh_protocol::spec::OUTPUTS_DIR),
-                target: Path::new(SANDBOX_MOUNT).join(procmesh_protocol::spec::OUTPUTS_DIR),
-                writable: true,
-            },
-        ];
+        let base = self.slot_spec(launch.root);
+        let mut binds = action_binds(launch.sandbox);
+        binds.extend(base.binds);
+        SandboxSpec {
+            program: launch.program.clone(),
+            args: argv(&launch.program, launch.args),
+            env: launch.env.into_iter().collect(),
+            cwd: PathBuf::from(SANDBOX_MOUNT),
+            root: base.root,
+            system_dirs: base.system_dirs,
+            etc_files: base.etc_files,
+            etc_binds: base.etc_binds,
+            binds,
+            tmp_bytes: base.tmp_bytes,
+            uid: base.uid,
+            gid: base.gid,
+            hostname: base.hostname,
+            cgroup_procs: launch
+                .cgroup
+                .map(ActionCgroup::procs_files)
+                .unwrap_or_default(),
+            seccomp: base.seccomp,
+            parent_pid: std::process::id(),
+        }
+    }
+
+    /// What every action of a warm slot shares, its base root on `root` (PA-12).
+    pub(crate) fn slot_spec(&self, root: &Path) -> SlotSpec {
+        let mut binds = Vec::new();
         for root in &self.settings.host_programs {
             if !SYSTEM_DIRS.iter().any(|d| root.starts_with(d)) {
                 binds.push(Bind {
@@ -231,20 +266,13 @@ impl Isolator {
         } else {
             (None, None)
         };
-        // argv[0] is the program, as a shell would pass it.
-        let argv = std::iter::once(launch.program.display().to_string())
-            .chain(launch.args)
-            .collect();
-        SandboxSpec {
-            program: launch.program,
-            args: argv,
-            env: launch.env.into_iter().collect(),
-            cwd: PathBuf::from(SANDBOX_MOUNT),
-            root: launch.root.to_path_buf(),
+        SlotSpec {
+            root: root.to_path_buf(),
             system_dirs: SYSTEM_DIRS.iter().map(PathBuf::from).collect(),
             etc_files,
             etc_binds: vec!["ld.so.cache".to_owned(), "alternatives".to_owned()],
             binds,
+            mount_points: vec![PathBuf::from(SANDBOX_MOUNT)],
             tmp_bytes: self.settings.tmp_bytes,
             uid: IdMap {
                 inside: INSIDE_ID,
@@ -255,12 +283,26 @@ impl Isolator {
                 outside: outside_gid,
             },
             hostname: "sandbox".to_owned(),
-            cgroup_procs: launch
-                .cgroup
-                .map(ActionCgroup::procs_files)
-                .unwrap_or_default(),
             seccomp: self.settings.seccomp,
             parent_pid: std::process::id(),
+        }
+    }
+
+    /// One attempt in a warm slot: `program` with `args` and exactly `env`, its sandbox
+    /// directory at `/sandbox` (read-only) with `Outputs/` writable, working there.
+    pub(crate) fn launch(
+        &self,
+        program: PathBuf,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        sandbox: &Path,
+    ) -> ActionLaunch {
+        ActionLaunch {
+            args: argv(&program, args),
+            program,
+            env: env.into_iter().collect(),
+            cwd: PathBuf::from(SANDBOX_MOUNT),
+            binds: action_binds(sandbox),
         }
     }
 
@@ -278,6 +320,29 @@ impl Isolator {
             }
         }
     }
+}
+
+/// `argv`: the program first, as a shell would pass it, then `args`.
+fn argv(program: &Path, args: Vec<String>) -> Vec<String> {
+    std::iter::once(program.display().to_string())
+        .chain(args)
+        .collect()
+}
+
+/// The binds of one attempt's own: its sandbox directory read-only, its `Outputs/` writable.
+fn action_binds(sandbox: &Path) -> Vec<Bind> {
+    vec![
+        Bind {
+            source: sandbox.to_path_buf(),
+            target: PathBuf::from(SANDBOX_MOUNT),
+            writable: false,
+        },
+        Bind {
+            source: sandbox.join(procmesh_protocol::spec::OUTPUTS_DIR),
+            target: Path::new(SANDBOX_MOUNT).join(procmesh_protocol::spec::OUTPUTS_DIR),
+            writable: true,
+        },
+    ]
 }
 
 /// What [`Isolator::spec`] needs of one attempt.

@@ -77,6 +77,8 @@ mod exec;
 mod isolate;
 mod outputs;
 mod sandbox;
+mod slots;
+mod stages;
 mod worker_cache;
 
 use std::collections::HashMap;
@@ -138,6 +140,9 @@ pub struct RunnerConfig {
     /// How actions are isolated, as the host decided (`None`: plain processes in the proc's
     /// own namespaces, without cgroups — in-process tests).
     pub isolation: Option<procmesh_protocol::messages::host::ActionIsolation>,
+    /// Where to append each attempt's per-stage times, e.g. `/tmp/stages.jsonl`
+    /// ([`ENV_STAGE_LOG`](crate::bootstrap::ENV_STAGE_LOG)); `None`: nothing is measured.
+    pub stage_log: Option<PathBuf>,
 }
 
 /// What runs an action's process.
@@ -180,6 +185,7 @@ impl Default for RunnerConfig {
             tail_bytes: 64 * 1024,
             executor: Executor::Process,
             isolation: None,
+            stage_log: None,
         }
     }
 }
@@ -253,6 +259,7 @@ struct Shared {
     workers: WorkerCache,
     isolator: Option<Arc<isolate::Isolator>>,
     cleaner: Cleaner,
+    stage_log: Option<stages::StageLog>,
     handle: tokio::runtime::Handle,
 }
 
@@ -354,9 +361,18 @@ impl Runner {
         let max = config.effective_max_actions();
         let isolator = match &config.isolation {
             Some(settings) => Some(Arc::new(
-                isolate::Isolator::new(settings.clone(), &config.work_dir, max)
-                    .map_err(io(&config.work_dir))?,
+                isolate::Isolator::new(
+                    settings.clone(),
+                    &config.work_dir,
+                    max,
+                    config.proc_id.name(),
+                )
+                .map_err(io(&config.work_dir))?,
             )),
+            None => None,
+        };
+        let stage_log = match &config.stage_log {
+            Some(path) => Some(stages::StageLog::open(path).map_err(io(path))?),
             None => None,
         };
         info!(proc = %config.proc_id, max, sandboxes = %sandboxes.display(), "runner started");
@@ -368,6 +384,7 @@ impl Runner {
                 sandboxes,
                 workers: WorkerCache::new(workers_dir),
                 isolator,
+                stage_log,
                 config,
                 store,
                 resolver,
@@ -405,6 +422,7 @@ impl Runner {
     /// background, reporting `Running` and the final transition to `report_to` (PA-2).
     pub fn submit(&self, spec: ActionSpec, report_to: ActorId) -> Result<AttemptRef, AgentError> {
         let shared = &self.shared;
+        let mut stages = stages::Stages::new(shared.stage_log.is_some());
         let attempt = spec.attempt_ref();
         let cancel_rx = {
             let mut table = shared.table();
@@ -435,6 +453,7 @@ impl Runner {
             shared.held.send_replace(table.slots.len());
             cancel_rx
         };
+        stages.mark("receive");
         // One span per attempt; its trace ids come from the submission's `traceparent`
         // (validated above: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
         let tp = spec.action.traceparent.as_deref();
@@ -448,7 +467,7 @@ impl Runner {
         );
         shared
             .handle
-            .spawn(attempt::run(shared.clone(), spec, report_to, cancel_rx).instrument(span));
+            .spawn(attempt::run(shared.clone(), spec, report_to, cancel_rx, stages).instrument(span));
         Ok(attempt)
     }
 
@@ -527,6 +546,10 @@ impl Runner {
                 "attempts still held after the shutdown bound; deleting sandboxes anyway"
             );
         }
+        if let Some(isolator) = &shared.isolator {
+            // PA-12: the warm slots end with the runner (wardens, cgroups, roots).
+            isolator.slots.clear();
+        }
         let failed = shared.cleaner.flush().await;
         // Whatever else is there: sandboxes set aside a moment ago, leftovers of failed retries.
         let dir = shared.sandboxes.clone();
@@ -569,6 +592,7 @@ mod tests {
         assert_eq!(c.proc_id.to_string(), "local!procmesh,proc");
         assert!(c.work_dir.ends_with("procmesh/proc"));
         assert!(c.workers_dir.ends_with("procmesh/workers"));
+        assert_eq!(c.stage_log, None);
         let cpus = std::thread::available_parallelism().unwrap().get() as u32;
         assert_eq!(c.effective_max_actions(), cpus);
         let c = RunnerConfig {

@@ -180,6 +180,7 @@ impl Harness {
             tail_bytes: 64 * 1024,
             executor: Executor::Process,
             isolation: None,
+            stage_log: None,
         };
         configure(&mut config);
         let (tx, reports) = mpsc::unbounded_channel();

@@ -7,6 +7,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
 
@@ -104,17 +105,10 @@ fn run(wait_go: bool, setup: impl FnOnce() -> Result<Launch, String>, mut go: Fi
         Ok(p) => p,
         Err(reason) => return failed(&mut up, reason),
     };
-    // SAFETY: E is single-threaded; the child runs `action`, which ends in execve or _exit.
-    let f = unsafe { libc::fork() };
-    if f < 0 {
-        return failed(&mut up, os_err("fork"));
-    }
-    if f == 0 {
-        drop(err_r);
-        drop(go);
-        drop(up);
-        action(&launch, err_w)
-    }
+    let f = match spawn_action(&launch, &err_w) {
+        Ok(f) => f,
+        Err(reason) => return failed(&mut up, reason),
+    };
     drop(err_w);
     // SBX-1: EOF with nothing read means execve succeeded (the pipe is close-on-exec).
     let mut reason = String::new();
@@ -230,15 +224,17 @@ fn capset(data: [CapData; 2]) -> Result<(), String> {
     Ok(())
 }
 
+/// Raw system calls, not libc's wrappers: those would try to reach every thread of the
+/// process, and F shares its memory with its parent.
 fn set_ids(u: u32, g: u32) -> Result<(), String> {
     // SAFETY: plain syscalls.
     check(
-        unsafe { libc::setresgid(g, g, g) }.into(),
+        unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) },
         format_args!("setresgid({g})"),
     )?;
     // SAFETY: plain syscalls.
     check(
-        unsafe { libc::setresuid(u, u, u) }.into(),
+        unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) },
         format_args!("setresuid({u})"),
     )?;
     Ok(())
@@ -260,14 +256,22 @@ pub(super) fn become_inside(spec_ids: (IdMap, IdMap)) -> Result<(), String> {
     capset(caps)
 }
 
-/// What F needs, prepared before the fork: what to execve, and the identity to take.
+/// What F needs, prepared before it starts (F allocates nothing): what to execve, the
+/// identity to take, the signals to reset, the seccomp program.
 pub(super) struct Launch {
     program: CString,
-    args: Vec<CString>,
-    env: Vec<CString>,
+    /// Owns what `argv` and `envp` point into.
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
     uid: IdMap,
     gid: IdMap,
-    seccomp: bool,
+    seccomp: Option<Vec<libc::sock_filter>>,
+    /// Whether F empties the bounding and ambient capability sets itself (a slot's warden
+    /// did it once for all its actions: SBX-10).
+    drop_bounding: bool,
+    /// Every signal whose disposition F sets back to the default.
+    reset_signals: Vec<libc::c_int>,
 }
 
 impl Launch {
@@ -292,51 +296,60 @@ impl Launch {
         seccomp: bool,
     ) -> Result<Launch, String> {
         let c = |s: &[u8]| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
+        let args: Vec<CString> = args
+            .iter()
+            .map(|a| c(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let env: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let pointers = |strings: &[CString]| {
+            let mut v: Vec<*const libc::c_char> = strings.iter().map(|a| a.as_ptr()).collect();
+            v.push(std::ptr::null());
+            v
+        };
+        let (argv, envp) = (pointers(&args), pointers(&env));
+        let mut strings = args;
+        strings.extend(env);
         Ok(Launch {
             program: c(program.as_os_str().as_bytes())?,
-            args: args
-                .iter()
-                .map(|a| c(a.as_bytes()))
-                .collect::<Result<_, _>>()?,
-            env: env
-                .iter()
-                .map(|(k, v)| c(format!("{k}={v}").as_bytes()))
-                .collect::<Result<_, _>>()?,
+            _strings: strings,
+            argv,
+            envp,
             uid: ids.0,
             gid: ids.1,
-            seccomp,
+            seccomp: seccomp.then(seccomp::program),
+            drop_bounding: true,
+            reset_signals: changed_signals(),
         })
+    }
+
+    /// F leaves the bounding and ambient sets alone: they are empty already (SBX-10).
+    pub(super) fn bounding_dropped(mut self) -> Launch {
+        self.drop_bounding = false;
+        self
     }
 }
 
-/// F: drops everything (SBX-2) and execs the action; on failure writes why to `err` and exits.
-fn action(launch: &Launch, mut err: File) -> ! {
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| drop_and_exec(launch, &err)));
-    let reason = match r {
-        Ok(Err(reason)) => reason,
-        _ => "the action's setup panicked".into(),
-    };
-    let _ = err.write_all(reason.as_bytes());
-    // SAFETY: _exit ends this process.
-    unsafe { libc::_exit(127) }
+/// The signals whose disposition is not the default in this process (F resets them).
+fn changed_signals() -> Vec<libc::c_int> {
+    (1..=libc::SIGRTMAX())
+        .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+        .filter(|&sig| {
+            // SAFETY: sigaction with a null new action only reads the current one.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+            r != 0 || old.sa_sigaction != libc::SIG_DFL
+        })
+        .collect()
 }
 
-fn drop_and_exec(launch: &Launch, err: &File) -> Result<(), String> {
-    // SAFETY: plain syscalls on this single-threaded child; every pointer is to a live local.
+/// SBX-2: empties the bounding set (needs CAP_SETPCAP), up to the kernel's last capability,
+/// and the ambient set.
+pub(super) fn drop_bounding_set() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments.
     unsafe {
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let none = signal_set(&[]);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        // SBX-6: out of H's process group, so the group's signals reach it once, through E.
-        check(libc::setsid().into(), "setsid")?;
-        if launch.gid.outside.is_some() {
-            check(libc::setgroups(0, std::ptr::null()).into(), "setgroups([])")?;
-        }
-        // SBX-2: the bounding set first (needs CAP_SETPCAP), until the kernel's last cap.
         for cap in 0..64 {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
@@ -356,23 +369,99 @@ fn drop_and_exec(launch: &Launch, err: &File) -> Result<(), String> {
             .into(),
             "clearing ambient capabilities",
         )?;
+    }
+    Ok(())
+}
+
+/// The stack F runs on until it execs.
+const F_STACK: usize = 256 * 1024;
+
+/// What F's entry point is handed.
+struct ForF<'a> {
+    launch: &'a Launch,
+    err: libc::c_int,
+}
+
+/// Starts F with `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own: F shares this
+/// process's memory until it execs (nothing is copied for it, nothing torn down at its exec),
+/// and this process waits meanwhile. F only makes system calls and, on failure, writes its
+/// reason to `err` and `_exit`s. F's pid.
+fn spawn_action(launch: &Launch, err: &File) -> Result<libc::pid_t, String> {
+    // Not zeroed: F touches (and so faults in) only the pages it uses.
+    let mut stack: Vec<u8> = Vec::with_capacity(F_STACK);
+    // The stack grows down: its top, 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + F_STACK) & !15;
+    let arg = ForF {
+        launch,
+        err: err.as_raw_fd(),
+    };
+    // SAFETY: `action` runs on `stack`, which outlives F's use of it (CLONE_VFORK: this call
+    // returns only once F has exec'd or exited); `arg` lives on this frame for as long.
+    let f = unsafe {
+        libc::clone(
+            action,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &arg as *const ForF<'_> as *mut libc::c_void,
+        )
+    };
+    drop(stack);
+    check(f.into(), "starting the action").map(|f| f as libc::pid_t)
+}
+
+/// F: drops everything (SBX-2) and execs the action; on failure writes why to `err` and exits.
+extern "C" fn action(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn_action` passes a live ForF and waits until F execs or exits.
+    let ForF { launch, err } = unsafe { &*(arg as *const ForF<'_>) };
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| drop_and_exec(launch)));
+    let reason = match r {
+        Ok(Err(reason)) => reason,
+        _ => "the action's setup panicked".into(),
+    };
+    // SAFETY: writes a live buffer to the error pipe, then ends F without running any of
+    // this process's destructors (F shares its memory).
+    unsafe {
+        libc::write(*err, reason.as_ptr().cast(), reason.len());
+        libc::_exit(127)
+    }
+}
+
+fn drop_and_exec(launch: &Launch) -> Result<(), String> {
+    // SAFETY: plain syscalls on this single-threaded child; every pointer is to a live local.
+    unsafe {
+        for &sig in &launch.reset_signals {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        let none = signal_set(&[]);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // SBX-6: out of H's process group, so the group's signals reach it once, through E.
+        check(libc::setsid().into(), "setsid")?;
+        if launch.gid.outside.is_some() {
+            check(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                "setgroups([])",
+            )?;
+        }
+        if launch.drop_bounding {
+            drop_bounding_set()?;
+        }
         set_ids(launch.uid.inside, launch.gid.inside)?;
         capset([CapData::default(); 2])?;
         check(
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0).into(),
             "no_new_privs",
         )?;
-        // Nothing but stdin/stdout/stderr crosses into the action (`err` is close-on-exec).
+        // Nothing but stdin/stdout/stderr crosses into the action (the error pipe is
+        // close-on-exec).
         libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
-        let _ = err;
-        if launch.seccomp {
-            seccomp::install()?;
+        if let Some(filter) = &launch.seccomp {
+            seccomp::install(filter)?;
         }
-        let mut argv: Vec<*const libc::c_char> = launch.args.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = launch.env.iter().map(|e| e.as_ptr()).collect();
-        envp.push(std::ptr::null());
-        libc::execve(launch.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(
+            launch.program.as_ptr(),
+            launch.argv.as_ptr(),
+            launch.envp.as_ptr(),
+        );
     }
     Err(os_err(format_args!(
         "exec {}",

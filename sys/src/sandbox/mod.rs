@@ -15,6 +15,18 @@
 //!  F  drops every capability, no_new_privs, seccomp deny-list, execve(program) = the action
 //! ```
 //!
+//! F is started with `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own: it shares E's
+//! memory until it execs, so nothing is copied for it and nothing torn down at its exec; it
+//! allocates nothing and makes only raw system calls (init.rs).
+//!
+//! **Warm slots** ([`Slot`], SBX-10) keep the expensive, identical part per slot instead:
+//!
+//! ```text
+//!  runner ─zygote─▶ H ─clone(PARENT|USER|NS[|NET])─▶ W  warden: base root on `root`, once
+//!  runner ─launch─▶ W ─clone(PARENT|NS|PID|IPC|UTS)─▶ A  per action: joins the slot's
+//!     cgroups, fresh /proc /tmp /dev/shm, the action's binds, pivot_root ─▶ F ─ the action
+//! ```
+//!
 //! Messages: the runner → H: one frame (`u32` little-endian length + JSON [`SandboxSpec`]),
 //! the netns fd as `SCM_RIGHTS` on it. H → the runner: one frame, `Started { pid, start_time }`
 //! or `SetupFailed { reason }`. E ↔ H and F → E are private pipes.
@@ -54,11 +66,21 @@
 //!   before it clones, and a failed join fails the setup.
 //! - **SBX-8** A pooled network namespace has only `lo` and is handed to one sandbox at a time;
 //!   it goes back to the pool only when its [`NetnsLease`] drops, which the runner does once
-//!   the action's cgroup is empty, so no process of one action shares it with the next.
+//!   the action's cgroup is empty, so no process of one action shares it with the next. A warm
+//!   slot holds its lease for its whole life and launches the next action only after the
+//!   previous one's init (and so its whole pid namespace) is gone.
 //! - **SBX-9** A zygote-started H is the same code with the same fds as an exec'd one, a child
 //!   of the runner from its first instruction (tracked before any orphan scan can see it); the
 //!   zygote itself is tracked, dies with the runner (parent-death signal, EOF on its socket),
 //!   and hands the runner's fds to nothing but H.
+//! - **SBX-10** A warm slot's action sees nothing of the actions before it: each gets its own
+//!   pid, mount, ipc and uts namespaces (a copy of the slot's base root, read-only), a fresh
+//!   `/proc`, `/tmp` and `/dev/shm`, only its own sandbox bound, the environment, working
+//!   directory and hostname of its launch, and the rlimits of the warden; its init A is the
+//!   runner's child (reaped and signalled like H) and reports the action's wait status on its
+//!   status socket ([`Verdict`]), since a pid 1 cannot die of the action's signal. The warden
+//!   keeps the runner's kernel uid, unmapped inside, so host paths resolve as they do for the
+//!   runner, and empties the bounding and ambient capability sets once for all its actions.
 //!
 //! # Ids
 //! `uid`/`gid` map one inside id to one outside id. With `outside: None` the helper's own

@@ -87,7 +87,8 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 /// The filter program.
-fn program() -> Vec<libc::sock_filter> {
+/// The deny-list program (built before F starts: F allocates nothing).
+pub(super) fn program() -> Vec<libc::sock_filter> {
     let eperm = RET_ERRNO | libc::EPERM as u32;
     let mut p = vec![
         stmt(LD_W_ABS, OFF_ARCH),
@@ -114,9 +115,9 @@ fn program() -> Vec<libc::sock_filter> {
     p
 }
 
-/// Installs the filter on the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
-pub(super) fn install() -> Result<(), String> {
-    let filter = program();
+/// Installs `filter` (from [`program`]) on the calling thread (needs no_new_privs or
+/// CAP_SYS_ADMIN).
+pub(super) fn install(filter: &[libc::sock_filter]) -> Result<(), String> {
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_ptr() as *mut libc::sock_filter,

@@ -79,7 +79,9 @@ pub(super) fn main(
         unsafe { libc::_exit(1) }
     }
     drop(go);
-    match prepare(spec, fresh_net) {
+    // SBX-2, once for every action: the bounding and ambient sets are inherited down to F's
+    // exec, and neither W nor A ever execs.
+    match init::drop_bounding_set().and_then(|()| prepare(spec, fresh_net)) {
         Ok(()) => {
             let _ = up.write_all(b"R");
         }
@@ -250,6 +252,7 @@ fn action(
                 (spec.uid, spec.gid),
                 spec.seccomp,
             )
+            .map(Launch::bounding_dropped)
         },
         go,
         up,

@@ -28,6 +28,9 @@ use super::stages::Stages;
 use super::worker_cache::Worker;
 use super::{now, Executor, Shared};
 
+/// Most bytes a sandbox copies (`none` mode) on the runtime's own thread.
+const INLINE_COPY_BYTES: u64 = 256 * 1024;
+
 /// A detail carrying only the location.
 pub(super) fn located(proc_id: &ProcId) -> TransitionDetail {
     TransitionDetail {
@@ -284,13 +287,25 @@ async fn drive(
             worker.clone(),
             spec.action.inputs.clone(),
         );
-        let prepared = tokio::task::spawn_blocking(move || {
+        let fill = move || {
             let sandbox = Sandbox::create(&dir, &name)?;
             let root = sandbox.root().to_path_buf();
             let filled = sandbox.materialise(&w, &inputs, &store, share);
             Ok::<_, PrepareError>((root, filled.map(|()| sandbox)))
-        })
-        .await;
+        };
+        // Links (or a few small copies) are a handful of system calls: done here, without a
+        // hop to a blocking thread; copying and hashing larger files goes to one.
+        let copied: u64 = if share {
+            0
+        } else {
+            worker.descriptor.files.iter().map(|f| f.size).sum::<u64>()
+                + spec.action.inputs.iter().map(|i| i.size).sum::<u64>()
+        };
+        let prepared = if copied <= INLINE_COPY_BYTES {
+            Ok(fill())
+        } else {
+            tokio::task::spawn_blocking(fill).await
+        };
         match prepared {
             Err(join) => {
                 return Outcome::failed(format!("internal error preparing the sandbox: {join}"))
@@ -411,9 +426,7 @@ async fn drive(
                 let root = match iso.new_root(&name) {
                     Ok(root) => root,
                     Err(e) => {
-                        return Outcome::infrastructure(format!(
-                            "preparing the sandbox root: {e}"
-                        ))
+                        return Outcome::infrastructure(format!("preparing the sandbox root: {e}"))
                     }
                 };
                 own_root = Some(name.clone());
@@ -434,7 +447,11 @@ async fn drive(
         }
     } else {
         let mut cmd = command(&program, spec, &sandbox, env);
-        if let Some(cgroup) = warm.as_ref().and_then(WarmGuard::warm).and_then(Warm::cgroup) {
+        if let Some(cgroup) = warm
+            .as_ref()
+            .and_then(WarmGuard::warm)
+            .and_then(Warm::cgroup)
+        {
             // ISO-1: in its cgroup before it execs, so nothing it forks starts outside.
             if let Err(e) = procmesh_sys::cgroup::join_on_exec(&mut cmd, &cgroup.procs_files()) {
                 return Outcome::infrastructure(format!("joining the action's cgroup: {e}"));
@@ -512,11 +529,7 @@ impl WarmGuard<'_> {
 
     /// Notes where this action's figures start (right before it is launched).
     fn start_meter(&mut self) {
-        self.meter = self
-            .warm
-            .as_ref()
-            .and_then(Warm::cgroup)
-            .map(|c| c.meter());
+        self.meter = self.warm.as_ref().and_then(Warm::cgroup).map(|c| c.meter());
     }
 
     /// The slot failed: it is dropped instead of reused.

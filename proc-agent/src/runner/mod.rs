@@ -465,9 +465,9 @@ impl Runner {
             trace_id = tp.and_then(|t| t.get(3..35)),
             parent_span_id = tp.and_then(|t| t.get(36..52)),
         );
-        shared
-            .handle
-            .spawn(attempt::run(shared.clone(), spec, report_to, cancel_rx, stages).instrument(span));
+        shared.handle.spawn(
+            attempt::run(shared.clone(), spec, report_to, cancel_rx, stages).instrument(span),
+        );
         Ok(attempt)
     }
 

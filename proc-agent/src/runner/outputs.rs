@@ -65,6 +65,12 @@ type Skipped = (String, &'static str);
 /// A regular file found: its path relative to `Outputs/`, and its full path.
 type Found = (String, PathBuf);
 
+/// Whether `dir` is a real directory (not a link to one) with no entries.
+fn is_empty_dir(dir: &Path) -> bool {
+    fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+        && fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
 /// The regular files under `dir` (relative path and full path, sorted) and what was skipped.
 fn walk(dir: &Path) -> Result<(Vec<Found>, Vec<Skipped>), PrepareError> {
     let mut files = Vec::new();
@@ -152,6 +158,10 @@ fn open_and_hash(path: &Path) -> Result<(std::fs::File, BlobHash, u64), PrepareE
 
 /// Puts every regular file under `dir` into `store` (PA-7).
 pub(crate) async fn collect(dir: PathBuf, store: &BlobStore) -> Result<Collected, PrepareError> {
+    // Most actions leave `Outputs/` empty: told at once, without a hop to a blocking thread.
+    if is_empty_dir(&dir) {
+        return Ok(Collected::default());
+    }
     let walk_dir = dir.clone();
     let (files, skipped) = tokio::task::spawn_blocking(move || walk(&walk_dir))
         .await

@@ -57,11 +57,7 @@ pub(crate) struct Slots {
 
 impl Slots {
     /// An idle slot, or a new one; with the limits of `limits` in place.
-    pub(crate) async fn take(
-        &self,
-        iso: &Isolator,
-        limits: &CgroupLimits,
-    ) -> Result<Warm, String> {
+    pub(crate) async fn take(&self, iso: &Isolator, limits: &CgroupLimits) -> Result<Warm, String> {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.pop()

@@ -200,6 +200,17 @@ impl Child {
         Ok((Child::supervise(pid, pidfd, reap), pipes))
     }
 
+    /// Adopts the unreaped child `pid` whose `pidfd` the caller opened (`CLONE_PIDFD`),
+    /// already in the tracked set (SYS-3).
+    pub(crate) fn adopt_pidfd(
+        pid: u32,
+        pidfd: OwnedFd,
+        reap: Reap,
+        pipes: Pipes,
+    ) -> (Child, Pipes) {
+        (Child::supervise(pid, pidfd, reap), pipes)
+    }
+
     /// The handle of the unreaped child `pid` with its `pidfd`, and its reaper task.
     fn supervise(pid: u32, pidfd: OwnedFd, reap: Reap) -> Child {
         let identity = ProcessIdentity::of(pid).unwrap_or(ProcessIdentity { pid, start_time: 0 });

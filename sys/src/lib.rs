@@ -13,16 +13,20 @@
 //! - [`cgroup`] — per-action cgroups (v1 and v2): limits, accounting, kill, leftovers.
 //! - [`sandbox`] — the namespace sandbox launcher (user, mount, network, pid, ipc, uts).
 //! - `spawner` — the long-lived spawner thread.
+//! - [`joined`] — [`spawn_joined`]: a process in its cgroups before it execs, without copying
+//!   the parent.
 #![deny(missing_docs)]
 
 pub mod cgroup;
 pub mod child;
+pub mod joined;
 pub mod prctl;
 pub mod procfs;
 pub mod sandbox;
 mod spawner;
 
 pub use child::{Child, ExitInfo, Pipes, Reap};
+pub use joined::{spawn_joined, Joined};
 pub use procfs::ProcessIdentity;
 
 /// SIGKILLs and reaps every child of this process that no [`Child`] tracks: orphans a

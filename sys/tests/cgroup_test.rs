@@ -678,3 +678,57 @@ fn v2_a_reused_cgroup_writes_every_limit() {
     assert_eq!(stats.cpu_ms, Some(1000));
     assert_eq!(stats.oom_kills, 0);
 }
+
+// Attests CG-8 for spawn_joined
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_spawn_joined_starts_in_the_cgroup_without_a_fork() {
+    use tokio::io::AsyncReadExt as _;
+    let Some(base) = v1_base("joined") else {
+        return;
+    };
+    let cg = base
+        .cg
+        .create("j", &CgroupLimits::default())
+        .expect("create");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = std::collections::BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]);
+    let argv = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "echo $GREETING; pwd; grep -c procmesh-test /proc/self/cgroup; exit 3".to_owned(),
+    ];
+    let procs = cg.procs_files();
+    let what = procmesh_sys::Joined {
+        program: Path::new("/bin/sh"),
+        argv: &argv,
+        env: &env,
+        cwd: dir.path(),
+        cgroup_procs: &procs,
+    };
+    let (child, pipes) =
+        procmesh_sys::spawn_joined(&what, procmesh_sys::Reap::KillGroupFirst).expect("spawn");
+    let mut out = String::new();
+    pipes
+        .stdout
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .await
+        .expect("read");
+    let info = child.wait().await;
+    assert_eq!(info.status, procmesh_protocol::ExitStatus::Code(3));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hi");
+    assert_eq!(Path::new(lines[1]), dir.path().canonicalize().unwrap());
+    // In every v1 hierarchy of the action's cgroup (pids, memory, cpu, cpuacct, freezer).
+    assert!(lines[2].parse::<u32>().unwrap() >= 4, "{out}");
+
+    // A program that cannot be executed is an error of the spawn, not an exit.
+    let what = procmesh_sys::Joined {
+        program: Path::new("/nonexistent/program"),
+        ..what
+    };
+    let err = procmesh_sys::spawn_joined(&what, procmesh_sys::Reap::KillGroupFirst)
+        .expect_err("no such program");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    cg.remove().expect("remove");
+}

@@ -446,18 +446,23 @@ async fn drive(
             }
         }
     } else {
-        let mut cmd = command(&program, spec, &sandbox, env);
-        if let Some(cgroup) = warm
+        match warm
             .as_ref()
             .and_then(WarmGuard::warm)
             .and_then(Warm::cgroup)
         {
             // ISO-1: in its cgroup before it execs, so nothing it forks starts outside.
-            if let Err(e) = procmesh_sys::cgroup::join_on_exec(&mut cmd, &cgroup.procs_files()) {
-                return Outcome::infrastructure(format!("joining the action's cgroup: {e}"));
-            }
+            Some(cgroup) => Start::Joined(Box::new(exec::Joined {
+                argv: std::iter::once(program.display().to_string())
+                    .chain(spec.action.args.iter().cloned())
+                    .collect(),
+                program: program.clone(),
+                env,
+                cwd: sandbox.root().to_path_buf(),
+                cgroup_procs: cgroup.procs_files(),
+            })),
+            None => Start::Plain(command(&program, spec, &sandbox, env)),
         }
-        Start::Plain(cmd)
     };
     if let Some(warm) = &mut warm {
         warm.start_meter();

@@ -68,6 +68,9 @@ pub(crate) enum Start {
         /// A network namespace from the pool, if any.
         netns: Option<procmesh_sys::sandbox::NetnsLease>,
     },
+    /// The program in its cgroups from its first instruction, without a fork of the agent
+    /// (`procmesh_sys::spawn_joined`).
+    Joined(Box<Joined>),
     /// In a warm slot's sandbox (PA-12).
     Warm {
         /// The slot.
@@ -75,6 +78,21 @@ pub(crate) enum Start {
         /// What runs in it.
         launch: Box<procmesh_sys::sandbox::ActionLaunch>,
     },
+}
+
+/// A plain process started in its cgroups.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// The program.
+    pub(crate) program: std::path::PathBuf,
+    /// `argv`, `argv[0]` included.
+    pub(crate) argv: Vec<String>,
+    /// Exactly its environment.
+    pub(crate) env: std::collections::BTreeMap<String, String>,
+    /// Its working directory.
+    pub(crate) cwd: std::path::PathBuf,
+    /// The `cgroup.procs` files it joins before it execs.
+    pub(crate) cgroup_procs: Vec<std::path::PathBuf>,
 }
 
 /// Why a process did not start.
@@ -151,10 +169,17 @@ impl Tail {
 
 /// Spawns `cmd` in its own process group, retrying ETXTBSY a few times.
 async fn spawn(cmd: &mut Command) -> io::Result<(Child, procmesh_sys::Pipes)> {
+    retry_busy(|| Child::spawn(cmd, Reap::KillGroupFirst)).await
+}
+
+/// Runs `spawn` again while it fails with ETXTBSY, a few times.
+async fn retry_busy(
+    mut spawn: impl FnMut() -> io::Result<(Child, procmesh_sys::Pipes)>,
+) -> io::Result<(Child, procmesh_sys::Pipes)> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match Child::spawn(cmd, Reap::KillGroupFirst) {
+        match spawn() {
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < SPAWN_TRIES => {
                 debug!(tries, "executable busy, spawning again");
                 tokio::time::sleep(Duration::from_millis(10 * u64::from(tries))).await;
@@ -203,6 +228,21 @@ pub(crate) async fn execute(
     let (child, pipes, identity, netns, verdict) = match start {
         Start::Plain(mut cmd) => {
             let (child, pipes) = spawn(&mut cmd).await.map_err(StartError::Io)?;
+            let identity = *child.identity();
+            (child, pipes, identity, None, None)
+        }
+        Start::Joined(what) => {
+            let joined = procmesh_sys::Joined {
+                program: &what.program,
+                argv: &what.argv,
+                env: &what.env,
+                cwd: &what.cwd,
+                cgroup_procs: &what.cgroup_procs,
+            };
+            let (child, pipes) =
+                retry_busy(|| procmesh_sys::spawn_joined(&joined, Reap::KillGroupFirst))
+                    .await
+                    .map_err(StartError::Io)?;
             let identity = *child.identity();
             (child, pipes, identity, None, None)
         }

@@ -4,8 +4,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use super::files::write_raw;
-use super::stats::number;
+use super::files::{read_opt, write_raw};
+use super::stats::{keyed, number};
 use super::{ActionCgroup, CgroupError, CgroupLimits, CgroupStats, CgroupVersion};
 
 /// Where one action's figures start in a reused cgroup.
@@ -31,16 +31,30 @@ impl ActionCgroup {
         }
     }
 
-    /// Whether no process is in it (any hierarchy, nested cgroups included).
+    /// Whether no process is in it (nested cgroups included), from one counter where the
+    /// kernel keeps one — v2 `cgroup.events` populated, v1 `pids.current` — instead of
+    /// listing every hierarchy's processes.
     pub fn is_empty(&self) -> bool {
-        self.pids().is_empty()
+        let counted = match self.version {
+            CgroupVersion::V2 => self.dir_of("memory").and_then(|d| {
+                read_opt(&d.join("cgroup.events")).and_then(|s| keyed(&s, "populated"))
+            }),
+            CgroupVersion::V1 => self
+                .dir_of("pids")
+                .and_then(|d| read_opt(&d.join("pids.current")).and_then(|s| number(&s))),
+        };
+        match counted {
+            Some(n) => n == 0,
+            None => self.pids().is_empty(),
+        }
     }
 
     /// Starts metering the next action: resets the peak-memory counter and notes the CPU and
     /// OOM counters. Call while the cgroup is empty (CG-9).
     pub fn meter(&self) -> Meter {
-        let cpu_ms = self.stats().cpu_ms;
-        let oom_kills = self.stats().oom_kills;
+        let CgroupStats {
+            cpu_ms, oom_kills, ..
+        } = self.stats();
         let memory = self.dir_of("memory");
         match self.version {
             CgroupVersion::V1 => Meter {

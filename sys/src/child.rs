@@ -61,6 +61,21 @@ pub struct Pipes {
     pub stderr: Option<tokio::process::ChildStderr>,
 }
 
+impl Pipes {
+    /// The read ends of a child's stdout and stderr pipes, for tokio.
+    pub fn output(stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Pipes> {
+        Ok(Pipes {
+            stdin: None,
+            stdout: Some(tokio::process::ChildStdout::from_std(
+                std::process::ChildStdout::from(stdout),
+            )?),
+            stderr: Some(tokio::process::ChildStderr::from_std(
+                std::process::ChildStderr::from(stderr),
+            )?),
+        })
+    }
+}
+
 struct State {
     reaped: bool,
 }

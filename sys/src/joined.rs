@@ -20,7 +20,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::child::{spawn_phase, tracked, Child, Pipes, Reap};
@@ -39,8 +39,9 @@ pub struct Joined<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Its working directory.
     pub cwd: &'a Path,
-    /// The `cgroup.procs` files it joins before it execs.
-    pub cgroup_procs: &'a [PathBuf],
+    /// The `cgroup.procs` files it joins before it execs, open for writing
+    /// ([`ActionCgroup::open_procs`](crate::cgroup::ActionCgroup::open_procs)).
+    pub cgroup_procs: &'a [OwnedFd],
 }
 
 /// What the child reads: all prepared by the parent.
@@ -91,17 +92,6 @@ pub fn spawn_joined(what: &Joined<'_>, reap: Reap) -> io::Result<(Child, Pipes)>
         v.push(std::ptr::null());
         v
     };
-    let cgroups: Vec<OwnedFd> = what
-        .cgroup_procs
-        .iter()
-        .map(|f| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .map(OwnedFd::from)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", f.display())))
-        })
-        .collect::<io::Result<_>>()?;
     let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -117,7 +107,7 @@ pub fn spawn_joined(what: &Joined<'_>, reap: Reap) -> io::Result<(Child, Pipes)>
         null: null.as_raw_fd(),
         out: out_w.as_raw_fd(),
         err: err_w.as_raw_fd(),
-        cgroups: cgroups.iter().map(AsRawFd::as_raw_fd).collect(),
+        cgroups: what.cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect(),
         // SAFETY: zeroed, then filled by pthread_sigmask below.
         mask: unsafe { std::mem::zeroed() },
         errno: AtomicI32::new(0),
@@ -156,17 +146,9 @@ pub fn spawn_joined(what: &Joined<'_>, reap: Reap) -> io::Result<(Child, Pipes)>
     drop(stack);
     // SAFETY: CLONE_PIDFD stored a fresh pidfd for the child.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop((out_w, err_w, null, cgroups));
+    drop((out_w, err_w, null));
     let errno = plan.errno.load(Ordering::SeqCst);
-    let pipes = Pipes {
-        stdin: None,
-        stdout: Some(tokio::process::ChildStdout::from_std(
-            std::process::ChildStdout::from(out_r),
-        )?),
-        stderr: Some(tokio::process::ChildStderr::from_std(
-            std::process::ChildStderr::from(err_r),
-        )?),
-    };
+    let pipes = Pipes::output(out_r, err_r)?;
     let (child, pipes) = Child::adopt_pidfd(pid, pidfd, reap, pipes);
     if errno != 0 {
         // It exited without exec'ing: its reaper reaps it.

@@ -697,7 +697,7 @@ async fn v1_spawn_joined_starts_in_the_cgroup_without_a_fork() {
         "-c".to_owned(),
         "echo $GREETING; pwd; grep -c procmesh-test /proc/self/cgroup; exit 3".to_owned(),
     ];
-    let procs = cg.procs_files();
+    let procs = cg.open_procs().expect("open cgroup.procs");
     let what = procmesh_sys::Joined {
         program: Path::new("/bin/sh"),
         argv: &argv,

@@ -3,10 +3,8 @@
 //! Needs root (it maps the action to an unprivileged outside uid) and user namespaces; skips
 //! with a reason otherwise. `sandbox_test <filter>` runs the tests whose name contains it.
 
-use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use procmesh_protocol::ExitStatus;
@@ -17,13 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 const OUTSIDE_ID: u32 = 60000;
 const LIMIT: Duration = Duration::from_secs(30);
 
-type Test = fn() -> Pin<Box<dyn Future<Output = ()>>>;
-
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        &[$((stringify!($name), || Box::pin($name()) as Pin<Box<dyn Future<Output = ()>>>)),*]
-    };
-}
+mod harness;
 
 fn main() {
     sandbox::run_helper_if_asked();
@@ -39,8 +31,7 @@ fn main() {
         eprintln!("sandbox_test: skipped: needs root to map the action to uid {OUTSIDE_ID}");
         return;
     }
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let tests: &[(&str, Test)] = tests![
+    let tests: &[(&str, harness::Test)] = tests![
         probe_succeeds,
         runs_as_the_mapped_user_without_capabilities,
         the_host_is_invisible,
@@ -57,35 +48,7 @@ fn main() {
         an_unprivileged_runner_maps_its_own_ids,
         figures,
     ];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut failed = Vec::new();
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(120), test())
-                    .await
-                    .expect("test timed out")
-            })
-        }));
-        println!(
-            "test {name} ... {}",
-            if ran.is_ok() { "ok" } else { "FAILED" }
-        );
-        if ran.is_err() {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        eprintln!("failed: {failed:?}");
-        std::process::exit(1);
-    }
+    harness::run(tests);
 }
 
 /// A sandbox directory the way the runner lays one out, plus an empty root and a host secret.

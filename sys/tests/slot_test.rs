@@ -2,10 +2,8 @@
 //! starts the zygote before any thread (`harness = false`). Needs root and user namespaces;
 //! skips with a reason otherwise. `slot_test <filter>` runs the tests whose name contains it.
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::Duration;
 
 use procmesh_protocol::ExitStatus;
@@ -15,13 +13,7 @@ use tokio::io::AsyncReadExt;
 const OUTSIDE_ID: u32 = 60001;
 const LIMIT: Duration = Duration::from_secs(30);
 
-type Test = fn() -> Pin<Box<dyn Future<Output = ()>>>;
-
-macro_rules! tests {
-    ($($name:ident),* $(,)?) => {
-        &[$((stringify!($name), || Box::pin($name()) as Pin<Box<dyn Future<Output = ()>>>)),*]
-    };
-}
+mod harness;
 
 fn main() {
     sandbox::run_helper_if_asked();
@@ -35,8 +27,7 @@ fn main() {
         return;
     }
     sandbox::start_zygote().expect("zygote");
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let tests: &[(&str, Test)] = tests![
+    let tests: &[(&str, harness::Test)] = tests![
         a_slot_runs_actions_and_mirrors_their_ends,
         an_action_sees_nothing_of_the_one_before_it,
         the_host_and_other_sandboxes_are_invisible,
@@ -44,35 +35,7 @@ fn main() {
         a_slot_that_cannot_be_built_says_why,
         figures,
     ];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut failed = Vec::new();
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(120), test())
-                    .await
-                    .expect("test timed out")
-            })
-        }));
-        println!(
-            "test {name} ... {}",
-            if ran.is_ok() { "ok" } else { "FAILED" }
-        );
-        if ran.is_err() {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        eprintln!("failed: {failed:?}");
-        std::process::exit(1);
-    }
+    harness::run(tests);
 }
 
 /// A slot's directories: the base root's mount point and one sandbox per action.

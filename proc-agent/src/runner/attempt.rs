@@ -452,15 +452,20 @@ async fn drive(
             .and_then(Warm::cgroup)
         {
             // ISO-1: in its cgroup before it execs, so nothing it forks starts outside.
-            Some(cgroup) => Start::Joined(Box::new(exec::Joined {
-                argv: std::iter::once(program.display().to_string())
-                    .chain(spec.action.args.iter().cloned())
-                    .collect(),
-                program: program.clone(),
-                env,
-                cwd: sandbox.root().to_path_buf(),
-                cgroup_procs: cgroup.procs_files(),
-            })),
+            Some(cgroup) => match cgroup.open_procs() {
+                Ok(procs) => Start::Joined(Box::new(exec::Joined {
+                    argv: std::iter::once(program.display().to_string())
+                        .chain(spec.action.args.iter().cloned())
+                        .collect(),
+                    program: program.clone(),
+                    env,
+                    cwd: sandbox.root().to_path_buf(),
+                    cgroup_procs: procs,
+                })),
+                Err(e) => {
+                    return Outcome::infrastructure(format!("joining the action's cgroup: {e}"))
+                }
+            },
             None => Start::Plain(command(&program, spec, &sandbox, env)),
         }
     };

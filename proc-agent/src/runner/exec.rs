@@ -91,8 +91,8 @@ pub(crate) struct Joined {
     pub(crate) env: std::collections::BTreeMap<String, String>,
     /// Its working directory.
     pub(crate) cwd: std::path::PathBuf,
-    /// The `cgroup.procs` files it joins before it execs.
-    pub(crate) cgroup_procs: Vec<std::path::PathBuf>,
+    /// The `cgroup.procs` files it joins before it execs, open for writing.
+    pub(crate) cgroup_procs: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Why a process did not start.

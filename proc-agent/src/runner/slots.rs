@@ -12,7 +12,6 @@
 //! never shares a process, a `/tmp`, a mount or a network socket with the one before it. A
 //! slot whose warden died, or whose cgroup could not be emptied, is dropped, not reused.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,7 +96,12 @@ impl Slots {
             limits: None,
         };
         if iso.warm_sandboxes() {
-            let procs = match warm.cgroup.as_ref().map(open_procs).transpose() {
+            let procs = match warm
+                .cgroup
+                .as_ref()
+                .map(ActionCgroup::open_procs)
+                .transpose()
+            {
                 Ok(procs) => procs.unwrap_or_default(),
                 Err(e) => {
                     discard(warm);
@@ -177,20 +181,6 @@ fn discard(warm: Warm) {
         // sweep of the roots directory removes it).
         let _ = std::fs::remove_dir(&root);
     }
-}
-
-/// The `cgroup.procs` files of `cgroup`, open for writing, for the warden to hand on.
-fn open_procs(cgroup: &ActionCgroup) -> std::io::Result<Vec<OwnedFd>> {
-    cgroup
-        .procs_files()
-        .iter()
-        .map(|f| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .map(OwnedFd::from)
-        })
-        .collect()
 }
 
 fn setup_reason(e: procmesh_sys::sandbox::SpawnError) -> String {

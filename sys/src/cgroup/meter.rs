@@ -31,6 +31,21 @@ impl ActionCgroup {
         }
     }
 
+    /// Its `cgroup.procs` files (one per hierarchy), open for writing: a process that writes
+    /// `0` into each joins the cgroup (the sandbox's init, `spawn_joined`'s child).
+    pub fn open_procs(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
+        self.procs_files()
+            .iter()
+            .map(|f| {
+                File::options()
+                    .write(true)
+                    .open(f)
+                    .map(Into::into)
+                    .map_err(|e| super::files::io_err("open", f, e))
+            })
+            .collect()
+    }
+
     /// Whether no process is in it (nested cgroups included), from one counter where the
     /// kernel keeps one — v2 `cgroup.events` populated, v1 `pids.current` — instead of
     /// listing every hierarchy's processes.

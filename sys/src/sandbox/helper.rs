@@ -54,18 +54,48 @@ pub(super) fn wait_for(pid: libc::pid_t) -> libc::c_int {
     }
 }
 
-/// The helper's entry point; never returns.
-pub(super) fn main() -> ! {
-    // SAFETY: plain prctl/signal calls on this single-threaded process.
+/// A fork-like raw `clone` with `flags` (namespaces, `CLONE_PARENT`; never `CLONE_VM`), the
+/// child returning 0 on a copy of the caller's stack. `Ok(0)` in the child, the child's pid in
+/// the caller.
+///
+/// # Safety
+/// The caller is single-threaded, and the child never returns into code that assumes it is
+/// the caller (it ends in `exec` or `_exit`).
+pub(super) unsafe fn raw_clone(flags: libc::c_int, what: &str) -> Result<libc::pid_t, String> {
+    // SAFETY: per the contract; a null stack makes the child run on a copy of this one.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    check(pid, what).map(|pid| pid as libc::pid_t)
+}
+
+/// SBX-4: the calling process is SIGKILLed when its parent (thread) dies.
+pub(super) fn die_with_parent() {
+    // SAFETY: prctl with integer arguments.
     unsafe {
-        // SBX-4: the helper dies with the runner's spawner thread.
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
             0,
             0,
             0,
-        );
+        )
+    };
+}
+
+/// The helper's entry point; never returns.
+pub(super) fn main() -> ! {
+    // SBX-4: the helper dies with the runner's spawner thread.
+    die_with_parent();
+    // SAFETY: plain signal calls on this single-threaded process.
+    unsafe {
         // SBX-6: the group's SIGTERM/SIGINT is for the action; E forwards it.
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
@@ -172,19 +202,8 @@ fn run_slot(
     if fresh_net {
         flags |= libc::CLONE_NEWNET;
     }
-    // SAFETY: a fork-like raw clone (no CLONE_VM, null stack) of a single-threaded process;
-    // the child never returns from `warden::main`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    let w = check(pid, "clone into the slot's namespaces")? as libc::pid_t;
+    // SAFETY: H is single-threaded; the child never returns from `warden::main`.
+    let w = unsafe { raw_clone(flags, "clone into the slot's namespaces") }?;
     if w == 0 {
         drop(go_w);
         drop(up_r);
@@ -236,19 +255,8 @@ fn run(ctl: &OwnedFd, spec: &SandboxSpec, netns: Option<OwnedFd>) -> Result<libc
     if fresh_net {
         flags |= libc::CLONE_NEWNET;
     }
-    // SAFETY: a fork-like raw clone (no CLONE_VM, null stack: the child runs on a copy of this
-    // stack) of a single-threaded process; the child never returns from `init::main`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    let e = check(pid, "clone into new namespaces")? as libc::pid_t;
+    // SAFETY: H is single-threaded; the child never returns from `init::main`.
+    let e = unsafe { raw_clone(flags, "clone into new namespaces") }?;
     if e == 0 {
         drop(go_w);
         drop(up_r);

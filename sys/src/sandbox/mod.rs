@@ -393,15 +393,7 @@ pub async fn spawn(
         })
         .await
         .map_err(io::Error::other)??;
-        let pipes = Pipes {
-            stdin: None,
-            stdout: Some(tokio::process::ChildStdout::from_std(
-                std::process::ChildStdout::from(OwnedFd::from(out_r)),
-            )?),
-            stderr: Some(tokio::process::ChildStderr::from_std(
-                std::process::ChildStderr::from(OwnedFd::from(err_r)),
-            )?),
-        };
+        let pipes = Pipes::output(OwnedFd::from(out_r), OwnedFd::from(err_r))?;
         Child::adopt_pid(pid, Reap::KillGroupFirst, pipes)?
     } else {
         let mut cmd = Command::new(exe);

@@ -168,15 +168,7 @@ impl Slot {
         // A makes itself a group leader; doing it here too closes the window before it ran.
         // SAFETY: setpgid on our own unreaped child that never execs.
         unsafe { libc::setpgid(a as libc::pid_t, a as libc::pid_t) };
-        let pipes = Pipes {
-            stdin: None,
-            stdout: Some(tokio::process::ChildStdout::from_std(
-                std::process::ChildStdout::from(OwnedFd::from(out_r)),
-            )?),
-            stderr: Some(tokio::process::ChildStderr::from_std(
-                std::process::ChildStderr::from(OwnedFd::from(err_r)),
-            )?),
-        };
+        let pipes = Pipes::output(OwnedFd::from(out_r), OwnedFd::from(err_r))?;
         let (child, pipes) = Child::adopt_pid(a, Reap::KillGroupFirst, pipes)?;
         // Until the action has started, a failure or a dropped future takes A down.
         let guard = KillOnDrop(Some(child.clone()));

@@ -24,7 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use super::helper::{check, pipe, wait_for};
+use super::helper::{check, die_with_parent, pipe, raw_clone, wait_for};
 use super::init::{self, Launch};
 use super::{mounts, netns, wire, Bind, SlotSpec};
 
@@ -58,18 +58,12 @@ pub(super) fn main(
     mut go: File,
     mut up: File,
 ) -> ! {
-    // SAFETY: plain prctl/signal calls on this single-threaded process.
+    // SBX-4: the warden dies with the runner.
+    die_with_parent();
+    // SAFETY: plain signal calls on this single-threaded process.
     unsafe {
         // Out of H's group: nothing aimed at H or an action reaches the warden.
         libc::setpgid(0, 0);
-        // SBX-4: the warden dies with the runner.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
@@ -176,19 +170,8 @@ fn launch(
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
-    // SAFETY: a fork-like raw clone (no CLONE_VM, null stack) of this single-threaded
-    // process; the child never returns from `action`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    let a = check(pid, "clone into the action's namespaces")? as libc::pid_t;
+    // SAFETY: W is single-threaded; the child never returns from `action`.
+    let a = unsafe { raw_clone(flags, "clone into the action's namespaces") }?;
     if a == 0 {
         // SAFETY: A does not use W's control socket.
         unsafe { libc::close(ctl.as_raw_fd()) };
@@ -206,17 +189,11 @@ fn action(
     err: OwnedFd,
     status: OwnedFd,
 ) -> ! {
+    // SBX-4: the namespace dies with the runner (A's parent).
+    die_with_parent();
     // SAFETY: plain calls on this single-threaded process and fds it owns.
     unsafe {
         libc::setpgid(0, 0);
-        // SBX-4: the namespace dies with the runner (A's parent).
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
         libc::dup2(out.as_raw_fd(), 1);
         libc::dup2(err.as_raw_fd(), 2);
     }

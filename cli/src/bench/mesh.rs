@@ -28,7 +28,7 @@ use procmesh_protocol::messages::host::IsolationMode;
 use procmesh_protocol::messages::orchestrator::{QueueConfig, SubmitAction};
 use procmesh_protocol::spec::{ActionDef, WorkerId};
 
-use super::runner::Bwrap;
+use super::baseline::Bwrap;
 use super::{print_table, Row};
 use crate::local_mesh::{Identities, LocalMesh, Procs};
 
@@ -95,7 +95,7 @@ async fn e2e(
     let settled = mesh.host.info().isolation.map(|summary| summary.mode);
     let worker = mesh
         .client
-        .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
+        .register_worker(&WorkerBuilder::program(super::baseline::trivial_binary()?))
         .await?;
     let queue = mesh.client.create_queue(QueueConfig::default()).await?;
     // Warm-up: every proc caches the worker.
@@ -143,7 +143,7 @@ async fn noop(dir: &Path, ids: &Identities, n: u64, journal: Journal) -> anyhow:
     .await?;
     let worker = mesh
         .client
-        .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
+        .register_worker(&WorkerBuilder::program(super::baseline::trivial_binary()?))
         .await?;
     let queue = mesh.client.create_queue(QueueConfig::default()).await?;
     run_batch(&queue, worker, 1000).await?;
@@ -237,7 +237,7 @@ pub(super) async fn fill(
     config.timeout = Duration::from_secs(60);
     let client = Client::connect(config).await?;
     let worker = client
-        .register_worker(&WorkerBuilder::program(super::runner::trivial_binary()?))
+        .register_worker(&WorkerBuilder::program(super::baseline::trivial_binary()?))
         .await?;
     let queue = client.create_queue(QueueConfig::default()).await?;
     // Warm up the orchestrator's allocator and maps a little, then measure the growth.
@@ -451,15 +451,15 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
     let budget = Duration::from_secs_f64(options.seconds);
     // Raw first, before any host in this process reaps children.
     let raw = tokio::task::spawn_blocking({
-        let w = super::runner::trivial_binary()?;
+        let w = super::baseline::trivial_binary()?;
         let c = options.concurrency as usize;
-        move || super::runner::raw_spawn_rate(&w, c, budget)
+        move || super::baseline::raw_spawn_rate(&w, c, budget)
     })
     .await??;
     let bwrap = tokio::task::spawn_blocking({
-        let w = super::runner::trivial_binary()?;
+        let w = super::baseline::trivial_binary()?;
         let c = options.concurrency as usize;
-        move || super::runner::bwrap_rate(&w, c, budget)
+        move || super::baseline::bwrap_rate(&w, c, budget)
     })
     .await?;
     let ids = Identities::generate(dir, "bench", Duration::from_secs(3600))?;

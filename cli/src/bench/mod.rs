@@ -2,8 +2,10 @@
 //! every figure beside a raw baseline measured in the same run on the same machine.
 
 mod admin;
+mod baseline;
 mod mesh;
 mod runner;
+mod stages;
 mod transport;
 
 use std::time::Duration;

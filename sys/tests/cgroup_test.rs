@@ -732,3 +732,24 @@ async fn v1_spawn_joined_starts_in_the_cgroup_without_a_fork() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
     cg.remove().expect("remove");
 }
+
+// Attests CG-6 for a name an earlier life left
+#[test]
+fn v1_create_fresh_replaces_a_leftover_of_the_same_name() {
+    let Some(base) = v1_base("fresh") else { return };
+    let old = base
+        .cg
+        .create("proc-1-slot-0", &CgroupLimits::default())
+        .expect("create");
+    let mut sleep = spawn_in(&old, &["sleep", "30"]);
+    assert!(wait_for(Duration::from_secs(5), || !old.is_empty()));
+    let new = base
+        .cg
+        .create_fresh("proc-1-slot-0", &CgroupLimits::default())
+        .expect("create_fresh");
+    reap(&mut sleep, Duration::from_secs(5));
+    assert!(!alive(sleep.id()), "the leftover's process was killed");
+    assert!(new.is_empty());
+    assert!(new.dirs().iter().all(|d| d.is_dir()));
+    new.remove().expect("remove");
+}

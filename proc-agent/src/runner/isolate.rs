@@ -137,11 +137,12 @@ impl Isolator {
         self.settings.mode == IsolationMode::Namespaces && Slot::available()
     }
 
-    /// A slot's cgroup `name` (no limits yet); `None` when the host has no usable cgroups.
+    /// A slot's cgroup `name` (no limits yet); `None` when the host has no usable cgroups. One
+    /// an earlier life of this proc left (it was killed with its slots) is killed and replaced.
     pub(crate) fn create_cgroup(&self, name: &str) -> Result<Option<ActionCgroup>, CgroupError> {
         self.cgroups
             .as_ref()
-            .map(|c| c.create(name, &CgroupLimits::default()))
+            .map(|c| c.create_fresh(name, &CgroupLimits::default()))
             .transpose()
     }
 

@@ -258,6 +258,23 @@ impl Cgroups {
         Ok(action)
     }
 
+    /// Like [`Cgroups::create`], but a cgroup `name` left by an earlier life (a crashed proc
+    /// of the same name) is killed and removed first (CG-6), instead of being an error.
+    pub fn create_fresh(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<ActionCgroup, CgroupError> {
+        match self.create(name, limits) {
+            Err(CgroupError::Exists { .. }) => {
+                tracing::info!(cgroup = %name, "removing a cgroup an earlier life left");
+                self.action(name).remove()?;
+                self.create(name, limits)
+            }
+            other => other,
+        }
+    }
+
     /// Removes the base itself after [`Cgroups::kill_leftovers`] (for uninstalling and tests).
     /// Idempotent.
     pub fn remove_base(&self) -> Result<(), CgroupError> {

@@ -17,6 +17,8 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 mod harness;
 
+use harness::{processes_with, Outcome};
+
 fn main() {
     sandbox::run_helper_if_asked();
     if std::env::args().nth(1).as_deref() == Some(UNPRIVILEGED_CHILD) {
@@ -131,35 +133,9 @@ fn spec(f: &Fixture, script: &str) -> SandboxSpec {
     }
 }
 
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 async fn run_in(spec: &SandboxSpec, netns: Option<&NetnsLease>) -> Outcome {
     let exe = Path::new("/proc/self/exe");
-    let sbx = sandbox::spawn(exe, spec, netns).await.expect("spawn");
-    let (mut out, mut err) = (sbx.pipes.stdout.unwrap(), sbx.pipes.stderr.unwrap());
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    let all = async {
-        let (a, b, info) = tokio::join!(
-            out.read_to_string(&mut stdout),
-            err.read_to_string(&mut stderr),
-            sbx.child.wait()
-        );
-        a.unwrap();
-        b.unwrap();
-        info
-    };
-    let info = tokio::time::timeout(LIMIT, all)
-        .await
-        .expect("action timed out");
-    Outcome {
-        status: info.status,
-        stdout,
-        stderr,
-    }
+    harness::outcome(sandbox::spawn(exe, spec, netns).await.expect("spawn")).await
 }
 
 async fn run(spec: &SandboxSpec) -> Outcome {
@@ -411,20 +387,6 @@ async fn sigterm_to_the_group_reaches_a_trap_once() {
     let info = tokio::time::timeout(LIMIT, sbx.child.wait()).await.unwrap();
     assert_eq!(info.status, ExitStatus::Code(7), "{rest}");
     assert_eq!(rest, "traps=1\n");
-}
-
-fn processes_with(marker: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 // Attests SBX-4

@@ -4,16 +4,15 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use procmesh_protocol::ExitStatus;
 use procmesh_sys::sandbox::{self, ActionLaunch, Bind, IdMap, Slot, SlotSpec, SpawnError};
-use tokio::io::AsyncReadExt;
 
 const OUTSIDE_ID: u32 = 60001;
-const LIMIT: Duration = Duration::from_secs(30);
 
 mod harness;
+
+use harness::{processes_with, Outcome};
 
 fn main() {
     sandbox::run_helper_if_asked();
@@ -120,35 +119,10 @@ fn launch(sandbox: &Path, script: &str, env: &[(&str, &str)]) -> ActionLaunch {
     }
 }
 
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 async fn run(slot: &Slot, launch: &ActionLaunch) -> Outcome {
     let sbx = slot.launch(launch).await.expect("launch");
-    let (mut out, mut err) = (sbx.pipes.stdout.unwrap(), sbx.pipes.stderr.unwrap());
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    let all = async {
-        let (a, b, info) = tokio::join!(
-            out.read_to_string(&mut stdout),
-            err.read_to_string(&mut stderr),
-            sbx.child.wait()
-        );
-        a.unwrap();
-        b.unwrap();
-        info
-    };
-    let info = tokio::time::timeout(LIMIT, all)
-        .await
-        .expect("action timed out");
-    let info = sbx.verdict.expect("a slot's verdict").resolve(info).await;
-    Outcome {
-        status: info.status,
-        stdout,
-        stderr,
-    }
+    assert!(sbx.verdict.is_some(), "a slot's action reports its verdict");
+    harness::outcome(sbx).await
 }
 
 async fn ok(slot: &Slot, launch: &ActionLaunch) -> String {
@@ -161,20 +135,6 @@ async fn ok(slot: &Slot, launch: &ActionLaunch) -> String {
         o.stderr
     );
     o.stdout
-}
-
-fn processes_with(marker: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 // Attests SBX-10, SBX-5

@@ -50,3 +50,57 @@ pub fn run(tests: &[(&str, Test)]) {
         std::process::exit(1);
     }
 }
+
+/// How a sandboxed action ended, with everything it wrote.
+pub struct Outcome {
+    /// Its exit (resolved through the verdict of a warm slot).
+    pub status: procmesh_protocol::ExitStatus,
+    /// All of its stdout.
+    pub stdout: String,
+    /// All of its stderr.
+    pub stderr: String,
+}
+
+/// Reads `sbx`'s stdout and stderr to the end and waits for it, within 30 s.
+pub async fn outcome(sbx: procmesh_sys::sandbox::Sandboxed) -> Outcome {
+    use tokio::io::AsyncReadExt as _;
+    let (mut out, mut err) = (sbx.pipes.stdout.unwrap(), sbx.pipes.stderr.unwrap());
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let all = async {
+        let (a, b, info) = tokio::join!(
+            out.read_to_string(&mut stdout),
+            err.read_to_string(&mut stderr),
+            sbx.child.wait()
+        );
+        a.unwrap();
+        b.unwrap();
+        info
+    };
+    let info = tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("action timed out");
+    let info = match sbx.verdict {
+        Some(verdict) => verdict.resolve(info).await,
+        None => info,
+    };
+    Outcome {
+        status: info.status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The pids whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(pid);
+        }
+    }
+    found
+}

@@ -281,54 +281,76 @@ pub(crate) async fn write_loop<W>(
 }
 
 /// Asks written on one link and perhaps still unanswered (LNK-5): just enough of each to
-/// bounce it. Our own answered asks are pruned as the list grows; asks forwarded for others
-/// (a host's procs) cannot be checked here, so the oldest are forgotten past [`MAX_TRACKED`]
-/// and a bounce of one already answered is dropped by its asker as a late reply (NODE-4).
+/// bounce it. Our own asks are pruned as their replies come (from the front, where the oldest
+/// are, and by a sweep whose threshold doubles, so each record is O(1) amortised); asks
+/// forwarded for others (a host's procs) cannot be checked here, so the oldest are forgotten
+/// past [`MAX_TRACKED`] and a bounce of one already answered is dropped by its asker as a late
+/// reply (NODE-4).
 #[derive(Default)]
 struct AsksInFlight {
-    asks: std::collections::VecDeque<Envelope>,
+    own: std::collections::VecDeque<Envelope>,
+    forwarded: std::collections::VecDeque<Envelope>,
+    /// `own`'s length at which the next full sweep runs.
+    next_sweep: usize,
 }
 
-/// Most asks a link remembers for LNK-5.
+/// Most asks a link remembers for LNK-5 (of each kind: our own, and forwarded ones).
 const MAX_TRACKED: usize = 4096;
 
 impl AsksInFlight {
     fn record(&mut self, node: &NodeInner, written: impl Iterator<Item = Envelope>) {
         for env in written {
             if let procmesh_protocol::Body::Ask { id, .. } = env.body {
-                self.asks.push_back(Envelope {
+                let mine = *env.sender.proc_id() == node.proc_id;
+                let kept = Envelope {
                     body: procmesh_protocol::Body::Ask {
                         id,
                         message: Vec::new(),
                     },
                     trace: None,
                     ..env
-                });
+                };
+                if mine {
+                    self.own.push_back(kept);
+                } else {
+                    self.forwarded.push_back(kept);
+                }
             }
         }
-        if self.asks.len() > MAX_TRACKED / 2 {
-            self.asks.retain(|env| !Self::answered(node, env));
+        while self
+            .own
+            .front()
+            .is_some_and(|env| Self::answered(node, env))
+        {
+            self.own.pop_front();
         }
-        while self.asks.len() > MAX_TRACKED {
-            self.asks.pop_front();
+        if self.own.len() > self.next_sweep.max(MAX_TRACKED / 2) {
+            self.own.retain(|env| !Self::answered(node, env));
+            self.next_sweep = self.own.len() * 2;
+        }
+        for asks in [&mut self.own, &mut self.forwarded] {
+            while asks.len() > MAX_TRACKED {
+                asks.pop_front();
+            }
         }
     }
 
-    /// Whether `env` is our own ask and its reply already came (or it timed out).
+    /// Whether our own ask `env`'s reply already came (or it timed out).
     fn answered(node: &NodeInner, env: &Envelope) -> bool {
         match env.body {
-            procmesh_protocol::Body::Ask { id, .. } => {
-                *env.sender.proc_id() == node.proc_id && !node.pending.contains_key(&id)
-            }
+            procmesh_protocol::Body::Ask { id, .. } => !node.pending.contains_key(&id),
             _ => true,
         }
     }
 
     async fn fail(self, node: &Arc<NodeInner>, reason: String) {
-        for env in self.asks {
+        for env in self.own {
             if !Self::answered(node, &env) {
                 node.bounce(env, reason.clone()).await;
             }
+        }
+        for env in self.forwarded {
+            node.bounce(env, reason.clone()).await;
         }
     }
 }

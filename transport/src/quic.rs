@@ -97,6 +97,12 @@ fn transport_config(opts: &QuicOptions) -> quinn::TransportConfig {
     t.stream_receive_window((8u32 * 1024 * 1024).into());
     t.receive_window((32u32 * 1024 * 1024).into());
     t.send_window(32 * 1024 * 1024);
+    // Fewer ACK-only packets: messages here are small and mostly answered, so the peer may
+    // wait for 8 packets or 5 ms before it acknowledges (ACKs still ride on every reply).
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(8u32.into())
+        .max_ack_delay(Some(Duration::from_millis(5)));
+    t.ack_frequency_config(Some(ack));
     t
 }
 

@@ -299,7 +299,7 @@ async fn a_worker_runs_100_actions_with_inputs_through_a_real_proc() {
     assert_eq!(failed.state, ActionState::Failed);
     assert_eq!(failed.detail.exit, Some(ExitStatus::Code(3)));
     assert!(String::from_utf8_lossy(&failed.detail.stderr_tail).contains("broken"));
-    // Every action went Submitting → Running → terminal, with the proc as location.
+    // Every action went Running → terminal, with the proc as location.
     assert!(seen.count_in(ActionState::Running) >= 101);
 }
 

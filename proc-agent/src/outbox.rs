@@ -14,6 +14,11 @@
 //! meanwhile sent as one `ActionUpdates` of up to [`PumpConfig::max_batch`] transitions. One
 //! round trip per batch keeps the dispatch path's throughput: the batch grows with the RTT.
 //!
+//! Progress alone waits a little: when only non-terminal transitions (`Running`) are waiting,
+//! the pump holds them for up to [`PumpConfig::linger`], so the `Running` and the final
+//! transition of a short action travel in one message. A terminal transition is never held:
+//! it frees capacity the orchestrator dispatches into.
+//!
 //! # Which answer acknowledges what
 //! An answer acknowledges the whole message, whatever it says about the transitions inside
 //! (for a batch the orchestrator judges each on its own and answers `Ack`):
@@ -81,6 +86,9 @@ pub struct PumpConfig {
     pub backoff_min: Duration,
     /// The longest wait between re-sends, e.g. 2 s.
     pub backoff_max: Duration,
+    /// How long non-terminal transitions alone may wait for more to send with them, e.g.
+    /// 3 ms (zero: sent at once).
+    pub linger: Duration,
 }
 
 impl Default for PumpConfig {
@@ -91,6 +99,7 @@ impl Default for PumpConfig {
             ask_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            linger: Duration::from_millis(3),
         }
     }
 }
@@ -255,6 +264,15 @@ impl Outbox {
     /// Whether a message is being asked.
     pub fn in_flight(&self) -> bool {
         self.in_flight > 0
+    }
+
+    /// Whether a message could be sent now and it would carry only non-terminal transitions
+    /// (which the pump may hold for [`PumpConfig::linger`]).
+    pub fn progress_only(&self) -> bool {
+        self.in_flight == 0
+            && !self.backing_off
+            && !self.queue.is_empty()
+            && self.queue.iter().all(|t| !t.state.is_terminal())
     }
 
     /// The waiting transitions, in order.
@@ -452,11 +470,24 @@ struct Dest {
     id: ActorId,
     target: RemoteRef<OrchestratorRequest>,
     outbox: Outbox,
+    hold: Hold,
+}
+
+/// Whether a destination's progress-only message is being held ([`PumpConfig::linger`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Not held: the next progress-only message starts a hold.
+    Open,
+    /// Held until the linger timer fires (or a terminal transition comes).
+    Holding,
+    /// The timer fired: send what is waiting.
+    Released,
 }
 
 enum Event {
     Answered(Result<Result<(), OrchestratorError>, SendFailure>),
     Wake,
+    Release,
 }
 
 struct Pump {
@@ -480,7 +511,24 @@ impl Pump {
         let mut open = true;
         loop {
             for (i, dest) in self.dests.iter_mut().enumerate() {
+                let linger = self.config.linger;
+                if !linger.is_zero() && flushers.is_empty() && dest.outbox.progress_only() {
+                    match dest.hold {
+                        Hold::Open => {
+                            dest.hold = Hold::Holding;
+                            let task = tasks.spawn(async move {
+                                tokio::time::sleep(linger).await;
+                                Event::Release
+                            });
+                            serving.push((task.id(), i));
+                            continue;
+                        }
+                        Hold::Holding => continue,
+                        Hold::Released => {}
+                    }
+                }
                 if let Some(message) = dest.outbox.next_message(self.config.max_batch) {
+                    dest.hold = Hold::Open;
                     let target = dest.target.clone();
                     let timeout = self.config.ask_timeout;
                     let task = tasks
@@ -558,6 +606,7 @@ impl Pump {
                             target: self.node.remote_ref(report_to.clone()),
                             id: report_to,
                             outbox: Outbox::new(self.config.max_unacknowledged),
+                            hold: Hold::Open,
                         });
                         self.dests.len() - 1
                     }
@@ -605,6 +654,12 @@ impl Pump {
         let result = match event {
             Event::Wake => {
                 dest.outbox.wake();
+                return None;
+            }
+            Event::Release => {
+                if dest.hold == Hold::Holding {
+                    dest.hold = Hold::Released;
+                }
                 return None;
             }
             Event::Answered(result) => result,
@@ -669,6 +724,21 @@ mod tests {
         assert_eq!(c.ask_timeout, Duration::from_secs(5));
         assert_eq!(c.backoff_min, Duration::from_millis(100));
         assert_eq!(c.backoff_max, Duration::from_secs(2));
+        assert_eq!(c.linger, Duration::from_millis(3));
+    }
+
+    #[test]
+    fn only_progress_may_be_held() {
+        let mut o = Outbox::new(10);
+        assert!(!o.progress_only(), "nothing waits");
+        o.push(t(1, ActionState::Running));
+        o.push(t(2, ActionState::Running));
+        assert!(o.progress_only());
+        o.push(t(1, ActionState::Completed));
+        assert!(!o.progress_only(), "a final transition is never held");
+        let _ = o.next_message(512);
+        o.push(t(3, ActionState::Running));
+        assert!(!o.progress_only(), "a message is in flight");
     }
 
     #[test]

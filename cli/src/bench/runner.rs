@@ -13,9 +13,7 @@
 //!
 //! With `--breakdown`, each runner phase's proc agent writes its stage log
 //! (`PROCMESH_STAGE_LOG`) and the suite prints the median microseconds of each stage of the
-//! attempts after the warm-up. With `PROCMESH_BENCH_PHASES` set, it also prints (to stderr)
-//! where an action's time goes as the transitions tell it: Submitting → Running (preparation),
-//! Running → end, end → next submission.
+//! attempts after the warm-up.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,21 +50,14 @@ const T: Duration = Duration::from_secs(30);
 /// Stands in for the orchestrator: serves the worker, frees a slot per finished action.
 #[derive(Actor)]
 struct Sink {
-    phases: Arc<std::sync::Mutex<BTreeMap<u64, [u64; 3]>>>,
     worker: WorkerDescriptor,
     slots: Arc<Semaphore>,
     failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Sink {
-    /// Notes when an action entered each phase; frees its slot once it ends.
+    /// Frees an action's slot once it ends.
     fn record(&self, t: Transition) {
-        let i = match t.state {
-            ActionState::Submitting => 0,
-            ActionState::Running => 1,
-            _ => 2,
-        };
-        self.phases.lock().unwrap().entry(t.lsn.0).or_default()[i] = t.at.as_millis();
         if t.state.is_terminal() {
             if t.state != ActionState::Completed {
                 self.failed
@@ -457,9 +448,7 @@ async fn runner_rate(
         .await?;
     let slots = Arc::new(Semaphore::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let phases = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let sink = Sink {
-        phases: phases.clone(),
         worker,
         slots: slots.clone(),
         failed: failed.clone(),
@@ -482,19 +471,6 @@ async fn runner_rate(
     load.drive(&mut lsn, Duration::from_millis(500)).await?;
     let warm_up = lsn;
     let per_s = load.drive(&mut lsn, budget).await?;
-    if std::env::var_os("PROCMESH_BENCH_PHASES").is_some() {
-        let phases = phases.lock().unwrap();
-        let n = phases.len().max(1) as f64;
-        let prep: u64 = phases.values().map(|p| p[1].saturating_sub(p[0])).sum();
-        let run: u64 = phases.values().map(|p| p[2].saturating_sub(p[1])).sum();
-        let gaps: Vec<u64> = phases
-            .values()
-            .zip(phases.values().skip(2))
-            .map(|(a, b)| b[0].saturating_sub(a[2]))
-            .collect();
-        let gap: u64 = gaps.iter().sum();
-        eprintln!("phases over {n} actions: submitting->running {:.2} ms, running->end {:.2} ms, end->next submit {:.2} ms", prep as f64 / n, run as f64 / n, gap as f64 / gaps.len().max(1) as f64);
-    }
     let failures = failed.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(failures == 0, "{failures} bench actions did not complete");
 

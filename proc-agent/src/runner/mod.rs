@@ -2,7 +2,7 @@
 //! every lifecycle step as it happens.
 //!
 //! ```text
-//!  submit ──▶ slot taken, Submitting ──▶ worker (cache) ─▶ input blobs ─▶ sandbox ─▶ spawn
+//!  submit ──▶ slot taken ──▶ worker (cache) ─▶ input blobs ─▶ sandbox ─▶ spawn
 //!    │                                                                          │
 //!    └─ refused: Stopping | InvalidAction | Duplicate | NoCapacity        Running ▼
 //!                       exit / timeout / cancel ─▶ outputs ─▶ Completed | Failed | Cancelled
@@ -29,9 +29,10 @@
 //!   that sends the final transition — so `capacity()` counts actions being prepared, and a
 //!   submission made after its predecessor's final report never finds that slot taken. Over
 //!   capacity a submission is refused (`NoCapacity`), never queued.
-//! - **PA-2** Reports: an accepted attempt reports `Submitting`, then `Running` once its process
-//!   started (not if it never did), then exactly one of `Completed`, `Failed`, `Cancelled`, and
-//!   nothing after; each carries the proc as location and the time it happened. A panicking
+//! - **PA-2** Reports: an accepted attempt reports `Running` once its process started (not if it
+//!   never did), then exactly one of `Completed`, `Failed`, `Cancelled`, and nothing after. It
+//!   does not echo `Submitting`: the orchestrator set that state when it dispatched, and the
+//!   answer to the submission is what confirms it (one message less per action); each carries the proc as location and the time it happened. A panicking
 //!   attempt task still ends `Failed`.
 //! - **PA-3** Cancel wins: once `cancel` returned `true` the attempt ends `Cancelled` — whether
 //!   it was being prepared, running, or already exiting (with code 0 included) — never
@@ -418,7 +419,7 @@ impl Runner {
 
     /// Takes a slot for `spec` at once, or refuses: `Stopping`, `InvalidAction` (SPEC-1,
     /// SPEC-3), `Duplicate` (this attempt is held here), `NoCapacity` (PA-1: never queued).
-    /// Reports `Submitting` before it returns, then prepares and runs the attempt in the
+    /// Holds the attempt as `Submitting` before it returns, then prepares and runs it in the
     /// background, reporting `Running` and the final transition to `report_to` (PA-2).
     pub fn submit(&self, spec: ActionSpec, report_to: ActorId) -> Result<AttemptRef, AgentError> {
         let shared = &self.shared;
@@ -438,9 +439,6 @@ impl Runner {
             }
             let at = now();
             let (cancel, cancel_rx) = watch::channel(None);
-            let t = Transition::new(attempt.lsn, attempt.attempt, ActionState::Submitting, at)
-                .with_detail(attempt::located(&shared.config.proc_id));
-            shared.send(&report_to, t);
             table.slots.insert(
                 attempt,
                 Slot {

@@ -396,7 +396,10 @@ async fn drive(
             .await
         {
             Ok(warm) => Some(WarmGuard {
-                iso,
+                iso: shared
+                    .isolator
+                    .clone()
+                    .expect("iso comes from the isolator"),
                 warm: Some(warm),
                 meter: None,
             }),
@@ -492,7 +495,7 @@ async fn drive(
     )
     .await;
     stages.mark_split("spawn", spawned, "wait");
-    let finished = match finished {
+    let mut finished = match finished {
         Ok(finished) => finished,
         Err(StartError::Setup(reason)) => {
             return Outcome::infrastructure(format!("sandbox setup failed: {reason}"))
@@ -513,7 +516,7 @@ async fn drive(
         pid: finished.identity.pid,
         start_time: finished.identity.start_time,
     };
-    let usage = warm.and_then(WarmGuard::finish);
+    let usage = warm.and_then(|warm| warm.finish(finished.exiting.take()));
     if let (Some(name), Some(iso)) = (own_root, iso) {
         iso.release_root(&name);
     }
@@ -526,13 +529,13 @@ async fn drive(
 
 /// The attempt's warm slot: given back when the attempt is over — after its figures are read
 /// and its cgroup is empty — even if the attempt's task is dropped half-way (ISO-1, PA-12).
-struct WarmGuard<'a> {
-    iso: &'a isolate::Isolator,
+struct WarmGuard {
+    iso: Arc<isolate::Isolator>,
     warm: Option<Warm>,
     meter: Option<procmesh_sys::cgroup::Meter>,
 }
 
-impl WarmGuard<'_> {
+impl WarmGuard {
     fn warm(&self) -> Option<&Warm> {
         self.warm.as_ref()
     }
@@ -549,14 +552,34 @@ impl WarmGuard<'_> {
         }
     }
 
-    /// The whole tree's figures; the slot goes back (emptied first).
-    fn finish(mut self) -> Option<procmesh_sys::cgroup::CgroupStats> {
+    /// The whole tree's figures; the slot goes back (emptied first) — once `exiting`, the
+    /// slot's init that reported the action's end, was reaped (its namespaces are gone).
+    fn finish(
+        mut self,
+        exiting: Option<procmesh_sys::Child>,
+    ) -> Option<procmesh_sys::cgroup::CgroupStats> {
         let warm = self.warm.take()?;
-        self.iso.slots.give_back(warm, self.meter.take())
+        let stats = match (warm.cgroup(), self.meter.take()) {
+            (Some(cgroup), Some(meter)) => Some(cgroup.since(meter)),
+            _ => None,
+        };
+        match exiting {
+            None => {
+                self.iso.slots.give_back(warm, None);
+            }
+            Some(init) => {
+                let iso = self.iso.clone();
+                tokio::spawn(async move {
+                    init.wait().await;
+                    iso.slots.give_back(warm, None);
+                });
+            }
+        }
+        stats
     }
 }
 
-impl Drop for WarmGuard<'_> {
+impl Drop for WarmGuard {
     fn drop(&mut self) {
         if let Some(warm) = self.warm.take() {
             self.iso.slots.give_back(warm, None);
@@ -645,6 +668,7 @@ async fn ended(
         stderr_tail,
         netns,
         identity: _,
+        exiting: _,
     } = finished;
     // The cgroup is gone by now: the network namespace may serve the next action.
     drop(netns);

@@ -122,6 +122,9 @@ pub(crate) struct Finished {
     pub(crate) stdout_tail: Vec<u8>,
     /// The last bytes of its stderr.
     pub(crate) stderr_tail: Vec<u8>,
+    /// In a warm slot whose init reported the action's end before it exited: that init, still
+    /// tearing its namespaces down. The slot may be reused only once it was reaped.
+    pub(crate) exiting: Option<Child>,
 }
 
 /// The last `cap` bytes of a stream, kept in at most `2 * cap` bytes (PA-8).
@@ -305,6 +308,17 @@ pub(crate) async fn execute(
 
     let wait = child.wait();
     tokio::pin!(wait);
+    // In a warm slot, A reports F's end before its namespaces are torn down: the attempt ends
+    // there, and A is reaped after (the slot waits for it, not the report).
+    let mut reported_open = verdict.is_some();
+    let reported = async move {
+        match verdict {
+            Some(mut verdict) => verdict.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(reported);
+    let mut early = false;
     loop {
         if exit.is_some() && stdout.is_none() && stderr.is_none() {
             break;
@@ -313,6 +327,14 @@ pub(crate) async fn execute(
             info = &mut wait, if exit.is_none() => {
                 exit = Some(info);
                 drain_until = Instant::now() + DRAIN;
+            }
+            info = &mut reported, if reported_open && exit.is_none() => {
+                reported_open = false;
+                if let Some(info) = info {
+                    exit = Some(info);
+                    early = true;
+                    drain_until = Instant::now() + DRAIN;
+                }
             }
             read = async { stdout.as_mut().expect("guarded").read(&mut out_buf).await },
                 if stdout.is_some() => match read {
@@ -362,9 +384,18 @@ pub(crate) async fn execute(
         Some(exit) => exit,
         None => wait.await,
     };
-    let exit = match verdict {
-        Some(verdict) => verdict.resolve(exit).await,
-        None => exit,
+    // A exited first (it was killed, or reported just as it died): F's status when A wrote it,
+    // with A's figures (which cover F and what A reaped).
+    let exit = if reported_open && !early {
+        match tokio::time::timeout(Duration::from_secs(1), &mut reported).await {
+            Ok(Some(reported)) => ExitInfo {
+                status: reported.status,
+                ..exit
+            },
+            _ => exit,
+        }
+    } else {
+        exit
     };
     Ok(Finished {
         identity,
@@ -373,6 +404,7 @@ pub(crate) async fn execute(
         exit,
         stdout_tail: out_tail.into_bytes(),
         stderr_tail: err_tail.into_bytes(),
+        exiting: early.then(|| child.clone()),
     })
 }
 

@@ -52,6 +52,8 @@ impl Warm {
 pub(crate) struct Slots {
     idle: Mutex<Vec<Warm>>,
     made: AtomicU32,
+    /// Set by [`clear`](Self::clear): a slot given back later is ended, not kept.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Slots {
@@ -146,10 +148,13 @@ impl Slots {
                 }
             }
         }
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(warm);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            drop(idle);
+            discard(warm);
+        } else {
+            idle.push(warm);
+        }
         stats
     }
 
@@ -158,9 +163,14 @@ impl Slots {
         discard(warm);
     }
 
-    /// Ends every idle slot: wardens stopped, cgroups removed, roots deleted.
+    /// Ends every idle slot: wardens stopped, cgroups removed, roots deleted; a slot given back
+    /// after this is ended the same way.
     pub(crate) fn clear(&self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *idle)
+        };
         for warm in idle {
             discard(warm);
         }

@@ -117,30 +117,45 @@ fn run(wait_go: bool, setup: impl FnOnce() -> Result<Launch, String>, mut go: Fi
         wait_for(f);
         return failed(&mut up, reason);
     }
+    // The action's stdout and stderr end with the action's processes, not with this init:
+    // an exiting process releases its files only after its namespaces are torn down.
+    // SAFETY: closes fds this process owns and no longer writes to.
+    unsafe {
+        libc::close(1);
+        libc::close(2);
+    }
     let mut msg = vec![b'S'];
     msg.extend_from_slice(&f.to_le_bytes());
     if up.write_all(&msg).is_err() || go.read_exact(&mut byte).is_err() {
         return; // H is gone; so is the namespace once E exits.
     }
-    let status = reap(f, &set);
+    let (status, usage) = reap(f, &set);
+    // 'W', F's wait status, then its CPU milliseconds and peak RSS bytes (F and what F reaped),
+    // so the runner can finish the attempt before this namespace is torn down.
     let mut msg = vec![b'W'];
     msg.extend_from_slice(&status.to_le_bytes());
+    let cpu_ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    msg.extend_from_slice(&(cpu_ms(usage.ru_utime) + cpu_ms(usage.ru_stime)).to_le_bytes());
+    msg.extend_from_slice(&(usage.ru_maxrss.max(0) as u64 * 1024).to_le_bytes());
     let _ = up.write_all(&msg);
     // Returning exits E; the kernel kills what is left in the namespace (SBX-4).
 }
 
-/// Acts as init until F exits: reaps every child, forwards signals (SBX-6). F's wait status.
-fn reap(f: libc::pid_t, set: &libc::sigset_t) -> libc::c_int {
+/// Acts as init until F exits: reaps every child, forwards signals (SBX-6). F's wait status
+/// and resource usage.
+fn reap(f: libc::pid_t, set: &libc::sigset_t) -> (libc::c_int, libc::rusage) {
     loop {
         loop {
             let mut status = 0;
-            // SAFETY: valid pointer to a local.
-            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            // SAFETY: all-zero is a valid rusage.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: valid pointers to locals.
+            let r = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
             if r <= 0 {
                 break;
             }
             if r == f {
-                return status;
+                return (status, usage);
             }
         }
         // SAFETY: valid set; a null siginfo is allowed.

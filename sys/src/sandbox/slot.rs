@@ -244,18 +244,30 @@ async fn started(status: &mut tokio::net::UnixStream, a: u32) -> Result<Started,
 pub struct Verdict(tokio::net::UnixStream);
 
 impl Verdict {
+    /// How the action ended, as A reported it when F exited: F's status, and its CPU time and
+    /// peak RSS (F and what F reaped). `None` when A ended without reporting (it was killed, or
+    /// the slot broke). A reports before its namespace is torn down, so this comes before A's
+    /// own exit; the slot is reusable only once A was reaped. Not cancel-safe: keep the future.
+    pub async fn recv(&mut self) -> Option<ExitInfo> {
+        let mut msg = [0u8; 21];
+        self.0.read_exact(&mut msg).await.ok()?;
+        let u64_at = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().expect("8 bytes"));
+        (msg[0] == b'W').then(|| ExitInfo {
+            status: crate::child::decode_status(i32::from_le_bytes([
+                msg[1], msg[2], msg[3], msg[4],
+            ])),
+            cpu_ms: u64_at(5),
+            peak_rss_bytes: u64_at(13),
+        })
+    }
+
     /// `info` (A's exit and rusage, which covers F and what A reaped) with F's exit status
     /// when A reported one; as it is when A died first (killed).
     pub async fn resolve(mut self, info: ExitInfo) -> ExitInfo {
-        let status = async {
-            let mut msg = [0u8; 5];
-            self.0.read_exact(&mut msg).await.ok()?;
-            (msg[0] == b'W').then(|| i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]))
-        };
         // A wrote it before it exited, and it has exited: the bytes are there or never come.
-        match tokio::time::timeout(std::time::Duration::from_secs(1), status).await {
-            Ok(Some(status)) => ExitInfo {
-                status: crate::child::decode_status(status),
+        match tokio::time::timeout(std::time::Duration::from_secs(1), self.recv()).await {
+            Ok(Some(reported)) => ExitInfo {
+                status: reported.status,
                 ..info
             },
             _ => info,

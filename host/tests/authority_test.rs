@@ -530,7 +530,10 @@ async fn only_the_orchestrator_may_claim_the_orchestrators_address() {
     // Each squatter was refused; one may have dialled twice (its link attempt raced with the
     // ask that needed it), and each attempt is refused and counted.
     let refused = t.host.refusals()["orchestrator_address"];
-    assert!((3..=6).contains(&refused), "{refused} refusals for 3 squatters");
+    assert!(
+        (3..=6).contains(&refused),
+        "{refused} refusals for 3 squatters"
+    );
     // The orchestrator itself, at its address, is admitted.
     let real = NodeBuilder::new("service")
         .quic(

@@ -349,12 +349,21 @@ fn wait4(pid: u32, nohang: bool) -> io::Result<Option<ExitInfo>> {
     if r == 0 {
         return Ok(None);
     }
-    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    let (cpu_ms, peak_rss_bytes) = usage_figures(&usage);
     Ok(Some(ExitInfo {
         status: decode_status(status),
-        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
-        peak_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
+        cpu_ms,
+        peak_rss_bytes,
     }))
+}
+
+/// User plus system CPU milliseconds and peak RSS bytes of a `wait4` rusage.
+pub(crate) fn usage_figures(usage: &libc::rusage) -> (u64, u64) {
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    (
+        ms(usage.ru_utime) + ms(usage.ru_stime),
+        usage.ru_maxrss.max(0) as u64 * 1024,
+    )
 }
 
 /// Kills the group if asked, reaps, and untracks, all in one critical section (SYS-1, SYS-3).

@@ -310,14 +310,8 @@ pub(crate) async fn execute(
     tokio::pin!(wait);
     // In a warm slot, A reports F's end before its namespaces are torn down: the attempt ends
     // there, and A is reaped after (the slot waits for it, not the report).
+    let mut verdict = verdict;
     let mut reported_open = verdict.is_some();
-    let reported = async move {
-        match verdict {
-            Some(mut verdict) => verdict.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(reported);
     let mut early = false;
     loop {
         if exit.is_some() && stdout.is_none() && stderr.is_none() {
@@ -328,7 +322,8 @@ pub(crate) async fn execute(
                 exit = Some(info);
                 drain_until = Instant::now() + DRAIN;
             }
-            info = &mut reported, if reported_open && exit.is_none() => {
+            info = async { verdict.as_mut().expect("guarded").recv().await },
+                if reported_open && exit.is_none() => {
                 reported_open = false;
                 if let Some(info) = info {
                     exit = Some(info);
@@ -384,18 +379,10 @@ pub(crate) async fn execute(
         Some(exit) => exit,
         None => wait.await,
     };
-    // A exited first (it was killed, or reported just as it died): F's status when A wrote it,
-    // with A's figures (which cover F and what A reaped).
-    let exit = if reported_open && !early {
-        match tokio::time::timeout(Duration::from_secs(1), &mut reported).await {
-            Ok(Some(reported)) => ExitInfo {
-                status: reported.status,
-                ..exit
-            },
-            _ => exit,
-        }
-    } else {
-        exit
+    // A exited first (it was killed, or reported just as it died): F's status if A wrote it.
+    let exit = match verdict {
+        Some(verdict) if !early => verdict.resolve(exit).await,
+        _ => exit,
     };
     Ok(Finished {
         identity,

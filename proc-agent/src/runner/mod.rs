@@ -30,10 +30,11 @@
 //!   submission made after its predecessor's final report never finds that slot taken. Over
 //!   capacity a submission is refused (`NoCapacity`), never queued.
 //! - **PA-2** Reports: an accepted attempt reports `Running` once its process started (not if it
-//!   never did), then exactly one of `Completed`, `Failed`, `Cancelled`, and nothing after. It
-//!   does not echo `Submitting`: the orchestrator set that state when it dispatched, and the
-//!   answer to the submission is what confirms it (one message less per action); each carries the proc as location and the time it happened. A panicking
-//!   attempt task still ends `Failed`.
+//!   never did), then exactly one of `Completed`, `Failed`, `Cancelled`, and nothing after;
+//!   each carries the proc as location and the time it happened. A panicking attempt task
+//!   still ends `Failed`. It does not echo `Submitting`: the orchestrator set that state when
+//!   it dispatched, and the answer to the submission confirms it (one message less per
+//!   action).
 //! - **PA-3** Cancel wins: once `cancel` returned `true` the attempt ends `Cancelled` — whether
 //!   it was being prepared, running, or already exiting (with code 0 included) — never
 //!   `Completed` or `Failed`.

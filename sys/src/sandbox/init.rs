@@ -134,9 +134,9 @@ fn run(wait_go: bool, setup: impl FnOnce() -> Result<Launch, String>, mut go: Fi
     // so the runner can finish the attempt before this namespace is torn down.
     let mut msg = vec![b'W'];
     msg.extend_from_slice(&status.to_le_bytes());
-    let cpu_ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    msg.extend_from_slice(&(cpu_ms(usage.ru_utime) + cpu_ms(usage.ru_stime)).to_le_bytes());
-    msg.extend_from_slice(&(usage.ru_maxrss.max(0) as u64 * 1024).to_le_bytes());
+    let (cpu_ms, peak_rss_bytes) = crate::child::usage_figures(&usage);
+    msg.extend_from_slice(&cpu_ms.to_le_bytes());
+    msg.extend_from_slice(&peak_rss_bytes.to_le_bytes());
     let _ = up.write_all(&msg);
     // Returning exits E; the kernel kills what is left in the namespace (SBX-4).
 }

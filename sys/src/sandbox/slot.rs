@@ -187,7 +187,7 @@ impl Slot {
                     child,
                     pipes,
                     started,
-                    verdict: Some(Verdict(status)),
+                    verdict: Some(Verdict::new(status)),
                 })
             }
         }
@@ -241,16 +241,38 @@ async fn started(status: &mut tokio::net::UnixStream, a: u32) -> Result<Started,
 /// namespace and cannot die of the action's signal, so its own exit does not mirror F's
 /// (SBX-5 holds through this instead).
 #[derive(Debug)]
-pub struct Verdict(tokio::net::UnixStream);
+pub struct Verdict {
+    status: tokio::net::UnixStream,
+    /// A's report as read so far: `W`, F's wait status, CPU ms, peak RSS bytes.
+    msg: [u8; VERDICT_LEN],
+    got: usize,
+}
+
+/// The length of A's report on the status socket.
+const VERDICT_LEN: usize = 21;
 
 impl Verdict {
+    fn new(status: tokio::net::UnixStream) -> Verdict {
+        Verdict {
+            status,
+            msg: [0; VERDICT_LEN],
+            got: 0,
+        }
+    }
+
     /// How the action ended, as A reported it when F exited: F's status, and its CPU time and
     /// peak RSS (F and what F reaped). `None` when A ended without reporting (it was killed, or
     /// the slot broke). A reports before its namespace is torn down, so this comes before A's
-    /// own exit; the slot is reusable only once A was reaped. Not cancel-safe: keep the future.
+    /// own exit; the slot is reusable only once A was reaped. Cancel-safe: what was read is
+    /// kept, and once complete the report is returned again.
     pub async fn recv(&mut self) -> Option<ExitInfo> {
-        let mut msg = [0u8; 21];
-        self.0.read_exact(&mut msg).await.ok()?;
+        while self.got < VERDICT_LEN {
+            match self.status.read(&mut self.msg[self.got..]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.got += n,
+            }
+        }
+        let msg = &self.msg;
         let u64_at = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().expect("8 bytes"));
         (msg[0] == b'W').then(|| ExitInfo {
             status: crate::child::decode_status(i32::from_le_bytes([

@@ -17,10 +17,13 @@
 //!   contain the separators `,` and `.`, which is what makes parsing unambiguous even when a Unix
 //!   path contains them.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -159,46 +162,94 @@ impl FromStr for HostAddr {
 }
 
 /// A proc: a host address and a proc name on it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ProcId {
+///
+/// Shared and rendered once: an action's record, every transition that names where it ran,
+/// and every event sent to a client carry one, so a clone is a reference count and its text
+/// form (what [`Display`](fmt::Display) and the wire show) is kept beside the parts.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcId(Arc<ProcParts>);
+
+/// The parts of a [`ProcId`], compared in this order; `text` follows from the other two.
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct ProcParts {
     addr: HostAddr,
-    name: String,
+    name: Box<str>,
+    text: Box<str>,
 }
 
 impl ProcId {
     /// A proc id, checking the name (ID-2).
     pub fn new(addr: HostAddr, name: &str) -> Result<Self, IdError> {
         validate_name(name)?;
-        Ok(ProcId {
+        let text = format!("{addr},{name}").into_boxed_str();
+        Ok(ProcId(Arc::new(ProcParts {
             addr,
-            name: name.to_owned(),
-        })
+            name: name.into(),
+            text,
+        })))
     }
 
     /// The host this proc lives on.
     pub fn addr(&self) -> &HostAddr {
-        &self.addr
+        &self.0.addr
     }
 
     /// The proc's name on its host.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
+    }
+
+    /// Its text form, `addr,name`.
+    pub fn as_str(&self) -> &str {
+        &self.0.text
     }
 
     /// Whether this is the host's reserved `service` proc.
     pub fn is_service(&self) -> bool {
-        self.name == SERVICE_PROC
+        &*self.0.name == SERVICE_PROC
     }
 
     /// The actor `name` in this proc.
     pub fn actor(&self, name: &str) -> Result<ActorId, IdError> {
         ActorId::new(self.clone(), name)
     }
+
+    /// Parses `text`, reusing an id parsed recently on this thread: a busy link decodes the
+    /// same few procs over and over (every transition names one), so most arrivals cost a
+    /// hash lookup instead of a parse and an allocation. The cache is bounded and only ever
+    /// holds ids that parsed, so it answers exactly what parsing would.
+    fn parse_recent(text: &str) -> Result<ProcId, IdError> {
+        const RECENT_MAX: usize = 1024;
+        thread_local! {
+            static RECENT: RefCell<HashMap<Box<str>, ProcId>> = RefCell::new(HashMap::new());
+        }
+        RECENT.with(|recent| {
+            if let Some(id) = recent.borrow().get(text) {
+                return Ok(id.clone());
+            }
+            let id: ProcId = text.parse()?;
+            let mut recent = recent.borrow_mut();
+            if recent.len() >= RECENT_MAX {
+                recent.clear();
+            }
+            recent.insert(text.into(), id.clone());
+            Ok(id)
+        })
+    }
+}
+
+impl fmt::Debug for ProcId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcId")
+            .field("addr", &self.0.addr)
+            .field("name", &self.0.name)
+            .finish()
+    }
 }
 
 impl fmt::Display for ProcId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{},{}", self.addr, self.name)
+        f.write_str(&self.0.text)
     }
 }
 
@@ -212,6 +263,28 @@ impl FromStr for ProcId {
             text: s.to_owned(),
         })?;
         ProcId::new(addr.parse()?, name)
+    }
+}
+
+impl Serialize for ProcId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProcId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = ProcId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a ProcId in text form")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ProcId, E> {
+                ProcId::parse_recent(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -268,7 +341,8 @@ impl FromStr for ActorId {
 }
 
 /// Ids travel on the wire as their text form: readable in captures and golden bytes, and
-/// checked again on arrival (a peer cannot smuggle an invalid name past ID-2).
+/// checked again on arrival (a peer cannot smuggle an invalid name past ID-2). [`ProcId`]
+/// does the same by hand, from the text it keeps.
 macro_rules! serde_as_text {
     ($($t:ty),*) => {$(
         impl Serialize for $t {
@@ -294,7 +368,7 @@ macro_rules! serde_as_text {
         }
     )*};
 }
-serde_as_text!(HostAddr, ProcId, ActorId);
+serde_as_text!(HostAddr, ActorId);
 
 #[cfg(test)]
 mod tests {
@@ -314,6 +388,30 @@ mod tests {
         let unix: ActorId = "unix!/run/a.b,c/host.sock,p.x".parse().unwrap();
         assert_eq!(unix.addr(), &HostAddr::Unix("/run/a.b,c/host.sock".into()));
         assert_eq!(unix.proc_id().name(), "p");
+    }
+
+    #[test]
+    fn proc_ids_decode_from_the_recent_cache_as_parsing_would() {
+        let id: ProcId = "quic!10.0.0.5:7700,worker-3".parse().unwrap();
+        assert_eq!(id.as_str(), "quic!10.0.0.5:7700,worker-3");
+        assert_eq!(format!("{id:?}"), format!("{:?}", id.clone()));
+        let bytes = rmp_serde::to_vec(&id).unwrap();
+        let first: ProcId = rmp_serde::from_slice(&bytes).unwrap();
+        let again: ProcId = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!((&first, &again), (&id, &id));
+        assert!(
+            Arc::ptr_eq(&first.0, &again.0),
+            "the second decode reused the first"
+        );
+        // Bad text is refused every time, and never cached.
+        let bad = rmp_serde::to_vec("quic!10.0.0.5:7700,bad name").unwrap();
+        for _ in 0..2 {
+            assert!(rmp_serde::from_slice::<ProcId>(&bad).is_err());
+        }
+        // Order and equality follow the parts (address, then name), as before.
+        let a: ProcId = "local!a,z".parse().unwrap();
+        let b: ProcId = "local!b,a".parse().unwrap();
+        assert!(a < b && a != b);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use procmesh_orchestrator_core::{Core, Effect};
 use procmesh_protocol::messages::orchestrator::{HostState, StateCounts};
-use procmesh_protocol::{ActionState, AttemptRef, Timestamp};
+use procmesh_protocol::{ActionState, AttemptRef, ProcId, Timestamp};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -73,9 +73,9 @@ pub struct Recent {
     pub state: &'static str,
     /// When, in ms since the epoch.
     pub at_ms: u64,
-    /// Where (a proc), when known.
+    /// Where (a proc), when known; serialized as its text.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub proc: Option<String>,
+    pub proc: Option<ProcId>,
     /// Why, for an ending.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -296,7 +296,7 @@ impl Observer {
                 attempt: t.attempt.get(),
                 state: t.state.as_str(),
                 at_ms: t.at.0,
-                proc: t.detail.location.as_ref().map(|p| p.to_string()),
+                proc: t.detail.location.clone(),
                 reason: reason.map(|r| truncate(r, 200)),
             });
             self.dirty = true;

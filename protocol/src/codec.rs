@@ -279,15 +279,131 @@ pub fn encode_body<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError
 }
 
 /// Decodes a message body (no length prefix). Trailing bytes are corrupt.
+///
+/// Strings and bytes are read in place from `body` (no copy through a reader's buffer); the
+/// body's end is found by [`value_len`], which walks the MessagePack markers without decoding.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let mut rest = body;
-    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     let value = T::deserialize(&mut de).map_err(|e| CodecError::Corrupt(e.to_string()))?;
-    let rest = rest.len();
+    let used = value_len(body)
+        .ok_or_else(|| CodecError::Corrupt("the message is cut short".to_owned()))?;
+    let rest = body.len() - used;
     if rest != 0 {
         return Err(CodecError::Corrupt(format!(
             "{rest} trailing bytes after the message"
         )));
     }
     Ok(value)
+}
+
+/// The length in bytes of the one MessagePack value at the start of `buf`, or `None` if it is
+/// cut short or holds the never-used marker `0xc1`. Every value takes at least one byte, so
+/// the walk ends within `buf.len()` steps whatever counts a hostile frame announces.
+pub fn value_len(buf: &[u8]) -> Option<usize> {
+    // A big-endian length of `n` bytes at `at`.
+    fn len_at(buf: &[u8], at: usize, n: usize) -> Option<usize> {
+        let bytes = buf.get(at..at.checked_add(n)?)?;
+        let len = bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        usize::try_from(len).ok()
+    }
+    let mut at = 0usize;
+    let mut values: u64 = 1;
+    while values > 0 {
+        values -= 1;
+        let marker = *buf.get(at)?;
+        at += 1;
+        // (bytes after the marker, values nested after those bytes)
+        let (skip, nested): (usize, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+            0xc1 => return None,
+            0xc4 | 0xd9 => (1 + len_at(buf, at, 1)?, 0),
+            0xc5 | 0xda => (2 + len_at(buf, at, 2)?, 0),
+            0xc6 | 0xdb => (4usize.checked_add(len_at(buf, at, 4)?)?, 0),
+            0xc7 => (2 + len_at(buf, at, 1)?, 0),
+            0xc8 => (3 + len_at(buf, at, 2)?, 0),
+            0xc9 => (5usize.checked_add(len_at(buf, at, 4)?)?, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, len_at(buf, at, 2)? as u64),
+            0xdd => (4, len_at(buf, at, 4)? as u64),
+            0xde => (2, 2 * len_at(buf, at, 2)? as u64),
+            0xdf => (4, 2 * len_at(buf, at, 4)? as u64),
+        };
+        at = at.checked_add(skip)?;
+        if at > buf.len() {
+            return None;
+        }
+        values = values.checked_add(nested)?;
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod value_len_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Every {
+        small: u8,
+        big: u64,
+        negative: i64,
+        float: f64,
+        single: f32,
+        text: String,
+        long_text: String,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        list: Vec<Option<i32>>,
+        map: BTreeMap<String, Vec<bool>>,
+        unit: (),
+    }
+
+    #[test]
+    fn measures_every_kind_of_value_exactly() {
+        let every = Every {
+            small: 7,
+            big: u64::MAX,
+            negative: -40_000,
+            float: 1.5,
+            single: 2.5,
+            text: "hi".into(),
+            long_text: "x".repeat(70_000),
+            bytes: vec![1; 300],
+            list: (0..20).map(|i| (i % 3 != 0).then_some(i * 1000)).collect(),
+            map: (0..40).map(|i| (format!("k{i}"), vec![true; i])).collect(),
+            unit: (),
+        };
+        for named in [true, false] {
+            let bytes = if named {
+                rmp_serde::to_vec_named(&every).unwrap()
+            } else {
+                rmp_serde::to_vec(&every).unwrap()
+            };
+            assert_eq!(value_len(&bytes), Some(bytes.len()));
+            let mut longer = bytes.clone();
+            longer.push(0xc0);
+            assert_eq!(value_len(&longer), Some(bytes.len()));
+            for cut in [1, 2, bytes.len() / 2, bytes.len() - 1] {
+                assert_eq!(value_len(&bytes[..cut]), None, "cut at {cut}");
+            }
+        }
+        assert_eq!(value_len(&[]), None);
+        assert_eq!(value_len(&[0xc1]), None);
+        // A map announcing 2^32 - 1 entries in a few bytes ends at once.
+        assert_eq!(value_len(&[0xdf, 0xff, 0xff, 0xff, 0xff, 0x01]), None);
+    }
 }

@@ -128,8 +128,72 @@ enum Journal {
     On,
 }
 
-/// Actions per second from submission to completion with the no-op executor.
-async fn noop(dir: &Path, ids: &Identities, n: u64, journal: Journal) -> anyhow::Result<f64> {
+/// What a no-op phase measured.
+#[derive(Debug, Clone, Copy)]
+struct NoopFigures {
+    /// Actions per second from submission to the last completion.
+    per_s: f64,
+    /// CPU time (user + system) per action of this process (client, orchestrator, host) and
+    /// its proc agents: a figure the machine's noise moves far less than a rate.
+    cpu_us: f64,
+}
+
+/// CPU time (user + system) of this process and every process below it, from /proc.
+fn tree_cpu() -> anyhow::Result<Duration> {
+    let me = std::process::id();
+    // (pid, parent, ticks) of every process we can read; the tree is found from `me`.
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone meanwhile
+        };
+        // After the command's closing parenthesis: state ppid … utime (14th) stime (15th).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(ppid), Some(utime), Some(stime)) = (number(1), number(11), number(12)) {
+            procs.push((pid, ppid as u32, utime + stime));
+        }
+    }
+    let mut tree = vec![me];
+    let mut ticks = 0;
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, ppid, _) in &procs {
+            if !tree.contains(pid) && tree.contains(ppid) {
+                tree.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    for (pid, _, t) in &procs {
+        if tree.contains(pid) {
+            ticks += t;
+        }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// Actions per second from submission to completion with the no-op executor, and the CPU time
+/// each cost.
+async fn noop(
+    dir: &Path,
+    ids: &Identities,
+    n: u64,
+    journal: Journal,
+) -> anyhow::Result<NoopFigures> {
     let mesh = LocalMesh::start_with(
         dir,
         ids,
@@ -147,14 +211,19 @@ async fn noop(dir: &Path, ids: &Identities, n: u64, journal: Journal) -> anyhow:
         .await?;
     let queue = mesh.client.create_queue(QueueConfig::default()).await?;
     run_batch(&queue, worker, 1000).await?;
+    let cpu_before = tree_cpu()?;
     let (failed, took) = run_batch(&queue, worker, n).await?;
-    let rate = n as f64 / took.as_secs_f64();
+    // Includes listing and retiring the results (a small part), not the warm-up.
+    let cpu = tree_cpu()?.saturating_sub(cpu_before);
     mesh.stop().await;
     anyhow::ensure!(
         failed == 0,
         "{failed} of {n} no-op actions did not complete"
     );
-    Ok(rate)
+    Ok(NoopFigures {
+        per_s: n as f64 / took.as_secs_f64(),
+        cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
+    })
 }
 
 /// Resident bytes of `pid`, from /proc.
@@ -299,6 +368,9 @@ async fn recovery(dir: &Path, ids: &Identities, pending: u64) -> anyhow::Result<
     Ok((took.as_secs_f64(), bytes as f64 / actions as f64))
 }
 
+/// The CPU time per action at which 2 cores dispatch 150,000 no-op actions a second.
+const NOOP_CPU_GOAL_US: f64 = 2.0 * 1e6 / 150_000.0;
+
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let (dir, on) = super::scratch_dir("mesh")?;
@@ -330,6 +402,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             unit: "1/s",
             ratio: f.noop / 150_000.0,
             goal: ">= 1 (150k/s, issue 19)",
+        },
+        Row {
+            what: "no-op CPU time per action",
+            ours: f.noop_cpu_us,
+            raw: NOOP_CPU_GOAL_US,
+            unit: "us",
+            ratio: f.noop_cpu_us / NOOP_CPU_GOAL_US,
+            goal: "<= 1 (2 cores at 150k/s)",
         },
         Row {
             what: "durable no-op dispatch/s (disk)",
@@ -402,6 +482,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         "isolated_vs_bwrap": bwrap_per_s.map(|b| f.e2e / b),
         "noop_actions": options.noop_actions,
         "noop_dispatch_per_s": f.noop,
+        "noop_cpu_us_per_action": f.noop_cpu_us,
+        "durable_cpu_us_per_action": f.durable_cpu_us,
         "pending_actions": options.pending,
         "bytes_per_pending_action": f.bytes_per_pending,
         "durable_dispatch_per_s": f.durable,
@@ -425,6 +507,9 @@ struct Figures {
     raw: f64,
     bwrap: Bwrap,
     noop: f64,
+    /// CPU time per no-op action, in memory and journaled on disk.
+    noop_cpu_us: f64,
+    durable_cpu_us: f64,
     durable: f64,
     durable_tmpfs: f64,
     disk: String,
@@ -502,9 +587,11 @@ async fn measure(dir: &Path, options: &Options) -> anyhow::Result<Figures> {
         e2e_none,
         raw,
         bwrap,
-        noop: noop_in_memory,
-        durable,
-        durable_tmpfs,
+        noop: noop_in_memory.per_s,
+        noop_cpu_us: noop_in_memory.cpu_us,
+        durable: durable.per_s,
+        durable_cpu_us: durable.cpu_us,
+        durable_tmpfs: durable_tmpfs.per_s,
         disk: disk.display().to_string(),
         bytes_per_pending,
         recovery_s,

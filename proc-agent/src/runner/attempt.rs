@@ -128,7 +128,7 @@ impl FinishGuard {
                     .with_detail(detail.clone());
                 shared.send(&slot.report_to, t);
             }
-            shared.held.send_replace(table.slots.len());
+            shared.set_held(table.slots.len());
         }
         self.stages.mark("report");
         info!(

@@ -270,6 +270,15 @@ impl Shared {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records how many attempts are held. Only `shutdown` waits on it, for zero, so only
+    /// reaching zero wakes anyone (a wake-up of every waiter list per attempt is not free).
+    fn set_held(&self, n: usize) {
+        self.held.send_if_modified(|held| {
+            *held = n;
+            n == 0
+        });
+    }
+
     /// Sends a report; a closed channel (the agent is gone) is logged, not fatal.
     fn send(&self, report_to: &ActorId, transition: Transition) {
         let report = Report {
@@ -449,7 +458,7 @@ impl Runner {
                     cancel,
                 },
             );
-            shared.held.send_replace(table.slots.len());
+            shared.set_held(table.slots.len());
             cancel_rx
         };
         stages.mark("receive");

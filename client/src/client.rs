@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kameo::actor::Spawn;
 use procmesh_protocol::messages::orchestrator::{
-    ActionResult, HostView, OrchestratorReply, OrchestratorRequest, QueueConfig, QueueRef,
-    SubscriptionTarget,
+    ActionResult, EventFilter, HostView, OrchestratorReply, OrchestratorRequest, QueueConfig,
+    QueueRef, SubscriptionTarget,
 };
 use procmesh_protocol::messages::requests::{client as req, Ask};
 use procmesh_protocol::spec::validate_path;
@@ -400,6 +400,20 @@ impl Client {
         target: SubscriptionTarget,
         from: Option<u64>,
     ) -> Result<Watch, ClientError> {
+        self.subscribe_filtered(target, from, EventFilter::All)
+            .await
+    }
+
+    /// [`subscribe_from`](Self::subscribe_from), told only the transitions `events` lets
+    /// through (the queue's completion, `Lagged` and `Ended` come always). A client that only
+    /// waits for a queue asks for [`EventFilter::Completion`]: the orchestrator then encodes
+    /// and sends nothing per action.
+    pub async fn subscribe_filtered(
+        &self,
+        target: SubscriptionTarget,
+        from: Option<u64>,
+        events: EventFilter,
+    ) -> Result<Watch, ClientError> {
         let name = format!(
             "watch-{}",
             self.inner.next_watch.fetch_add(1, Ordering::Relaxed)
@@ -411,11 +425,11 @@ impl Client {
             .node
             .expose(&name, sink)
             .map_err(|e| ClientError::Config(format!("watch actor name: {e}")))?;
-        match watch::subscribe(self, &target, &subscriber, from).await {
+        match watch::subscribe(self, &target, &subscriber, from, events).await {
             Ok((subscription, next)) => Ok(Watch::start(
                 self.clone(),
                 name,
-                target,
+                (target, events),
                 subscriber,
                 subscription,
                 from.unwrap_or(next),

@@ -57,6 +57,7 @@ pub mod worker;
 pub use client::Client;
 pub use config::{ClientConfig, DEFAULT_TIMEOUT};
 pub use error::ClientError;
+pub use procmesh_protocol::messages::orchestrator::EventFilter;
 pub use queue::{Queue, MAX_SUBMIT_BATCH};
 pub use watch::Watch;
 pub use worker::{input_file, BlobSource, PreparedWorker, WorkerBuilder};

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use procmesh_protocol::messages::orchestrator::{
-    ActionResult, ActionView, Explanation, OrchestratorReply, QueueRef, QueueStatus, QueueToken,
-    SubmitAction, SubscriptionTarget,
+    ActionResult, ActionView, EventFilter, Explanation, OrchestratorReply, QueueRef, QueueStatus,
+    QueueToken, SubmitAction, SubscriptionTarget,
 };
 use procmesh_protocol::messages::requests::client as req;
 use procmesh_protocol::{Attempt, ClientEvent, Lsn};
@@ -260,7 +260,13 @@ impl Queue {
         timeout: Option<Duration>,
     ) -> Result<QueueStatus, ClientError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut watch = match self.watch().await {
+        // Only the completion: a transition would be a wake-up and nothing more.
+        let completion = self.client.subscribe_filtered(
+            SubscriptionTarget::Queue(self.queue),
+            None,
+            EventFilter::Completion,
+        );
+        let mut watch = match completion.await {
             Ok(watch) => Some(watch),
             // A subscription is an optimisation here: polling alone still finishes.
             Err(e @ ClientError::Orchestrator(_)) => return Err(e),

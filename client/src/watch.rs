@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use kameo::message::{Context, Message};
 use kameo::Actor;
-use procmesh_protocol::messages::orchestrator::SubscriptionTarget;
+use procmesh_protocol::messages::orchestrator::{EventFilter, SubscriptionTarget};
 use procmesh_protocol::messages::requests::client as req;
 use procmesh_protocol::{ActorId, ClientEvent};
 use procmesh_transport::{Request, WireReply};
@@ -97,12 +97,14 @@ pub(crate) async fn subscribe(
     target: &SubscriptionTarget,
     subscriber: &ActorId,
     from: Option<u64>,
+    events: EventFilter,
 ) -> Result<(u64, u64), ClientError> {
     let subscribed = client
         .call(req::Subscribe {
             target: *target,
             subscriber: subscriber.clone(),
             from,
+            events,
         })
         .await?;
     Ok((subscribed.subscription, subscribed.next))
@@ -132,7 +134,7 @@ impl Watch {
     pub(crate) fn start(
         client: Client,
         name: String,
-        target: SubscriptionTarget,
+        (target, events): (SubscriptionTarget, EventFilter),
         subscriber: ActorId,
         subscription: u64,
         next: u64,
@@ -143,6 +145,7 @@ impl Watch {
         let keeper = Keeper {
             client: client.clone(),
             target,
+            events,
             subscriber,
             current: current.clone(),
             next,
@@ -186,6 +189,7 @@ impl Watch {
 struct Keeper {
     client: Client,
     target: SubscriptionTarget,
+    events: EventFilter,
     subscriber: ActorId,
     current: Arc<AtomicU64>,
     /// The index the next transition must have; earlier ones were seen.
@@ -258,6 +262,7 @@ impl Keeper {
                 &self.target,
                 &self.subscriber,
                 Some(self.next),
+                self.events,
             )
             .await
             {

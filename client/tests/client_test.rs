@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use procmesh_client::{Client, ClientConfig, ClientError, WorkerBuilder};
+use procmesh_client::{Client, ClientConfig, ClientError, EventFilter, WorkerBuilder};
 use procmesh_orchestrator::{Orchestrator, OrchestratorConfig};
-use procmesh_protocol::messages::orchestrator::{QueueConfig, QueueRef, SubmitAction};
+use procmesh_protocol::messages::orchestrator::{
+    QueueConfig, QueueRef, SubmitAction, SubscriptionTarget,
+};
 use procmesh_protocol::{ActionDef, ActionState, BlobHash, ClientEvent, Lsn, WorkerId};
 use procmesh_transport::{MeshCa, Role};
 
@@ -112,8 +114,17 @@ async fn queues_workers_and_actions() {
     let by_id = client.queue(QueueRef::Id(id)).await.unwrap();
     assert_eq!(by_id.status().await.unwrap().name, "t");
 
-    // Subscribe first, then submit: the transitions arrive.
+    // Subscribe first, then submit: the transitions arrive. A filtered watch beside it is
+    // told only the final ones.
     let mut watch = queue.watch().await.unwrap();
+    let mut finals = client
+        .subscribe_filtered(
+            SubscriptionTarget::Queue(queue.queue_ref()),
+            None,
+            EventFilter::Finals,
+        )
+        .await
+        .unwrap();
     let mut first = action(worker, "1");
     first.action.inputs = inputs;
     let lsns = queue
@@ -151,6 +162,27 @@ async fn queues_workers_and_actions() {
     assert!(done.is_complete);
     assert_eq!(done.counts.cancelled, 2);
     watch.close().await.unwrap();
+    let told = tokio::time::timeout(T, async {
+        let mut told = Vec::new();
+        while let Some(event) = finals.next().await {
+            match event {
+                ClientEvent::Transition { transition, .. } => told.push(transition.state),
+                ClientEvent::Batch { events, .. } => {
+                    told.extend(events.iter().filter_map(|e| match e {
+                        ClientEvent::Transition { transition, .. } => Some(transition.state),
+                        _ => None,
+                    }))
+                }
+                ClientEvent::QueueComplete { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        told
+    })
+    .await
+    .unwrap();
+    assert_eq!(told, [ActionState::Cancelled, ActionState::Cancelled]);
+    finals.close().await.unwrap();
 
     // Results of cancelled actions can be read and retired.
     let results = queue.all_results().await.unwrap();

@@ -262,6 +262,7 @@ impl Core {
                 target,
                 subscriber,
                 from,
+                events,
             } => {
                 let resolved = match target {
                     SubscriptionTarget::Queue(queue) => {
@@ -288,6 +289,7 @@ impl Core {
                             lsn,
                             subscriber,
                             backlog,
+                            events,
                         });
                         return None;
                     }

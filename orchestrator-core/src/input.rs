@@ -7,7 +7,7 @@
 
 use procmesh_protocol::messages::agent::ActionSpec;
 use procmesh_protocol::messages::orchestrator::{
-    OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueStatus, QueueToken,
+    EventFilter, OrchestratorError, OrchestratorReply, OrchestratorRequest, QueueStatus, QueueToken,
 };
 use procmesh_protocol::{ActorId, AttemptRef, BlobHash, Lsn, ProcId, Timestamp, Transition};
 use serde::{Deserialize, Serialize};
@@ -190,6 +190,8 @@ pub enum Effect {
         subscriber: ActorId,
         /// What it gets before it goes live (`Subscribe { from }`).
         backlog: Backlog,
+        /// Which transitions it is told.
+        events: EventFilter,
     },
     /// End a subscription (or, with `end == false`, only check that it lives) if `requester`
     /// made it (ORC-25), and answer the request.

@@ -40,9 +40,10 @@ impl Service {
                     lsn,
                     subscriber,
                     backlog,
+                    events,
                 } => {
                     let next = backlog.next;
-                    let subscription = self.subs.subscribe(queue, lsn, subscriber, backlog);
+                    let subscription = self.subs.subscribe(queue, lsn, subscriber, backlog, events);
                     answer = Some(Ok(OrchestratorReply::Subscribed { subscription, next }));
                 }
                 Effect::Unsubscribe {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use procmesh_orchestrator_core::Backlog;
 use procmesh_protocol::messages::client::ClientEvent;
-use procmesh_protocol::messages::orchestrator::QueueStatus;
+use procmesh_protocol::messages::orchestrator::{EventFilter, QueueStatus};
 use procmesh_protocol::{ActorId, Lsn, Transition};
 use procmesh_transport::{Node, RemoteRef};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
@@ -35,6 +35,8 @@ struct Sub {
     queue: u64,
     /// `Some` for a subscription to one action.
     lsn: Option<Lsn>,
+    /// Which transitions it is told.
+    events: EventFilter,
     subscriber: ActorId,
     tx: mpsc::Sender<ClientEvent>,
     missed: Arc<AtomicU64>,
@@ -86,6 +88,7 @@ impl Subscriptions {
         lsn: Option<Lsn>,
         subscriber: ActorId,
         backlog: Backlog,
+        events: EventFilter,
     ) -> u64 {
         self.next += 1;
         let id = self.next;
@@ -98,6 +101,7 @@ impl Subscriptions {
             Sub {
                 queue,
                 lsn,
+                events,
                 subscriber,
                 tx,
                 missed,
@@ -117,7 +121,12 @@ impl Subscriptions {
                 },
             );
         }
-        let mut events = backlog.events.into_iter().peekable();
+        let filter = events;
+        let mut events = backlog
+            .events
+            .into_iter()
+            .filter(|(_, t)| filter.wants(t.state))
+            .peekable();
         while ok && events.peek().is_some() {
             let chunk: Vec<ClientEvent> = events
                 .by_ref()
@@ -198,7 +207,9 @@ impl Subscriptions {
             let Some(sub) = self.subs.get(id) else {
                 continue;
             };
-            if sub.lsn.is_some_and(|lsn| lsn != transition.lsn) {
+            if sub.lsn.is_some_and(|lsn| lsn != transition.lsn)
+                || !sub.events.wants(transition.state)
+            {
                 continue;
             }
             let event = ClientEvent::Transition {
@@ -389,7 +400,7 @@ mod tests {
         let slow = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::bounded(1));
         let subscriber = node.expose("slow", slow).unwrap();
         let mut subs = Subscriptions::new(node.clone(), 2, Arc::new(|_| {}));
-        let id = subs.subscribe(7, None, subscriber, Backlog::default());
+        let id = subs.subscribe(7, None, subscriber, Backlog::default(), EventFilter::All);
         assert!(subs.follows(7) && !subs.follows(8));
         let total = 50u64;
         for n in 1..=total {
@@ -433,6 +444,72 @@ mod tests {
         assert!(!subs.follows(7));
     }
 
+    // Attests ORC-20
+    #[tokio::test]
+    async fn filtered_subscriptions_are_told_only_what_they_asked_for() {
+        let hub = LocalHub::new();
+        let node = NodeBuilder::new("service")
+            .local(&hub, "o")
+            .start()
+            .await
+            .unwrap();
+        let mut subs = Subscriptions::new(node.clone(), 64, Arc::new(|_| {}));
+        let t = |n: u64, state| Transition::new(Lsn(n), Attempt::FIRST, state, Default::default());
+        let mut receivers = Vec::new();
+        for (i, filter) in [
+            EventFilter::All,
+            EventFilter::Finals,
+            EventFilter::Completion,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sink = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::unbounded());
+            let subscriber = node.expose(&format!("s{i}"), sink).unwrap();
+            // The backlog is filtered as the live events are.
+            let backlog = Backlog {
+                events: vec![
+                    (1, t(1, ActionState::Running)),
+                    (2, t(1, ActionState::Failed)),
+                ],
+                missed: 0,
+                next: 3,
+            };
+            subs.subscribe(7, None, subscriber, backlog, filter);
+            receivers.push(rx);
+        }
+        subs.transition(7, 3, &t(2, ActionState::Running));
+        subs.transition(7, 4, &t(2, ActionState::Completed));
+        let status = QueueStatus {
+            id: 7,
+            name: String::new(),
+            counts: Default::default(),
+            draining: false,
+            cancelled: false,
+            is_complete: true,
+        };
+        subs.complete(&status);
+        let mut told = Vec::new();
+        for rx in &mut receivers {
+            let mut seqs = Vec::new();
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .expect("events in time")
+                    .expect("subscriber alive");
+                match event {
+                    ClientEvent::Transition { seq, .. } => seqs.push(seq),
+                    ClientEvent::QueueComplete { .. } => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            told.push(seqs);
+        }
+        assert_eq!(told, [vec![1, 2, 3, 4], vec![2, 4], vec![]]);
+        subs.end_all("test over", Duration::from_secs(5)).await;
+    }
+
     // Attests ORC-32
     #[tokio::test]
     async fn a_resuming_subscriber_gets_what_it_missed_then_live_events() {
@@ -459,7 +536,7 @@ mod tests {
             missed: 2,
             next: 13,
         };
-        let id = subs.subscribe(7, None, subscriber, backlog);
+        let id = subs.subscribe(7, None, subscriber, backlog, EventFilter::All);
         subs.transition(7, 13, &t(13));
         let mut seen = Vec::new();
         let mut lagged = 0;

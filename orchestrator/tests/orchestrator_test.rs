@@ -513,6 +513,7 @@ async fn an_action_subscription_follows_one_action() {
             },
             subscriber: client.subscriber.clone(),
             from: None,
+            events: Default::default(),
         })
         .await;
     assert_eq!(answer, Err(OrchestratorError::UnknownAction(Lsn(999))));

@@ -176,6 +176,7 @@ impl Client {
                 target,
                 subscriber: self.subscriber.clone(),
                 from: None,
+                events: Default::default(),
             })
             .await
         {

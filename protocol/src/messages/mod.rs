@@ -51,9 +51,9 @@ pub use host::{
     ProcInfo, ProcReady, ProcStatus, SpawnSpec, SystemInfo,
 };
 pub use orchestrator::{
-    ActionResult, ActionView, Heartbeat, HostState, HostView, OrchestratorError, OrchestratorReply,
-    OrchestratorRequest, ProcCapacity, QueueConfig, QueueRef, QueueStatus, QueueToken, StateCounts,
-    SubmitAction, SubscriptionTarget, UpdateOutcome,
+    ActionResult, ActionView, EventFilter, Heartbeat, HostState, HostView, OrchestratorError,
+    OrchestratorReply, OrchestratorRequest, ProcCapacity, QueueConfig, QueueRef, QueueStatus,
+    QueueToken, StateCounts, SubmitAction, SubscriptionTarget, UpdateOutcome,
 };
 
 /// A message that can be sent to a remote actor: its reply type is fixed.

@@ -151,6 +151,10 @@ pub enum OrchestratorRequest {
         /// Replay from this index of the queue's transitions; `None`: live only.
         #[serde(default)]
         from: Option<u64>,
+        /// Which transitions it wants; `QueueComplete`, `Lagged` and `Ended` come always.
+        /// Absent (and from an older client): every transition.
+        #[serde(default, skip_serializing_if = "EventFilter::is_all")]
+        events: EventFilter,
     },
     /// Stop a subscription. Answered by [`OrchestratorReply::Ack`].
     Unsubscribe {
@@ -570,6 +574,38 @@ pub enum SubscriptionTarget {
         /// The action.
         lsn: Lsn,
     },
+}
+
+/// Which transitions a subscription is told (ORC-20). The queue's own notices
+/// (`QueueComplete`, `Lagged`, `Ended`) come whatever the filter; replayed transitions are
+/// filtered the same way, and their indices (`seq`) stay those of the queue, so a filtered
+/// subscriber sees gaps between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventFilter {
+    /// Every transition.
+    #[default]
+    All,
+    /// Only transitions into a final state (an attempt's end, retried or not).
+    Finals,
+    /// No transition: only the queue's completion (what a client waiting for a queue needs).
+    Completion,
+}
+
+impl EventFilter {
+    /// Whether a transition into `state` is told.
+    pub fn wants(self, state: ActionState) -> bool {
+        match self {
+            EventFilter::All => true,
+            EventFilter::Finals => state.is_terminal(),
+            EventFilter::Completion => false,
+        }
+    }
+
+    /// Whether every transition is told (the default).
+    pub fn is_all(&self) -> bool {
+        *self == EventFilter::All
+    }
 }
 
 /// Whether the orchestrator hears from a host.

@@ -17,9 +17,9 @@ use procmesh_protocol::messages::host::{
     ProcStatus, SpawnSpec, SystemInfo,
 };
 use procmesh_protocol::messages::orchestrator::{
-    ActionResult, ActionView, Heartbeat, HostState, HostView, OrchestratorError, ProcCapacity,
-    QueueConfig, QueueRef, QueueStatus, QueueToken, StateCounts, SubmitAction, SubscriptionTarget,
-    UpdateOutcome,
+    ActionResult, ActionView, EventFilter, Heartbeat, HostState, HostView, OrchestratorError,
+    ProcCapacity, QueueConfig, QueueRef, QueueStatus, QueueToken, StateCounts, SubmitAction,
+    SubscriptionTarget, UpdateOutcome,
 };
 use procmesh_protocol::messages::ActionSpec;
 use procmesh_protocol::spec::{InputFile, OutputFile, ResourceHints, WorkerFile};
@@ -606,13 +606,22 @@ pub fn orchestrator_request() -> impl Strategy<Value = OrchestratorRequest> {
         worker_descriptor().prop_map(R::RegisterWorker),
         vec(blob_hash(), 0..3).prop_map(R::MissingBlobs),
         (queue_ref(), vec(submit, 0..3)).prop_map(|(queue, actions)| R::Submit { queue, actions }),
-        (target, actor_id(), option::of(any::<u64>())).prop_map(|(target, subscriber, from)| {
-            R::Subscribe {
+        (
+            target,
+            actor_id(),
+            option::of(any::<u64>()),
+            prop_oneof![
+                Just(EventFilter::All),
+                Just(EventFilter::Finals),
+                Just(EventFilter::Completion)
+            ]
+        )
+            .prop_map(|(target, subscriber, from, events)| R::Subscribe {
                 target,
                 subscriber,
                 from,
-            }
-        }),
+                events,
+            }),
         any::<u64>().prop_map(|subscription| R::Unsubscribe { subscription }),
         any::<u64>().prop_map(|subscription| R::CheckSubscription { subscription }),
         Just(R::ListHosts),

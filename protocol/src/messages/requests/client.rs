@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ask;
 use crate::messages::orchestrator::{
-    ActionResult, ActionView, HostView, OrchestratorReply, QueueConfig, QueueRef,
+    ActionResult, ActionView, EventFilter, HostView, OrchestratorReply, QueueConfig, QueueRef,
     QueueStatus as Status, QueueToken, SubmitAction, SubscriptionTarget,
 };
 use crate::spec::{WorkerDescriptor, WorkerId};
@@ -256,6 +256,8 @@ pub struct Subscribe {
     pub subscriber: ActorId,
     /// Resume from this event index.
     pub from: Option<u64>,
+    /// Which transitions it wants.
+    pub events: EventFilter,
 }
 
 /// A subscription.
@@ -272,11 +274,13 @@ ask!(
     Subscribe {
         target,
         subscriber,
-        from
+        from,
+        events
     } = Subscribe {
         target,
         subscriber,
-        from
+        from,
+        events
     },
     Subscribed,
     |r| match r {

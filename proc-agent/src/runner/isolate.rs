@@ -78,9 +78,16 @@ impl std::fmt::Debug for Isolator {
     }
 }
 
+/// Most network namespaces prepared when a proc starts. Each costs the kernel real work to
+/// make and, when the proc ends, to tear down (in a kernel worker, after the proc is gone):
+/// a proc of 2,048 slots once spent seconds of both, competing with the next proc's actions.
+pub(crate) const PREPARED_NETNS_MAX: usize = 64;
+
 impl Isolator {
     /// Opens the host's base cgroup and, when running as root in `namespaces` mode, prepares a
-    /// pool of `slots` network namespaces. What is not available is logged and left off.
+    /// pool of network namespaces: one per slot, at most [`PREPARED_NETNS_MAX`] (a slot
+    /// beyond them makes its own when it starts). What is not available is logged and left
+    /// off.
     pub(crate) fn new(
         settings: ActionIsolation,
         work_dir: &Path,
@@ -99,7 +106,7 @@ impl Isolator {
         };
         let root = nix::unistd::geteuid().is_root();
         let pool = if settings.mode == IsolationMode::Namespaces && root {
-            match NetnsPool::new(slots as usize) {
+            match NetnsPool::new((slots as usize).min(PREPARED_NETNS_MAX)) {
                 Ok(pool) => Some(pool),
                 Err(error) => {
                     warn!(%error, "no network namespace pool: each action creates its own");

@@ -371,6 +371,8 @@ impl Runner {
             .map_err(io(&config.workers_dir))?;
         let max = config.effective_max_actions();
         let isolator = match &config.isolation {
+            // The no-op executor starts no process: nothing to isolate, nothing to prepare.
+            Some(_) if config.executor == Executor::Noop => None,
             Some(settings) => Some(Arc::new(
                 isolate::Isolator::new(
                     settings.clone(),

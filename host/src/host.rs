@@ -602,7 +602,7 @@ impl Host {
             HostRequest::FetchBlobs { hashes, from } => Ok(HostReply::BlobsReady {
                 fetched: self.fetch_blobs(hashes, from).await?,
             }),
-            HostRequest::Status => Ok(HostReply::Status(self.status())),
+            HostRequest::Status => Ok(HostReply::Status(Box::new(self.status()))),
         }
     }
 

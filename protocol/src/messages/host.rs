@@ -427,7 +427,7 @@ pub enum HostReply {
         fetched: u32,
     },
     /// The host's status.
-    Status(HostStatus),
+    Status(Box<HostStatus>),
 }
 
 impl RemoteMessage for HostRequest {

@@ -439,13 +439,13 @@ pub fn host_result() -> impl Strategy<Value = Result<HostReply, HostError>> {
             any::<bool>()
         )
             .prop_map(|(info, procs, ready, started_at, shutting_down)| {
-                HostReply::Status(HostStatus {
+                HostReply::Status(Box::new(HostStatus {
                     info,
                     procs,
                     ready,
                     started_at,
                     shutting_down,
-                })
+                }))
             }),
     ];
     prop_oneof![reply.prop_map(Ok), host_error().prop_map(Err)]

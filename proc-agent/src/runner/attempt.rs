@@ -199,16 +199,34 @@ pub(super) async fn run(
         done: false,
         stages,
     };
-    let outcome = drive(
-        &shared,
-        &spec,
-        &report_to,
-        &mut cancel,
-        &mut guard.sandbox,
-        &mut guard.stages,
-    )
-    .await;
+    let outcome = if shared.config.executor == Executor::Noop {
+        noop(&shared, &spec)
+    } else {
+        // Boxed: the whole path of a real action is a large future, and a task holds its
+        // future inline, so every spawn would allocate and copy all of it.
+        Box::pin(drive(
+            &shared,
+            &spec,
+            &report_to,
+            &mut cancel,
+            &mut guard.sandbox,
+            &mut guard.stages,
+        ))
+        .await
+    };
     guard.finish(outcome);
+}
+
+/// The no-op executor: `Running`, then completed with exit code 0, starting nothing.
+fn noop(shared: &Shared, spec: &ActionSpec) -> Outcome {
+    shared.mark_running(spec.attempt_ref());
+    Outcome {
+        state: ActionState::Completed,
+        detail: TransitionDetail {
+            exit: Some(ExitStatus::Code(0)),
+            ..TransitionDetail::default()
+        },
+    }
 }
 
 async fn drive(
@@ -219,17 +237,6 @@ async fn drive(
     sandbox_slot: &mut Option<PathBuf>,
     stages: &mut Stages,
 ) -> Outcome {
-    if shared.config.executor == Executor::Noop {
-        shared.mark_running(spec.attempt_ref());
-        return Outcome {
-            state: ActionState::Completed,
-            detail: TransitionDetail {
-                exit: Some(ExitStatus::Code(0)),
-                ..TransitionDetail::default()
-            },
-        };
-    }
-
     // The worker.
     let worker = match unless_cancelled(
         cancel,

@@ -387,15 +387,21 @@ mod tests {
         }
     }
 
-    // Attests ORC-20
-    #[tokio::test]
-    async fn a_slow_subscriber_is_told_what_it_missed_in_order() {
+    /// The orchestrator's node on an in-process hub (kept alive beside it).
+    async fn orchestrator_node() -> (LocalHub, Node) {
         let hub = LocalHub::new();
         let node = NodeBuilder::new("service")
             .local(&hub, "o")
             .start()
             .await
             .unwrap();
+        (hub, node)
+    }
+
+    // Attests ORC-20
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_what_it_missed_in_order() {
+        let (_hub, node) = orchestrator_node().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let slow = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::bounded(1));
         let subscriber = node.expose("slow", slow).unwrap();
@@ -447,12 +453,7 @@ mod tests {
     // Attests ORC-20
     #[tokio::test]
     async fn filtered_subscriptions_are_told_only_what_they_asked_for() {
-        let hub = LocalHub::new();
-        let node = NodeBuilder::new("service")
-            .local(&hub, "o")
-            .start()
-            .await
-            .unwrap();
+        let (_hub, node) = orchestrator_node().await;
         let mut subs = Subscriptions::new(node.clone(), 64, Arc::new(|_| {}));
         let t = |n: u64, state| Transition::new(Lsn(n), Attempt::FIRST, state, Default::default());
         let mut receivers = Vec::new();
@@ -513,12 +514,7 @@ mod tests {
     // Attests ORC-32
     #[tokio::test]
     async fn a_resuming_subscriber_gets_what_it_missed_then_live_events() {
-        let hub = LocalHub::new();
-        let node = NodeBuilder::new("service")
-            .local(&hub, "o")
-            .start()
-            .await
-            .unwrap();
+        let (_hub, node) = orchestrator_node().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let sink = Slow::spawn_with_mailbox(Slow(tx), kameo::mailbox::unbounded());
         let subscriber = node.expose("resumer", sink).unwrap();

@@ -336,7 +336,8 @@ impl FromStr for ActorId {
             what: "actor name",
             text: s.to_owned(),
         })?;
-        ActorId::new(proc_id.parse()?, name)
+        // Headers name the same few actors again and again: reuse their procs.
+        ActorId::new(ProcId::parse_recent(proc_id)?, name)
     }
 }
 

@@ -396,17 +396,14 @@ async fn drive(
     stages.mark("sandbox");
 
     // The slot (PA-12): its cgroup with this action's limits (ISO-1), its warm sandbox.
-    let mut warm = match iso {
+    let mut warm = match &shared.isolator {
         Some(iso) => match iso
             .slots
             .take(iso, &iso.limits(&spec.action.resources))
             .await
         {
             Ok(warm) => Some(WarmGuard {
-                iso: shared
-                    .isolator
-                    .clone()
-                    .expect("iso comes from the isolator"),
+                iso: Arc::clone(iso),
                 warm: Some(warm),
                 meter: None,
             }),

@@ -54,11 +54,27 @@ fn trivial_actions(worker: WorkerId, n: u64) -> Vec<SubmitAction> {
 /// not complete and the time from the submission to the queue's completion. Then retires the
 /// results (not timed: listing results is not dispatch).
 async fn run_batch(queue: &Queue, worker: WorkerId, n: u64) -> anyhow::Result<(u64, Duration)> {
+    let (failed, elapsed) = submit_and_wait(queue, worker, n).await?;
+    retire_all(queue).await?;
+    Ok((failed, elapsed))
+}
+
+/// The timed part of [`run_batch`]: submission to the queue's completion.
+async fn submit_and_wait(
+    queue: &Queue,
+    worker: WorkerId,
+    n: u64,
+) -> anyhow::Result<(u64, Duration)> {
     let actions = trivial_actions(worker, n);
     let started = Instant::now();
     queue.submit(actions).await?;
     let status = queue.wait_complete(Some(Duration::from_secs(120))).await?;
-    let elapsed = started.elapsed();
+    let failed = status.counts.failed + status.counts.abandoned + status.counts.cancelled;
+    Ok((failed, started.elapsed()))
+}
+
+/// Retires every result of the queue.
+async fn retire_all(queue: &Queue) -> anyhow::Result<()> {
     let lsns: Vec<_> = queue
         .all_results()
         .await?
@@ -66,8 +82,7 @@ async fn run_batch(queue: &Queue, worker: WorkerId, n: u64) -> anyhow::Result<(u
         .map(|r| r.record.lsn())
         .collect();
     queue.retire(lsns).await?;
-    let failed = status.counts.failed + status.counts.abandoned + status.counts.cancelled;
-    Ok((failed, elapsed))
+    Ok(())
 }
 
 /// Actions per second end to end through a real mesh running `true`, its host configured with
@@ -164,23 +179,23 @@ fn tree_cpu() -> anyhow::Result<Duration> {
             procs.push((pid, ppid as u32, utime + stime));
         }
     }
-    let mut tree = vec![me];
-    let mut ticks = 0;
-    let mut grew = true;
-    while grew {
-        grew = false;
-        for (pid, ppid, _) in &procs {
-            if !tree.contains(pid) && tree.contains(ppid) {
-                tree.push(*pid);
-                grew = true;
-            }
+    let parent: std::collections::HashMap<u32, u32> =
+        procs.iter().map(|&(pid, ppid, _)| (pid, ppid)).collect();
+    // Whether `me` is `pid` or one of its ancestors (pid 0 and 1 end the walk).
+    let below_me = |mut pid: u32| loop {
+        if pid == me {
+            return true;
         }
-    }
-    for (pid, _, t) in &procs {
-        if tree.contains(pid) {
-            ticks += t;
+        match parent.get(&pid) {
+            Some(&ppid) if ppid > 1 => pid = ppid,
+            _ => return false,
         }
-    }
+    };
+    let ticks: u64 = procs
+        .iter()
+        .filter(|(pid, _, _)| below_me(*pid))
+        .map(|(_, _, t)| t)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_micros(ticks * 1_000_000 / hz))
@@ -212,9 +227,9 @@ async fn noop(
     let queue = mesh.client.create_queue(QueueConfig::default()).await?;
     run_batch(&queue, worker, 1000).await?;
     let cpu_before = tree_cpu()?;
-    let (failed, took) = run_batch(&queue, worker, n).await?;
-    // Includes listing and retiring the results (a small part), not the warm-up.
+    let (failed, took) = submit_and_wait(&queue, worker, n).await?;
     let cpu = tree_cpu()?.saturating_sub(cpu_before);
+    retire_all(&queue).await?;
     mesh.stop().await;
     anyhow::ensure!(
         failed == 0,
